@@ -1,0 +1,19 @@
+//! The generated BPF skeleton (from `bpf/waitprof.bpf.c`, built by `build.rs`), and the
+//! `plain` impls that let user space read the shared types out of maps and ring buffers.
+#![allow(
+    clippy::all,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    unused_imports
+)]
+
+include!(concat!(env!("OUT_DIR"), "/waitprof.skel.rs"));
+
+pub use types::{agg_key, agg_val, thread_state, wp_kind, wp_outcome, wp_stack_marker, wp_stat};
+pub use types::{wp_sysclass, wp_thread_flag};
+
+// SAFETY: plain-old-data structs generated from BTF, valid for any bit pattern.
+unsafe impl plain::Plain for types::agg_key {}
+unsafe impl plain::Plain for types::agg_val {}
+unsafe impl plain::Plain for types::thread_state {}

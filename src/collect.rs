@@ -1,0 +1,421 @@
+//! Collection: waits for the end of the session (duration, Ctrl-C or the target's exit)
+//! while draining thread-exit records, then reads the kernel's aggregation out into a
+//! `Collected`. Time that is still open when the session ends (a thread blocked right
+//! now, an unfinished syscall, a thread that never woke at all) is closed here, so no
+//! time inside the session goes missing.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+
+use crate::bpf::{agg_key, agg_val, thread_state, wp_stat, wp_thread_flag};
+use crate::cli::Config;
+use crate::model::{Collected, EndReason, Kind, Losses, Outcome, Row, StackRef, ThreadTotals};
+use crate::session::{self, Attached, Profiled};
+use crate::signals::Stop;
+use crate::symbolize::Symbolizer;
+use crate::syscalls;
+
+const POLL: Duration = Duration::from_millis(100);
+/// How often the target's memory maps are re-read, so that libraries it loads during the
+/// session still symbolize after it exits.
+const RECACHE_EVERY: Duration = Duration::from_secs(2);
+
+fn has(flags: u32, f: wp_thread_flag) -> bool {
+    flags & f.0 != 0
+}
+
+fn comm_of(raw: &[i8]) -> String {
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn totals_of(ts: &thread_state, end_ns: u64, exited: bool) -> ThreadTotals {
+    ThreadTotals {
+        tid: ts.tid,
+        comm: comm_of(&ts.comm),
+        start_ns: ts.start_ts,
+        end_ns,
+        oncpu_ns: ts.oncpu_ns,
+        blocked_ns: ts.blocked_ns,
+        runq_ns: ts.runq_ns,
+        exited,
+    }
+}
+
+/// Runs the session until it ends, then reads everything out.
+pub fn run(
+    attached: &mut Attached<'_>,
+    target: &mut Profiled,
+    cfg: &Config,
+    stop: &Stop,
+    symbolizer: &Symbolizer,
+) -> Result<Collected> {
+    let exited: RefCell<Vec<ThreadTotals>> = RefCell::new(Vec::new());
+    let mut builder = RingBufferBuilder::new();
+    builder.add(&attached.skel.maps.exits, |data: &[u8]| {
+        let mut ts = thread_state::default();
+        if plain::copy_from_bytes(&mut ts, data).is_ok() {
+            exited.borrow_mut().push(totals_of(&ts, ts.exit_ts, true));
+        }
+        0
+    })?;
+    let ringbuf = builder
+        .build()
+        .context("setting up the exit-record ring buffer failed")?;
+
+    let start_ns = attached.start()?;
+    target.release()?;
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let mut last_cache = Instant::now();
+    let mut last_progress = Instant::now();
+    let end_reason = loop {
+        ringbuf
+            .poll(POLL)
+            .context("reading thread-exit records failed")?;
+        if stop.requested() {
+            break EndReason::Interrupted;
+        }
+        if let Some(code) = target.exited() {
+            break EndReason::TargetExited(code);
+        }
+        if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
+            break EndReason::Duration;
+        }
+        if last_cache.elapsed() >= RECACHE_EVERY {
+            // best effort: a failure here only matters if the target later exits
+            let _ = symbolizer.cache_target();
+            last_cache = Instant::now();
+        }
+        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            let limit = cfg
+                .duration
+                .map(|d| format!(" / {:.0}s", d.as_secs_f64()))
+                .unwrap_or_default();
+            eprint!(
+                "\rwaitprof: profiling {} ({}) {:.0}s{limit}, Ctrl-C to stop ",
+                target.pid,
+                target.comm,
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+            last_progress = Instant::now();
+        }
+    };
+    let end_ns = attached.stop()?;
+    if progress {
+        eprintln!();
+    }
+    ringbuf
+        .consume()
+        .context("reading thread-exit records failed")?;
+    drop(ringbuf);
+
+    let mut collected = Collected {
+        pid: target.pid,
+        comm: target.comm.clone(),
+        start_ns,
+        end_ns,
+        end_reason: Some(end_reason),
+        attach: attached.flavour.name().to_string(),
+        ..Default::default()
+    };
+    collected.threads = exited.into_inner();
+    read_stats(attached, &mut collected.losses)?;
+    read_rows(attached, &mut collected)?;
+    close_open_threads(attached, cfg, &mut collected)?;
+    add_unseen_threads(cfg, &mut collected);
+    read_stacks(attached, &mut collected)?;
+    Ok(collected)
+}
+
+fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
+    let bss = attached
+        .skel
+        .maps
+        .bss_data
+        .as_deref()
+        .context("the BPF object has no .bss")?;
+    let s = |w: wp_stat| bss.stats[w.0 as usize];
+    *losses = Losses {
+        rows_dropped: s(wp_stat::WP_STAT_AGG_FULL),
+        rows_dropped_ns: s(wp_stat::WP_STAT_AGG_FULL_NS),
+        threads_untracked: s(wp_stat::WP_STAT_THREADS_FULL),
+        ustack_errors: s(wp_stat::WP_STAT_USTACK_ERR),
+        kstack_errors: s(wp_stat::WP_STAT_KSTACK_ERR),
+        stack_collisions: s(wp_stat::WP_STAT_STACK_COLLISION),
+        exit_records_lost: s(wp_stat::WP_STAT_EXIT_LOST),
+        no_wakeup_seen: s(wp_stat::WP_STAT_NO_WAKEUP),
+        below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
+        below_min_block_ns: s(wp_stat::WP_STAT_BELOW_MIN_NS),
+    };
+    Ok(())
+}
+
+fn read_rows(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    let map = &attached.skel.maps.agg;
+    for key_bytes in map.keys() {
+        let Some(val_bytes) = map
+            .lookup(&key_bytes, MapFlags::ANY)
+            .context("reading the profile failed")?
+        else {
+            continue;
+        };
+        let (mut key, mut val) = (agg_key::default(), agg_val::default());
+        if plain::copy_from_bytes(&mut key, &key_bytes).is_err()
+            || plain::copy_from_bytes(&mut val, &val_bytes).is_err()
+        {
+            continue;
+        }
+        collected.rows.push(Row {
+            tid: key.tid,
+            kind: Kind::from_raw(key.kind),
+            syscall: (key.syscall >= 0).then_some(key.syscall as u32),
+            outcome: Outcome::from_raw(key.outcome),
+            ustack: StackRef::from_raw(key.ustack),
+            kstack: StackRef::from_raw(key.kstack),
+            count: val.count,
+            blocked_ns: val.blocked_ns,
+            runq_ns: val.runq_ns,
+        });
+    }
+    Ok(())
+}
+
+/// Splits the open off-CPU interval of a thread at the session's end, as the BPF
+/// program would have at its next switch-in: (blocked, run-queue).
+pub fn split_open_interval(ts: &thread_state, end_ns: u64) -> (u64, u64) {
+    let out = ts.out_ts.min(end_ns);
+    if has(ts.flags, wp_thread_flag::WP_TF_RUNNABLE_OUT) {
+        (0, end_ns - out)
+    } else if ts.waking_ts != 0 && ts.waking_ts >= ts.in_ts {
+        let w = ts.waking_ts.clamp(out, end_ns);
+        (w - out, end_ns - w)
+    } else {
+        (end_ns - out, 0)
+    }
+}
+
+/// Threads still alive at the end: add their open interval (on-CPU or off-CPU) to their
+/// totals, and their open wait to the profile, marked unfinished.
+fn close_open_threads(
+    attached: &Attached<'_>,
+    cfg: &Config,
+    collected: &mut Collected,
+) -> Result<()> {
+    let map = &attached.skel.maps.threads;
+    let end = collected.end_ns;
+    let enabled: HashSet<Kind> = cfg.kinds.iter().copied().collect();
+    let min_block = cfg.min_block.as_nanos() as u64;
+    for key in map.keys() {
+        let Some(bytes) = map
+            .lookup(&key, MapFlags::ANY)
+            .context("reading thread state failed")?
+        else {
+            continue;
+        };
+        let mut ts = thread_state::default();
+        if plain::copy_from_bytes(&mut ts, &bytes).is_err() {
+            continue;
+        }
+        let mut totals = totals_of(&ts, end, false);
+        let comm = session::proc_comm(collected.pid, ts.tid);
+        if !comm.starts_with("pid") {
+            totals.comm = comm; // threads often name themselves after they start
+        }
+        if has(ts.flags, wp_thread_flag::WP_TF_ON_CPU) {
+            totals.oncpu_ns += end.saturating_sub(ts.in_ts);
+            collected.threads.push(totals);
+            continue;
+        }
+        let (blocked, runq) = split_open_interval(&ts, end);
+        totals.blocked_ns += blocked;
+        totals.runq_ns += runq;
+        collected.threads.push(totals);
+        let kind = Kind::from_raw(ts.kind);
+        let in_episode = has(ts.flags, wp_thread_flag::WP_TF_IN_EPISODE);
+        let (blocked, runq) = if in_episode {
+            (ts.ep_blocked_ns + blocked, ts.ep_runq_ns + runq)
+        } else {
+            (blocked, runq)
+        };
+        if !enabled.contains(&kind) {
+            continue;
+        }
+        if blocked + runq < min_block {
+            collected.losses.below_min_block += 1;
+            collected.losses.below_min_block_ns += blocked + runq;
+            continue;
+        }
+        let (ustack, kstack) = if in_episode {
+            (ts.ep_ustack, ts.ep_kstack)
+        } else {
+            (ts.cur_ustack, ts.cur_kstack)
+        };
+        collected.rows.push(Row {
+            tid: ts.tid,
+            kind,
+            syscall: (ts.syscall >= 0).then_some(ts.syscall as u32),
+            outcome: if in_episode {
+                Outcome::Unfinished
+            } else {
+                Outcome::None
+            },
+            ustack: StackRef::from_raw(ustack),
+            kstack: StackRef::from_raw(kstack),
+            count: 1,
+            blocked_ns: blocked,
+            runq_ns: runq,
+        });
+    }
+    Ok(())
+}
+
+/// Threads that had no scheduler event at all during the session: blocked (or running)
+/// the whole time. The kernel never saw them, so /proc tells their syscall and stack.
+fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
+    let seen: HashSet<u32> = collected.threads.iter().map(|t| t.tid).collect();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", collected.pid)) else {
+        return;
+    };
+    let (start, end) = (collected.start_ns, collected.end_ns);
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if seen.contains(&tid) || cfg.tid.is_some_and(|t| t != tid) {
+            continue;
+        }
+        let base = format!("/proc/{}/task/{tid}", collected.pid);
+        let stat = std::fs::read_to_string(format!("{base}/stat")).unwrap_or_default();
+        // a thread created after the session ended is not part of it
+        let clk_tck = 100; // USER_HZ, fixed at 100 on Linux
+        let started_ticks: u64 = session::stat_field(&stat, 22)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if started_ticks * (1_000_000_000 / clk_tck) > boottime_to_monotonic(end) {
+            continue;
+        }
+        let state = session::stat_field(&stat, 3).unwrap_or_default();
+        let mut totals = ThreadTotals {
+            tid,
+            comm: session::proc_comm(collected.pid, tid),
+            start_ns: start,
+            end_ns: end,
+            ..Default::default()
+        };
+        if state == "R" {
+            totals.oncpu_ns = end - start;
+            collected.threads.push(totals);
+            continue;
+        }
+        totals.blocked_ns = end - start;
+        collected.threads.push(totals);
+        let (nr, arg2) = proc_syscall(&base);
+        let kind = nr
+            .map(|nr| syscalls::kind_of(nr, arg2))
+            .unwrap_or(Kind::Other);
+        if !cfg.kinds.contains(&kind) {
+            continue;
+        }
+        let kstack = proc_kernel_stack(&base);
+        let kref = if kstack.is_empty() {
+            StackRef::BeforeAttach
+        } else {
+            collected.proc_kstacks.push(kstack);
+            StackRef::Proc(collected.proc_kstacks.len() as u32 - 1)
+        };
+        collected.rows.push(Row {
+            tid,
+            kind,
+            syscall: nr,
+            outcome: if kind == Kind::Other {
+                Outcome::None
+            } else {
+                Outcome::Unfinished
+            },
+            ustack: StackRef::BeforeAttach,
+            kstack: kref,
+            count: 1,
+            blocked_ns: end - start,
+            runq_ns: 0,
+        });
+    }
+}
+
+/// /proc/PID/stat start times count from boot (CLOCK_BOOTTIME); convert a monotonic
+/// timestamp to compare with them.
+fn boottime_to_monotonic(mono_ns: u64) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    mono_ns + boot.saturating_sub(session::monotonic_ns())
+}
+
+/// The syscall a sleeping thread is in, and its second argument, from /proc/.../syscall.
+fn proc_syscall(base: &str) -> (Option<u32>, u64) {
+    let text = std::fs::read_to_string(format!("{base}/syscall")).unwrap_or_default();
+    let mut fields = text.split_whitespace();
+    let nr = fields.next().and_then(|f| f.parse::<u32>().ok());
+    let arg2 = fields
+        .nth(1)
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    (nr, arg2)
+}
+
+/// The kernel stack of a sleeping thread from /proc/.../stack, root first.
+fn proc_kernel_stack(base: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{base}/stack")).unwrap_or_default();
+    let mut frames: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|f| f.split('+').next().unwrap_or(f).to_string())
+        .collect();
+    frames.reverse();
+    frames
+}
+
+fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    let ids: HashSet<u32> = collected
+        .rows
+        .iter()
+        .flat_map(|r| [r.ustack, r.kstack])
+        .filter_map(|s| match s {
+            StackRef::Id(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let map = &attached.skel.maps.stacks;
+    let mut stacks = HashMap::new();
+    for id in ids {
+        let Ok(Some(bytes)) = map.lookup(&id.to_ne_bytes(), MapFlags::ANY) else {
+            continue;
+        };
+        let ips: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .take_while(|&ip| ip != 0)
+            .collect();
+        stacks.insert(id, ips);
+    }
+    collected.stacks = stacks;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The data that flows through the pipeline: what collection read out of the kernel
+//! (`Collected`), in terms that no longer depend on the BPF skeleton.
+
+use std::collections::HashMap;
+
+use crate::bpf;
+
+/// What a thread waited in. The three tracked families are broken out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Epoll,
+    Futex,
+    Accept,
+    Other,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Epoll, Kind::Futex, Kind::Accept, Kind::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Epoll => "epoll",
+            Kind::Futex => "futex",
+            Kind::Accept => "accept",
+            Kind::Other => "other",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    pub fn from_raw(raw: u8) -> Kind {
+        match bpf::wp_kind(raw.into()) {
+            bpf::wp_kind::WP_KIND_EPOLL => Kind::Epoll,
+            bpf::wp_kind::WP_KIND_FUTEX => Kind::Futex,
+            bpf::wp_kind::WP_KIND_ACCEPT => Kind::Accept,
+            _ => Kind::Other,
+        }
+    }
+
+    /// The bit of this kind in the BPF config's `kinds_mask`.
+    pub fn mask_bit(self) -> u32 {
+        let raw = match self {
+            Kind::Epoll => bpf::wp_kind::WP_KIND_EPOLL,
+            Kind::Futex => bpf::wp_kind::WP_KIND_FUTEX,
+            Kind::Accept => bpf::wp_kind::WP_KIND_ACCEPT,
+            Kind::Other => bpf::wp_kind::WP_KIND_OTHER,
+        };
+        1 << raw.0
+    }
+}
+
+/// How a tracked syscall ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    None,
+    Ok,
+    Timeout,
+    Again,
+    Interrupted,
+    Error,
+    Unfinished,
+}
+
+impl Outcome {
+    pub fn from_raw(raw: u8) -> Outcome {
+        match bpf::wp_outcome(raw.into()) {
+            bpf::wp_outcome::WP_OUT_OK => Outcome::Ok,
+            bpf::wp_outcome::WP_OUT_TIMEOUT => Outcome::Timeout,
+            bpf::wp_outcome::WP_OUT_AGAIN => Outcome::Again,
+            bpf::wp_outcome::WP_OUT_INTR => Outcome::Interrupted,
+            bpf::wp_outcome::WP_OUT_ERROR => Outcome::Error,
+            bpf::wp_outcome::WP_OUT_UNFINISHED => Outcome::Unfinished,
+            _ => Outcome::None,
+        }
+    }
+
+    /// Words for the summary; what "ok" means depends on the kind.
+    pub fn describe(self, kind: Kind) -> &'static str {
+        match (self, kind) {
+            (Outcome::Ok, Kind::Epoll) => "returned events",
+            (Outcome::Ok, Kind::Futex) => "woken",
+            (Outcome::Ok, Kind::Accept) => "got a connection",
+            (Outcome::Ok, Kind::Other) | (Outcome::None, _) => "",
+            (Outcome::Timeout, _) => "timed out",
+            (Outcome::Again, _) => "EAGAIN",
+            (Outcome::Interrupted, _) => "interrupted",
+            (Outcome::Error, _) => "error",
+            (Outcome::Unfinished, _) => "still waiting at the end",
+        }
+    }
+}
+
+/// A stack as the kernel recorded it: an id in the stack table, or why there is none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackRef {
+    Id(u32),
+    /// The thread was already blocked when the session started.
+    BeforeAttach,
+    /// Its kind was filtered out (`--kinds`), so no stack was taken.
+    NotCaptured,
+    /// bpf_get_stackid failed with this errno (EFAULT: no user stack, EEXIST: table
+    /// collision, ENOMEM: table full, ...).
+    Missing(i32),
+    /// A kernel stack read from /proc for a thread the hooks never saw: an index into
+    /// `Collected::proc_kstacks`.
+    Proc(u32),
+}
+
+impl StackRef {
+    pub fn from_raw(raw: i32) -> StackRef {
+        if raw >= 0 {
+            StackRef::Id(raw as u32)
+        } else if raw == bpf::wp_stack_marker::WP_STACK_BEFORE_ATTACH.0 as i32 {
+            StackRef::BeforeAttach
+        } else if raw == bpf::wp_stack_marker::WP_STACK_NOT_CAPTURED.0 as i32 {
+            StackRef::NotCaptured
+        } else {
+            StackRef::Missing(-raw)
+        }
+    }
+}
+
+/// One aggregated row of the profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub tid: u32,
+    pub kind: Kind,
+    /// The syscall the thread was in, when it was in one.
+    pub syscall: Option<u32>,
+    pub outcome: Outcome,
+    pub ustack: StackRef,
+    pub kstack: StackRef,
+    /// Episodes (tracked syscalls) or off-CPU intervals (other).
+    pub count: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+}
+
+/// Where one thread's time went during the session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTotals {
+    pub tid: u32,
+    pub comm: String,
+    /// The part of the session the thread existed for (ns, CLOCK_MONOTONIC).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub oncpu_ns: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    pub exited: bool,
+}
+
+impl ThreadTotals {
+    pub fn lifetime_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+    pub fn accounted_ns(&self) -> u64 {
+        self.oncpu_ns + self.blocked_ns + self.runq_ns
+    }
+}
+
+/// What the session could not see, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    pub rows_dropped: u64,
+    pub rows_dropped_ns: u64,
+    pub threads_untracked: u64,
+    pub ustack_errors: u64,
+    pub kstack_errors: u64,
+    pub stack_collisions: u64,
+    pub exit_records_lost: u64,
+    pub no_wakeup_seen: u64,
+    pub below_min_block: u64,
+    pub below_min_block_ns: u64,
+}
+
+/// Why collection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Duration,
+    Interrupted,
+    TargetExited(Option<i32>),
+}
+
+/// Everything collection read out of the kernel, before symbolization.
+#[derive(Clone, Debug, Default)]
+pub struct Collected {
+    pub pid: u32,
+    pub comm: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub rows: Vec<Row>,
+    /// Stack id -> instruction pointers, leaf first, as the kernel stores them.
+    pub stacks: HashMap<u32, Vec<u64>>,
+    /// Kernel stacks (symbol names, root first) read from /proc/PID/task/TID/stack.
+    pub proc_kstacks: Vec<Vec<String>>,
+    pub threads: Vec<ThreadTotals>,
+    pub losses: Losses,
+    pub end_reason: Option<EndReason>,
+    /// The attach method that was used.
+    pub attach: String,
+}

@@ -1,0 +1,152 @@
+//! Rendering: folded stacks into a flame graph SVG with inferno, and both files onto disk.
+//! Files are written to a temporary name and renamed, so an interrupted run never leaves
+//! a truncated SVG; under sudo they are handed to the invoking user.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use inferno::flamegraph::color::{MultiPalette, Palette};
+use inferno::flamegraph::{self, Options};
+
+use crate::fold::Folded;
+
+pub const DEFAULT_DIR: &str = "flamegraphs";
+
+/// Where the SVG and the folded stacks go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputPaths {
+    pub svg: PathBuf,
+    pub folded: PathBuf,
+}
+
+/// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
+pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) -> OutputPaths {
+    let default_name = format!("{}-{pid}-{stamp}.svg", comm.replace(['/', ' '], "_"));
+    let svg = match output {
+        None => Path::new(DEFAULT_DIR).join(default_name),
+        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {
+            p.join(default_name)
+        }
+        Some(p) if p.extension().is_some_and(|e| e == "svg") => p.to_path_buf(),
+        Some(p) => p.with_extension("svg"),
+    };
+    OutputPaths {
+        folded: svg.with_extension("folded"),
+        svg,
+    }
+}
+
+/// A timestamp for file names: 20261121T144344Z.
+pub fn file_stamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "")
+}
+
+/// Makes sure the output directory exists and is writable, before the session starts.
+pub fn check_writable(paths: &OutputPaths) -> Result<()> {
+    let dir = parent_dir(&paths.svg);
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    let probe = dir.join(format!(".waitprof-write-test-{}", std::process::id()));
+    fs::File::create(&probe).with_context(|| {
+        format!(
+            "cannot write to the output directory {}: choose another with -o",
+            dir.display()
+        )
+    })?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The flame graph of a non-empty profile as SVG text.
+pub fn svg(folded: &Folded, title: &str, subtitle: &str) -> Result<Vec<u8>> {
+    if folded.is_empty() {
+        bail!("nothing to draw: the profile is empty");
+    }
+    let mut opts = Options::default();
+    opts.title = title.to_string();
+    opts.subtitle = Some(subtitle.to_string());
+    opts.count_name = "us".to_string();
+    opts.colors = Palette::Multi(MultiPalette::Java);
+    opts.hash = true;
+    opts.deterministic = true;
+    let text = folded.to_text();
+    let mut out = Vec::new();
+    flamegraph::from_lines(&mut opts, text.lines(), &mut out)
+        .context("rendering the flame graph failed")?;
+    Ok(out)
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(data)
+            .with_context(|| format!("writing {} failed", tmp.display()))?;
+        f.sync_all().ok();
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move the output to {}", path.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    give_to_sudo_user(path);
+    Ok(())
+}
+
+/// Under sudo, files (and a flamegraphs/ directory we created) go to the invoking user,
+/// who would otherwise need root to delete them.
+fn give_to_sudo_user(path: &Path) {
+    let id = |var| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) {
+        let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+        let dir = parent_dir(path);
+        if dir.ends_with(DEFAULT_DIR) {
+            let _ = std::os::unix::fs::chown(dir, Some(uid), Some(gid));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_follow_the_flag() {
+        let p = output_paths(None, "nginx", 12, "T");
+        assert_eq!(p.svg, Path::new("flamegraphs/nginx-12-T.svg"));
+        assert_eq!(p.folded, Path::new("flamegraphs/nginx-12-T.folded"));
+        let p = output_paths(Some(Path::new("out/x.svg")), "nginx", 12, "T");
+        assert_eq!(p.folded, Path::new("out/x.folded"));
+        let p = output_paths(Some(Path::new("out/")), "a b", 12, "T");
+        assert_eq!(p.svg, Path::new("out/a_b-12-T.svg"));
+        let p = output_paths(Some(Path::new("profile")), "x", 1, "T");
+        assert_eq!(p.svg, Path::new("profile.svg"));
+    }
+
+    #[test]
+    fn empty_profile_is_not_drawn() {
+        let err = svg(&Folded::default(), "t", "s").unwrap_err();
+        assert!(format!("{err:#}").contains("nothing to draw"));
+    }
+}

@@ -1,0 +1,521 @@
+//! One profiling session's set-up and tear-down: the checks that must pass before
+//! anything is loaded, the target (an existing pid, or a command launched paused until
+//! the hooks are live), and loading and attaching the BPF program with an explicit
+//! fallback from tp_btf to raw_tp to classic tracepoints.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject, PrintLevel};
+
+use crate::bpf::{OpenWaitprofSkel, WaitprofSkel, WaitprofSkelBuilder};
+use crate::cli::{AttachMode, Config, Target};
+use crate::syscalls;
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+/// PF_KTHREAD in the flags field of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+/// The exit records ring buffer: 2 MiB holds ~16k thread exits between two polls.
+const EXITS_RINGBUF_BYTES: u32 = 2 << 20;
+
+/// The attach methods, in the order `auto` tries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    TpBtf,
+    RawTp,
+    Tracepoint,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::TpBtf => "tp_btf",
+            Flavour::RawTp => "raw_tp",
+            Flavour::Tracepoint => "tracepoint",
+        }
+    }
+
+    fn candidates(mode: AttachMode) -> &'static [Flavour] {
+        match mode {
+            AttachMode::Auto => &[Flavour::TpBtf, Flavour::RawTp, Flavour::Tracepoint],
+            AttachMode::TpBtf => &[Flavour::TpBtf],
+            AttachMode::RawTp => &[Flavour::RawTp],
+            AttachMode::Tracepoint => &[Flavour::Tracepoint],
+        }
+    }
+}
+
+/// Checks that need no target: privileges and kernel support.
+pub fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("waitprof must run as root to load BPF programs: run it with sudo");
+    }
+    if !Path::new(BTF_PATH).exists() {
+        bail!(
+            "this kernel has no BTF ({BTF_PATH} is missing): waitprof needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.5)"
+        );
+    }
+    Ok(())
+}
+
+/// The process being profiled.
+pub struct Profiled {
+    pub pid: u32,
+    pub comm: String,
+    launched: Option<Launched>,
+}
+
+/// A command started by waitprof, held before exec until the hooks are attached.
+struct Launched {
+    name: String,
+    go: Option<File>,
+    spawner: Option<JoinHandle<std::io::Result<Child>>>,
+    child: Option<Child>,
+}
+
+impl Profiled {
+    pub fn prepare(cfg: &Config) -> Result<Profiled> {
+        match &cfg.target {
+            Target::Pid(pid) => {
+                check_pid(*pid)?;
+                if let Some(tid) = cfg.tid {
+                    if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+                        bail!(
+                            "thread {tid} is not a thread of process {pid}: see /proc/{pid}/task"
+                        );
+                    }
+                }
+                Ok(Profiled {
+                    pid: *pid,
+                    comm: proc_comm(*pid, *pid),
+                    launched: None,
+                })
+            }
+            Target::Command(argv) => launch(argv),
+        }
+    }
+
+    /// Lets a launched command run (exec). A command that cannot be executed is an error.
+    pub fn release(&mut self) -> Result<()> {
+        let Some(l) = self.launched.as_mut() else {
+            return Ok(());
+        };
+        if let Some(mut go) = l.go.take() {
+            go.write_all(b"g").context("starting the command failed")?;
+        }
+        if let Some(spawner) = l.spawner.take() {
+            let child = spawner
+                .join()
+                .map_err(|_| anyhow!("the thread starting the command panicked"))?
+                .with_context(|| format!("cannot run {}", l.name))?;
+            l.child = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Whether the target has exited; for a launched command, with its exit code.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        if let Some(child) = self.launched.as_mut().and_then(|l| l.child.as_mut()) {
+            return match child.try_wait() {
+                Ok(Some(status)) => Some(status.code()),
+                Ok(None) => None,
+                Err(_) => Some(None),
+            };
+        }
+        // a zombie has exited even though /proc still lists it
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => matches!(stat_field(&stat, 3).as_deref(), Some("Z" | "X")).then_some(None),
+            Err(_) => Some(None),
+        }
+    }
+
+    /// A launched command still running when the session ends is stopped, not orphaned.
+    pub fn finish(&mut self) {
+        let Some(l) = self.launched.as_mut() else {
+            return;
+        };
+        drop(l.go.take()); // never released: the child sees EOF and does not exec
+        if let Some(spawner) = l.spawner.take() {
+            let _ = spawner.join();
+        }
+        if let Some(child) = l.child.as_mut() {
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Profiled {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn check_pid(pid: u32) -> Result<()> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|_| anyhow!("no process with pid {pid}: check it with `ps -p {pid}`"))?;
+    let flags: u64 = stat_field(&stat, 9)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    if flags & PF_KTHREAD != 0 {
+        bail!(
+            "pid {pid} ({}) is a kernel thread: waitprof profiles user processes",
+            proc_comm(pid, pid)
+        );
+    }
+    if matches!(stat_field(&stat, 3).as_deref(), Some("Z" | "X")) {
+        bail!("process {pid} has already exited (it is a zombie)");
+    }
+    Ok(())
+}
+
+/// Field `n` (1-based, as in proc(5)) of a /proc/PID/stat line; comm may hold spaces.
+pub fn stat_field(stat: &str, n: usize) -> Option<String> {
+    let close = stat.rfind(')')?;
+    match n {
+        1 => stat.split_whitespace().next().map(str::to_string),
+        2 => Some(stat[stat.find('(')? + 1..close].to_string()),
+        _ => stat[close + 1..]
+            .split_whitespace()
+            .nth(n - 3)
+            .map(str::to_string),
+    }
+}
+
+pub fn proc_comm(pid: u32, tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| format!("pid{pid}"))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe failed");
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts the command on another thread (Command::spawn returns only after exec), with a
+/// pre-exec step that reports the child's pid and waits for the go signal.
+fn launch(argv: &[OsString]) -> Result<Profiled> {
+    let program = &argv[0];
+    let name = program.to_string_lossy().into_owned();
+    which::which(program).map_err(|_| {
+        anyhow!("command not found: {name} (not an executable file, nor found in PATH)")
+    })?;
+    let (pid_r, pid_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..]);
+    let (pid_wfd, go_rfd) = (pid_w.as_raw_fd(), go_r.as_raw_fd());
+    // SAFETY: the closure only calls async-signal-safe functions (getpid, write, read).
+    unsafe {
+        cmd.pre_exec(move || {
+            let pid = libc::getpid();
+            libc::write(pid_wfd, (&pid as *const i32).cast(), 4);
+            let mut b = 0u8;
+            if libc::read(go_rfd, (&mut b as *mut u8).cast(), 1) != 1 {
+                return Err(std::io::Error::other(
+                    "waitprof stopped before the command started",
+                ));
+            }
+            Ok(())
+        });
+    }
+    let spawner = std::thread::spawn(move || {
+        let result = cmd.spawn();
+        drop((pid_w, go_r));
+        result
+    });
+    let mut buf = [0u8; 4];
+    let mut pid_r = File::from(pid_r);
+    if pid_r.read_exact(&mut buf).is_err() {
+        let err = spawner
+            .join()
+            .map_err(|_| anyhow!("the thread starting the command panicked"))?;
+        return Err(match err {
+            Err(e) => anyhow!(e).context(format!("cannot run {name}")),
+            Ok(_) => anyhow!("cannot run {name}: it did not start"),
+        });
+    }
+    let pid = i32::from_ne_bytes(buf) as u32;
+    Ok(Profiled {
+        pid,
+        comm: Path::new(program)
+            .file_name()
+            .map(|f| f.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_else(|| name.clone()),
+        launched: Some(Launched {
+            name,
+            go: Some(File::from(go_w)),
+            spawner: Some(spawner),
+            child: None,
+        }),
+    })
+}
+
+/// libbpf's messages, kept so that a failed load can show the verifier's reason.
+static LIBBPF_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn libbpf_print(_level: PrintLevel, msg: String) {
+    if let Ok(mut log) = LIBBPF_LOG.lock() {
+        log.push(msg);
+    }
+}
+
+fn take_libbpf_log(max_lines: usize) -> String {
+    let lines: Vec<String> = LIBBPF_LOG
+        .lock()
+        .map(|mut log| std::mem::take(&mut *log))
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let start = lines.len().saturating_sub(max_lines);
+    lines[start..].join("\n    ")
+}
+
+/// The loaded program with its links; dropping it detaches everything.
+pub struct Attached<'obj> {
+    pub skel: WaitprofSkel<'obj>,
+    pub flavour: Flavour,
+    _links: Vec<Link>,
+}
+
+/// Storage for one attempt per flavour: each open skeleton borrows its own.
+pub type ObjectStorage = [MaybeUninit<OpenObject>; 3];
+
+pub fn new_storage() -> ObjectStorage {
+    [
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+    ]
+}
+
+fn configure(
+    open: &mut OpenWaitprofSkel<'_>,
+    cfg: &Config,
+    pid: u32,
+    flavour: Flavour,
+) -> Result<()> {
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the BPF object has no .rodata")?;
+    let c = &mut rodata.cfg;
+    c.tgid = pid;
+    c.tid = cfg.tid.unwrap_or(0);
+    c.min_block_ns = cfg.min_block.as_nanos().min(u64::MAX as u128) as u64;
+    c.kinds_mask = cfg.kinds.iter().fold(0, |m, k| m | k.mask_bit());
+    c.futex_wait_ops = syscalls::futex_wait_ops_mask();
+    c.sysclass = syscalls::class_table();
+
+    open.maps.threads.set_max_entries(cfg.max_threads)?;
+    open.maps.agg.set_max_entries(cfg.max_rows)?;
+    open.maps.stacks.set_max_entries(cfg.stack_storage_size)?;
+    open.maps.exits.set_max_entries(EXITS_RINGBUF_BYTES)?;
+
+    let p = &mut open.progs;
+    for (prog, f) in [
+        (&mut p.btf_sched_switch, Flavour::TpBtf),
+        (&mut p.btf_sched_waking, Flavour::TpBtf),
+        (&mut p.btf_sys_exit, Flavour::TpBtf),
+        (&mut p.btf_sched_process_exit, Flavour::TpBtf),
+        (&mut p.raw_sched_switch, Flavour::RawTp),
+        (&mut p.raw_sched_waking, Flavour::RawTp),
+        (&mut p.raw_sys_exit, Flavour::RawTp),
+        (&mut p.raw_sched_process_exit, Flavour::RawTp),
+        (&mut p.tp_sched_switch, Flavour::Tracepoint),
+        (&mut p.tp_sched_waking, Flavour::Tracepoint),
+        (&mut p.tp_sys_exit, Flavour::Tracepoint),
+        (&mut p.tp_sched_process_exit, Flavour::Tracepoint),
+    ] {
+        prog.set_autoload(f == flavour);
+    }
+    Ok(())
+}
+
+fn attach_all(skel: &WaitprofSkel<'_>, flavour: Flavour) -> Result<Vec<Link>> {
+    let p = &skel.progs;
+    let progs = match flavour {
+        Flavour::TpBtf => [
+            &p.btf_sched_switch,
+            &p.btf_sched_waking,
+            &p.btf_sys_exit,
+            &p.btf_sched_process_exit,
+        ],
+        Flavour::RawTp => [
+            &p.raw_sched_switch,
+            &p.raw_sched_waking,
+            &p.raw_sys_exit,
+            &p.raw_sched_process_exit,
+        ],
+        Flavour::Tracepoint => [
+            &p.tp_sched_switch,
+            &p.tp_sched_waking,
+            &p.tp_sys_exit,
+            &p.tp_sched_process_exit,
+        ],
+    };
+    progs
+        .into_iter()
+        .map(|prog| {
+            prog.attach()
+                .with_context(|| format!("attaching {} failed", prog.name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Classic tracepoints need tracefs; mount it where the kernel expects it if it is missing.
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let (src, dir, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!("classic tracepoints need tracefs, and mounting it at {TRACEFS} failed")
+        });
+    }
+    Ok(())
+}
+
+fn try_flavour<'obj>(
+    slot: &'obj mut MaybeUninit<OpenObject>,
+    cfg: &Config,
+    pid: u32,
+    flavour: Flavour,
+) -> Result<Attached<'obj>> {
+    let mut open = WaitprofSkelBuilder::default()
+        .open(slot)
+        .context("opening the BPF object failed")?;
+    configure(&mut open, cfg, pid, flavour)?;
+    if flavour == Flavour::Tracepoint {
+        ensure_tracefs()?;
+    }
+    let skel = open.load().map_err(|e| {
+        anyhow!(e).context(format!(
+            "the kernel refused the BPF program; libbpf said:\n    {}",
+            take_libbpf_log(12)
+        ))
+    })?;
+    let links = attach_all(&skel, flavour)?;
+    Ok(Attached {
+        skel,
+        flavour,
+        _links: links,
+    })
+}
+
+/// Loads and attaches the first flavour that works; the error lists why each one failed.
+pub fn load_and_attach<'obj>(
+    storage: &'obj mut ObjectStorage,
+    cfg: &Config,
+    pid: u32,
+) -> Result<Attached<'obj>> {
+    let _ = libbpf_rs::set_print(Some((PrintLevel::Info, libbpf_print)));
+    let mut failures = Vec::new();
+    for (flavour, slot) in Flavour::candidates(cfg.attach)
+        .iter()
+        .copied()
+        .zip(storage.iter_mut())
+    {
+        let attempt = try_flavour(slot, cfg, pid, flavour);
+        match attempt {
+            Ok(a) => return Ok(a),
+            Err(e) => failures.push(format!("  {}: {e:#}", flavour.name())),
+        }
+        take_libbpf_log(0);
+    }
+    bail!(
+        "no attach method works on this kernel (waitprof needs tp_btf, raw_tp or classic \
+         tracepoints on sched_switch, sched_waking, sys_exit and sched_process_exit):\n{}",
+        failures.join("\n")
+    )
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Attached<'_> {
+    /// Opens the gate: every hook starts recording at this instant.
+    pub fn start(&mut self) -> Result<u64> {
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .context("the BPF object has no .bss")?;
+        let now = monotonic_ns();
+        // SAFETY: bss is the program's mmap'ed .bss; a volatile store is seen by the hooks.
+        unsafe { std::ptr::write_volatile(&mut bss.session_start_ns, now) };
+        Ok(now)
+    }
+
+    /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.
+    pub fn stop(&mut self) -> Result<u64> {
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .context("the BPF object has no .bss")?;
+        let now = monotonic_ns();
+        // SAFETY: as in start().
+        unsafe { std::ptr::write_volatile(&mut bss.session_end_ns, now) };
+        Ok(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_survive_spaces_in_comm() {
+        let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100";
+        assert_eq!(stat_field(stat, 1).as_deref(), Some("42"));
+        assert_eq!(stat_field(stat, 2).as_deref(), Some("my (odd) name"));
+        assert_eq!(stat_field(stat, 3).as_deref(), Some("S"));
+        assert_eq!(stat_field(stat, 9).as_deref(), Some("4194560"));
+    }
+}

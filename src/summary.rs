@@ -1,0 +1,225 @@
+//! The summary printed at the end of every session: where the threads' time went, by
+//! kind and outcome, whether each thread's time adds up, the heaviest stacks, and
+//! everything the session could not see. Pure: it formats what it is given.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use crate::fold;
+use crate::model::{Collected, EndReason, Kind, Outcome};
+use crate::symbolize::Symbols;
+
+fn secs(ns: u64) -> String {
+    let s = ns as f64 / 1e9;
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Per kind: blocked, run-queue, count, and the count per outcome.
+#[derive(Default)]
+struct KindTotals {
+    blocked: u64,
+    runq: u64,
+    count: u64,
+    outcomes: BTreeMap<Outcome, u64>,
+    by_syscall: BTreeMap<String, u64>,
+}
+
+/// The worst ratio of accounted time to lifetime over all threads, in percent, and the
+/// thread it belongs to: 100% means on-CPU + blocked + run-queue covers the thread's
+/// whole time in the session.
+pub fn accounting_range(collected: &Collected) -> Option<(f64, f64)> {
+    let ratios: Vec<f64> = collected
+        .threads
+        .iter()
+        .filter(|t| t.lifetime_ns() > 0)
+        .map(|t| pct(t.accounted_ns(), t.lifetime_ns()))
+        .collect();
+    let min = ratios.iter().copied().reduce(f64::min)?;
+    let max = ratios.iter().copied().reduce(f64::max)?;
+    Some((min, max))
+}
+
+pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: bool) -> String {
+    let mut out = String::new();
+    let session_ns = collected.end_ns.saturating_sub(collected.start_ns);
+    let exited = collected.threads.iter().filter(|t| t.exited).count();
+    let ended = match &collected.end_reason {
+        Some(EndReason::Duration) => "duration reached".to_string(),
+        Some(EndReason::Interrupted) => "stopped by Ctrl-C".to_string(),
+        Some(EndReason::TargetExited(Some(code))) => format!("target exited (status {code})"),
+        Some(EndReason::TargetExited(None)) => "target exited".to_string(),
+        None => "unknown".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "waitprof: {} (pid {}), session {}, {} threads ({exited} exited), attached with {}; {ended}",
+        collected.comm,
+        collected.pid,
+        secs(session_ns),
+        collected.threads.len(),
+        collected.attach
+    );
+
+    let (oncpu, blocked, runq) = collected.threads.iter().fold((0, 0, 0), |(a, b, c), t| {
+        (a + t.oncpu_ns, b + t.blocked_ns, c + t.runq_ns)
+    });
+    let all = oncpu + blocked + runq;
+    let _ = writeln!(out, "  thread time {} in all:", secs(all));
+    for (label, v) in [
+        ("on-CPU", oncpu),
+        ("blocked", blocked),
+        ("run-queue wait", runq),
+    ] {
+        let _ = writeln!(out, "    {label:<15} {:>10}  {:5.1}%", secs(v), pct(v, all));
+    }
+
+    let mut kinds: BTreeMap<Kind, KindTotals> = BTreeMap::new();
+    for row in &collected.rows {
+        let k = kinds.entry(row.kind).or_default();
+        k.blocked += row.blocked_ns;
+        k.runq += row.runq_ns;
+        k.count += row.count;
+        *k.outcomes.entry(row.outcome).or_default() += row.count;
+        *k.by_syscall.entry(fold::syscall_frame(row)).or_default() += row.blocked_ns + row.runq_ns;
+    }
+    let _ = writeln!(out, "  off-CPU by kind (blocked + run-queue wait):");
+    for kind in Kind::ALL {
+        let Some(k) = kinds.get(&kind) else {
+            let _ = writeln!(out, "    {:<7} none", kind.name());
+            continue;
+        };
+        let mut detail: Vec<String> = k
+            .outcomes
+            .iter()
+            .filter(|(o, _)| !o.describe(kind).is_empty())
+            .map(|(o, n)| format!("{n} {}", o.describe(kind)))
+            .collect();
+        if kind == Kind::Other {
+            let mut by: Vec<(&String, &u64)> = k.by_syscall.iter().collect();
+            by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            detail = by
+                .iter()
+                .take(4)
+                .map(|(s, ns)| format!("{s} {}", secs(**ns)))
+                .collect();
+        }
+        let unit = if kind == Kind::Other {
+            "waits"
+        } else {
+            "calls"
+        };
+        let _ = writeln!(
+            out,
+            "    {:<7} {:>10} (blocked {}, run-queue {}), {} {unit}{}{}",
+            kind.name(),
+            secs(k.blocked + k.runq),
+            secs(k.blocked),
+            secs(k.runq),
+            k.count,
+            if detail.is_empty() { "" } else { ": " },
+            detail.join(", ")
+        );
+    }
+
+    match accounting_range(collected) {
+        Some((min, max)) => {
+            let _ = writeln!(
+                out,
+                "  per-thread check: on-CPU + blocked + run-queue = {min:.1}%..{max:.1}% of each thread's time in the session"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  per-thread check: no thread was seen");
+        }
+    }
+    if per_thread {
+        let mut threads = collected.threads.clone();
+        threads.sort_by_key(|t| std::cmp::Reverse(t.blocked_ns + t.runq_ns));
+        let _ = writeln!(out, "  threads:");
+        for t in &threads {
+            let _ = writeln!(
+                out,
+                "    {:>7} {:<16} on-CPU {:>10}  blocked {:>10}  run-queue {:>10}{}",
+                t.tid,
+                t.comm,
+                secs(t.oncpu_ns),
+                secs(t.blocked_ns),
+                secs(t.runq_ns),
+                if t.exited { "  (exited)" } else { "" }
+            );
+        }
+    }
+
+    // heaviest (user stack, syscall) pairs: what the program was doing when it waited
+    let mut stacks: HashMap<String, u64> = HashMap::new();
+    for row in &collected.rows {
+        let user = match row.ustack {
+            crate::model::StackRef::Id(id) => symbols
+                .user
+                .get(&id)
+                .map(|f| {
+                    let start = f.len().saturating_sub(4);
+                    f[start..].join(" > ")
+                })
+                .unwrap_or_else(|| "[missed user stack]".into()),
+            crate::model::StackRef::BeforeAttach => "[blocked before attach]".into(),
+            _ => "[missed user stack]".into(),
+        };
+        let key = format!("{user} > {}", fold::syscall_frame(row));
+        *stacks.entry(key).or_default() += row.blocked_ns + row.runq_ns;
+    }
+    let total_off: u64 = stacks.values().sum();
+    let mut stacks: Vec<(String, u64)> = stacks.into_iter().collect();
+    stacks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if !stacks.is_empty() && top > 0 {
+        let _ = writeln!(out, "  top waits (last user frames > syscall):");
+        for (s, ns) in stacks.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "    {:5.1}% {:>10}  {s}",
+                pct(*ns, total_off),
+                secs(*ns)
+            );
+        }
+    }
+
+    let l = &collected.losses;
+    let _ = writeln!(
+        out,
+        "  not seen: {} rows dropped ({} of waits; aggregation map full), {} threads untracked, \
+         {} user / {} kernel stacks lost, {} stack-table collisions, {} truncated stacks, \
+         {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked)",
+        l.rows_dropped,
+        secs(l.rows_dropped_ns),
+        l.threads_untracked,
+        l.ustack_errors,
+        l.kstack_errors,
+        l.stack_collisions,
+        symbols.truncated_stacks,
+        symbols.unknown_user_frames,
+        symbols.unknown_kernel_frames,
+        l.exit_records_lost,
+        l.no_wakeup_seen,
+    );
+    if l.below_min_block > 0 {
+        let _ = writeln!(
+            out,
+            "  left out by --min-block: {} waits, {}",
+            l.below_min_block,
+            secs(l.below_min_block_ns)
+        );
+    }
+    out
+}
