@@ -437,6 +437,8 @@ static __always_inline int on_exit(void)
 	}
 	if (ts->flags & WP_TF_IN_EPISODE)
 		close_episode(ts, WP_OUT_INTR);
+	/* the name it had when first seen may predate exec or pthread_setname_np */
+	bpf_get_current_comm(ts->comm, sizeof(ts->comm));
 	ev = bpf_ringbuf_reserve(&exits, sizeof(*ev), 0);
 	if (ev) {
 		__builtin_memcpy(ev, ts, sizeof(*ts));

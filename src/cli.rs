@@ -119,6 +119,9 @@ pub struct Config {
 
 fn parse_duration(what: &str, s: &str, bare_unit: Duration) -> Result<Duration> {
     let s = s.trim();
+    if s.starts_with('-') {
+        bail!("{what} must not be negative: got {s:?}");
+    }
     if let Ok(n) = s.parse::<f64>() {
         if !n.is_finite() || n < 0.0 {
             bail!("{what} must not be negative: got {s:?}");
@@ -235,7 +238,7 @@ mod tests {
     fn bad_input_is_rejected_with_a_reason() {
         let err = |args: &[&str]| format!("{:#}", config(args).unwrap_err());
         assert!(err(&["-p", "1", "-d", "0s"]).contains("greater than zero"));
-        assert!(err(&["-p", "1", "-d", "-3"]).contains("must not be negative"));
+        assert!(err(&["-p", "1", "--duration=-3"]).contains("must not be negative"));
         assert!(err(&["-p", "1", "-d", "soon"]).contains("invalid duration"));
         assert!(err(&["-p", "1", "--kinds", "epoll,sleep"]).contains("unknown kind \"sleep\""));
         assert!(err(&[]).contains("nothing to profile"));

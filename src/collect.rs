@@ -21,9 +21,11 @@ use crate::symbolize::Symbolizer;
 use crate::syscalls;
 
 const POLL: Duration = Duration::from_millis(100);
-/// How often the target's memory maps are re-read, so that libraries it loads during the
-/// session still symbolize after it exits.
-const RECACHE_EVERY: Duration = Duration::from_secs(2);
+/// The target's memory maps are re-read so that what it maps during the session (a
+/// launched command's binary and libraries right after exec, libraries loaded later)
+/// still symbolizes after it exits: soon after the start, then less and less often.
+const RECACHE_FIRST: Duration = Duration::from_millis(10);
+const RECACHE_MAX: Duration = Duration::from_secs(2);
 
 fn has(flags: u32, f: wp_thread_flag) -> bool {
     flags & f.0 != 0
@@ -76,12 +78,22 @@ pub fn run(
     target.release()?;
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
-    let mut last_cache = Instant::now();
+    let _ = symbolizer.cache_target();
+    let mut recache_every = RECACHE_FIRST;
+    let mut next_cache = Instant::now() + recache_every;
     let mut last_progress = Instant::now();
     let end_reason = loop {
-        ringbuf
-            .poll(POLL)
-            .context("reading thread-exit records failed")?;
+        let mut timeout = next_cache
+            .saturating_duration_since(Instant::now())
+            .min(POLL);
+        if let Some(d) = cfg.duration {
+            timeout = timeout.min(d.saturating_sub(started.elapsed()));
+        }
+        match ringbuf.poll(timeout) {
+            // a signal (Ctrl-C) interrupted the wait: handled just below
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            r => r.context("reading thread-exit records failed")?,
+        }
         if stop.requested() {
             break EndReason::Interrupted;
         }
@@ -91,10 +103,11 @@ pub fn run(
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break EndReason::Duration;
         }
-        if last_cache.elapsed() >= RECACHE_EVERY {
+        if Instant::now() >= next_cache {
             // best effort: a failure here only matters if the target later exits
             let _ = symbolizer.cache_target();
-            last_cache = Instant::now();
+            recache_every = (recache_every * 4).min(RECACHE_MAX);
+            next_cache = Instant::now() + recache_every;
         }
         if progress && last_progress.elapsed() >= Duration::from_secs(1) {
             let limit = cfg

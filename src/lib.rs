@@ -47,8 +47,6 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     if stop.requested() {
         return Err(Interrupted("before the session started: nothing was recorded").into());
     }
-    // a launched command has not exec'd yet: its maps are cached during the session
-    let _ = symbolizer.cache_target();
     eprintln!(
         "waitprof: profiling pid {} ({}) with {}{}",
         target.pid,

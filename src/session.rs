@@ -23,6 +23,8 @@ use crate::cli::{AttachMode, Config, Target};
 use crate::syscalls;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// Overrides BTF_PATH, so the tests can show what happens on a kernel without BTF.
+const BTF_PATH_ENV: &str = "WAITPROF_KERNEL_BTF";
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// PF_KTHREAD in the flags field of /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -62,10 +64,12 @@ pub fn preflight() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("waitprof must run as root to load BPF programs: run it with sudo");
     }
-    if !Path::new(BTF_PATH).exists() {
+    let btf = std::env::var_os(BTF_PATH_ENV).unwrap_or_else(|| BTF_PATH.into());
+    if !Path::new(&btf).exists() {
         bail!(
-            "this kernel has no BTF ({BTF_PATH} is missing): waitprof needs a kernel built with \
-             CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.5)"
+            "this kernel has no BTF ({} is missing): waitprof needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.5)",
+            Path::new(&btf).display()
         );
     }
     Ok(())
@@ -226,10 +230,15 @@ fn launch(argv: &[OsString]) -> Result<Profiled> {
     let (go_r, go_w) = pipe()?;
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..]);
-    let (pid_wfd, go_rfd) = (pid_w.as_raw_fd(), go_r.as_raw_fd());
-    // SAFETY: the closure only calls async-signal-safe functions (getpid, write, read).
+    let (pid_rfd, pid_wfd) = (pid_r.as_raw_fd(), pid_w.as_raw_fd());
+    let (go_rfd, go_wfd) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+    // SAFETY: the closure only calls async-signal-safe functions (close, getpid, write, read).
     unsafe {
         cmd.pre_exec(move || {
+            // the child's copies of our ends: holding go_w would keep it from ever seeing
+            // EOF if waitprof gives up before releasing it
+            libc::close(pid_rfd);
+            libc::close(go_wfd);
             let pid = libc::getpid();
             libc::write(pid_wfd, (&pid as *const i32).cast(), 4);
             let mut b = 0u8;

@@ -93,7 +93,10 @@ impl Symbolizer {
             collected,
             &mut symbols.truncated_stacks,
         )?;
-        symbols.kernel = kernel;
+        symbols.kernel = kernel
+            .into_iter()
+            .map(|(id, f)| (id, trim_capture_frames(f)))
+            .collect();
         symbols.unknown_kernel_frames = unknown;
         Ok(symbols)
     }
@@ -150,6 +153,16 @@ impl Symbolizer {
         }
         Ok((out, unknown))
     }
+}
+
+/// Kernel stacks are captured inside the scheduler's tracepoint, so their leaf end is the
+/// tracing machinery (bpf_trace_run*, the BPF program itself). The wait ends at
+/// `__schedule`: everything leafward of it is cut.
+pub fn trim_capture_frames(mut frames: Vec<String>) -> Vec<String> {
+    if let Some(i) = frames.iter().rposition(|f| f == "__schedule") {
+        frames.truncate(i + 1);
+    }
+    frames
 }
 
 /// The function and the functions inlined into it at this address, outermost first.

@@ -1,0 +1,108 @@
+//! Attach methods, profiling an already-running process with -p, and how sessions end.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::common::*;
+
+fn condvar_under(attach: &str) {
+    let _s = root_session();
+    let run = profile_fixture(&["--attach", attach], &["condvar", "10", "50"]);
+    let folded = run.folded();
+    assert!(
+        run.stderr().contains(&format!("attached with {attach}")),
+        "{}",
+        run.stderr()
+    );
+    let us = attributed_us(&folded, &["scenario_condvar", "condvar_waiter", "[futex]"]);
+    assert_close(
+        &format!("condvar under {attach}"),
+        us * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+}
+
+#[test]
+fn attach_with_tp_btf() {
+    condvar_under("tp_btf");
+}
+
+#[test]
+fn attach_with_raw_tp() {
+    condvar_under("raw_tp");
+}
+
+#[test]
+fn attach_with_classic_tracepoints() {
+    condvar_under("tracepoint");
+}
+
+/// A thread blocked since before the session, and still blocked after it, is charged
+/// the whole session, with a frame saying why its user stack is unknown.
+#[test]
+fn thread_blocked_for_the_whole_session() {
+    let _s = root_session();
+    let fixture = Fixture::start(&["park"], "parked");
+    let pid = fixture.pid().to_string();
+    let run = waitprof(&["-p", &pid, "-d", "1s", "--per-thread"]);
+    let folded = run.folded();
+    let us = attributed_us(&folded, &["parked-", "[blocked before attach]", "[futex]"]);
+    assert_close("parked thread", us * 1000, run.session_ns(), TOLERANCE);
+    assert!(run.worst_thread_accounting() >= 99.0);
+}
+
+/// The target exits before the duration: the session ends then, and its stacks still
+/// symbolize although the process is gone.
+#[test]
+fn target_exits_mid_session() {
+    let _s = root_session();
+    let mut child = Command::new(FIXTURE)
+        .args(["sleep", "8", "100"])
+        .spawn()
+        .expect("fixture");
+    let pid = child.id().to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    let run = waitprof(&["-p", &pid, "-d", "30s"]);
+    let _ = child.wait();
+    let folded = run.folded();
+    assert!(run.stderr().contains("target exited"), "{}", run.stderr());
+    assert!(attributed_us(&folded, &["scenario_sleep", "sleeper", "[clock_nanosleep]"]) > 500_000);
+}
+
+/// Ctrl-C during collection ends the session normally: the profile is written and no
+/// BPF program stays loaded.
+#[test]
+fn sigint_during_collection_writes_the_profile() {
+    let _s = root_session();
+    let fixture = Fixture::start(&["park"], "parked");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("out.svg");
+    let child = Command::new(WAITPROF)
+        .args(["-p", &fixture.pid().to_string(), "-o"])
+        .arg(&svg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("waitprof");
+    wait_until(
+        "waitprof's programs to load",
+        Duration::from_secs(20),
+        || !loaded_waitprof_programs().is_empty(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("waitprof");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
+    assert!(svg.exists() && svg.with_extension("folded").exists());
+    let text = std::fs::read_to_string(&svg).expect("svg");
+    assert!(text.trim_end().ends_with("</svg>"), "the SVG is complete");
+    // the kernel frees programs shortly after their last reference goes
+    wait_until(
+        "waitprof's programs to unload",
+        Duration::from_secs(5),
+        || loaded_waitprof_programs().is_empty(),
+    );
+}

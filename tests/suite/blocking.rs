@@ -1,0 +1,137 @@
+//! waitprof profiles fixtures that block in known functions for known times; the time it
+//! attributes to those functions must match what the fixture measured itself, and the
+//! functions must appear in the stack in order.
+
+use super::common::*;
+
+/// Profiles `fixture_args`, then checks the time under `frames` (root to leaf, ending in
+/// the syscall frame) against the fixture's own measurement.
+fn check(fixture_args: &[&str], frames: &[&str]) -> Run {
+    let run = profile_fixture(&[], fixture_args);
+    let folded = run.folded();
+    let attributed = attributed_us(&folded, frames) * 1000;
+    assert_close(
+        &fixture_args.join(" "),
+        attributed,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    let worst = run.worst_thread_accounting();
+    assert!(
+        worst >= 99.0,
+        "a thread's time does not add up: {worst}% of its lifetime"
+    );
+    run
+}
+
+#[test]
+fn futex_condvar_wait_with_timeout() {
+    let _s = root_session();
+    let run = check(
+        &["condvar", "20", "50"],
+        &[
+            "scenario_condvar",
+            "condvar_waiter",
+            "Condvar::wait_timeout",
+            "[futex]",
+        ],
+    );
+    // the 20 waits time out: nobody notifies the condition variable
+    let futex = run
+        .stderr()
+        .lines()
+        .find(|l| l.trim_start().starts_with("futex"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(futex.contains("20 timed out"), "futex outcome: {futex}");
+}
+
+#[test]
+fn futex_contended_mutex() {
+    let _s = root_session();
+    let run = check(
+        &["mutex", "20", "50"],
+        &["scenario_mutex", "mutex_waiter", "[futex]"],
+    );
+    // the holder sleeps while it holds the lock: that is kind "other", not futex
+    let folded = run.folded();
+    assert!(attributed_us(&folded, &["mutex_holder", "[clock_nanosleep]"]) > 900_000);
+}
+
+#[test]
+fn epoll_wait_timing_out() {
+    let _s = root_session();
+    let run = check(
+        &["epoll", "20", "50"],
+        &["scenario_epoll", "epoll_waiter", "[epoll_wait]"],
+    );
+    let epoll = run
+        .stderr()
+        .lines()
+        .find(|l| l.trim_start().starts_with("epoll"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(epoll.contains("20 timed out"), "epoll outcome: {epoll}");
+}
+
+#[test]
+fn accept4_until_a_client_connects() {
+    let _s = root_session();
+    let run = check(
+        &["accept", "10", "100"],
+        &["scenario_accept", "accept_loop", "[accept4]"],
+    );
+    let accept = run
+        .stderr()
+        .lines()
+        .find(|l| l.trim_start().starts_with("accept"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        accept.contains("10 got a connection"),
+        "accept outcome: {accept}"
+    );
+}
+
+#[test]
+fn nanosleep_is_kind_other() {
+    let _s = root_session();
+    let run = check(
+        &["sleep", "20", "50"],
+        &["scenario_sleep", "sleeper", "[clock_nanosleep]"],
+    );
+    let other = run
+        .stderr()
+        .lines()
+        .find(|l| l.trim_start().starts_with("other"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(other.contains("[clock_nanosleep]"), "other: {other}");
+}
+
+#[test]
+fn cpu_bound_threads_wait_in_the_run_queue() {
+    let _s = root_session();
+    // three spinners pinned to one CPU: each runs about a third of the time
+    let run = profile_fixture(&["--per-thread"], &["spin", "3", "1500"]);
+    let folded = run.folded();
+    let runq_us: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains(";spinner-") && s.ends_with("[run queue]_[j]"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_close(
+        "spin 3 1500 (run-queue wait)",
+        runq_us * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    // the stacks are the spinners' own: at least 95% of that time is under scenario_spin
+    // (a thread preempted before it entered its closure has only thread-start frames)
+    let with_scenario = attributed_us(&folded, &["spinner-", "scenario_spin", "[run queue]"]);
+    assert!(
+        with_scenario as f64 >= 0.95 * runq_us as f64,
+        "only {with_scenario} of {runq_us} us of run-queue wait is under scenario_spin"
+    );
+    assert!(run.worst_thread_accounting() >= 99.0);
+}

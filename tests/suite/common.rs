@@ -1,0 +1,259 @@
+//! Helpers for running waitprof against the fixture and reading what it wrote.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
+pub const FIXTURE: &str = env!("CARGO_BIN_EXE_waitprof-fixture");
+
+/// Attributed time must be within this fraction of what the fixture measured itself.
+pub const TOLERANCE: f64 = 0.05;
+
+/// BPF sessions run one at a time: the CPU-bound fixtures would otherwise skew the
+/// timing of the others on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the session lock; every BPF test must run as root.
+pub fn root_session() -> MutexGuard<'static, ()> {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the BPF integration tests load BPF programs: run the suite as root (see README)"
+    );
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Run {
+    pub output: Output,
+    /// Holds the output directory until the run is dropped.
+    pub _dir: tempfile::TempDir,
+    pub svg: PathBuf,
+    pub folded_path: PathBuf,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    /// Asserts a successful session and returns its folded lines.
+    pub fn folded(&self) -> Vec<(String, u64)> {
+        assert_eq!(self.code(), Some(0), "waitprof failed:\n{}", self.stderr());
+        let text = std::fs::read_to_string(&self.folded_path).expect("the folded file is written");
+        parse_folded(&text)
+    }
+
+    /// What the fixture said it spent blocked, in ns.
+    pub fn measured_ns(&self) -> u64 {
+        self.stdout()
+            .lines()
+            .find_map(|l| l.split("ns=").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the fixture printed no measurement:\n{}", self.stdout()))
+    }
+
+    /// The session length waitprof reports in its summary, in ns.
+    pub fn session_ns(&self) -> u64 {
+        let stderr = self.stderr();
+        let secs = stderr
+            .split("session ")
+            .nth(1)
+            .and_then(|r| r.split(" s,").next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no session length in:\n{stderr}"));
+        (secs * 1e9) as u64
+    }
+
+    /// The lowest per-thread accounting ratio from the summary, in percent.
+    pub fn worst_thread_accounting(&self) -> f64 {
+        let stderr = self.stderr();
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("per-thread check"))
+            .unwrap_or_else(|| panic!("no per-thread check in:\n{stderr}"));
+        let pct = line
+            .split(" = ")
+            .nth(1)
+            .and_then(|r| r.split('%').next())
+            .unwrap_or("");
+        pct.parse()
+            .unwrap_or_else(|_| panic!("cannot read {line:?}"))
+    }
+}
+
+pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .map(|l| {
+            let (stack, v) = l
+                .rsplit_once(' ')
+                .expect("a folded line ends with its value");
+            (
+                stack.to_string(),
+                v.parse().expect("a folded value is an integer"),
+            )
+        })
+        .collect()
+}
+
+/// Runs `waitprof ARGS -- waitprof-fixture FIXTURE_ARGS` to completion.
+pub fn profile_fixture(args: &[&str], fixture_args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("out.svg");
+    let output = Command::new(WAITPROF)
+        .args(args)
+        .arg("-o")
+        .arg(&svg)
+        .arg("--")
+        .arg(FIXTURE)
+        .args(fixture_args)
+        .output()
+        .expect("running waitprof");
+    Run {
+        folded_path: svg.with_extension("folded"),
+        svg,
+        output,
+        _dir: dir,
+    }
+}
+
+/// Runs waitprof with these arguments, writing under a fresh directory.
+pub fn waitprof(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("out.svg");
+    let output = Command::new(WAITPROF)
+        .args(args)
+        .arg("-o")
+        .arg(&svg)
+        .output()
+        .expect("running waitprof");
+    Run {
+        folded_path: svg.with_extension("folded"),
+        svg,
+        output,
+        _dir: dir,
+    }
+}
+
+/// Whether `frames` appear in `stack` in this order (root to leaf), each as a substring
+/// of a frame.
+pub fn in_order(stack: &str, frames: &[&str]) -> bool {
+    let mut want = frames.iter().peekable();
+    for frame in stack.split(';') {
+        if want.peek().is_some_and(|w| frame.contains(*w)) {
+            want.next();
+        }
+    }
+    want.peek().is_none()
+}
+
+/// Total µs of the lines whose stack holds `frames` in order; panics, showing the
+/// profile, when there is none.
+pub fn attributed_us(folded: &[(String, u64)], frames: &[&str]) -> u64 {
+    let us = folded
+        .iter()
+        .filter(|(s, _)| in_order(s, frames))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        us > 0,
+        "no stack holds {frames:?} in order; folded:\n{}",
+        folded
+            .iter()
+            .map(|(s, v)| format!("{s} {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    us
+}
+
+pub fn assert_close(what: &str, attributed_ns: u64, measured_ns: u64, tolerance: f64) {
+    let err = (attributed_ns as f64 - measured_ns as f64) / measured_ns as f64;
+    eprintln!(
+        "{what}: attributed {:.3} ms, fixture measured {:.3} ms, error {:+.2}%",
+        attributed_ns as f64 / 1e6,
+        measured_ns as f64 / 1e6,
+        err * 100.0
+    );
+    assert!(
+        err.abs() <= tolerance,
+        "{what}: attributed {attributed_ns} ns vs measured {measured_ns} ns ({:+.2}%, tolerance ±{:.0}%)",
+        err * 100.0,
+        tolerance * 100.0
+    );
+}
+
+/// A fixture started on its own, killed when dropped.
+pub struct Fixture {
+    pub child: Child,
+}
+
+impl Fixture {
+    /// Starts the fixture and waits until it prints `ready_line`.
+    pub fn start(args: &[&str], ready_line: &str) -> Fixture {
+        let mut child = Command::new(FIXTURE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the fixture");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("reading the fixture");
+        assert_eq!(line.trim(), ready_line, "the fixture did not get ready");
+        Fixture { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Names of the BPF programs loaded right now (from bpftool), to check nothing leaks.
+pub fn loaded_waitprof_programs() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("name ").nth(1))
+        .map(|n| n.split_whitespace().next().unwrap_or("").to_string())
+        .filter(|n| {
+            [
+                "btf_sched_",
+                "raw_sched_",
+                "tp_sched_",
+                "btf_sys_exit",
+                "raw_sys_exit",
+                "tp_sys_exit",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
+        })
+        .collect()
+}

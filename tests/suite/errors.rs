@@ -1,0 +1,164 @@
+//! Bad input: one clear line, a non-zero exit, no panic, and nothing written.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use super::common::*;
+
+fn assert_error(run: &Run, code: i32, message: &str) {
+    let stderr = run.stderr();
+    assert_eq!(run.code(), Some(code), "exit status; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(message),
+        "expected {message:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "waitprof panicked:\n{stderr}");
+    assert!(!run.svg.exists(), "nothing is written on error");
+}
+
+#[test]
+fn not_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(WAITPROF)
+        .args(["-p", "1", "-d", "1s", "-o"])
+        .arg(dir.path().join("x.svg"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running waitprof as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("must run as root") && stderr.contains("sudo"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn no_such_pid() {
+    let _s = root_session();
+    assert_error(
+        &waitprof(&["-p", "4194000", "-d", "1s"]),
+        2,
+        "no process with pid 4194000",
+    );
+}
+
+#[test]
+fn kernel_thread() {
+    let _s = root_session();
+    // pid 2 is kthreadd
+    assert_error(&waitprof(&["-p", "2", "-d", "1s"]), 2, "is a kernel thread");
+}
+
+#[test]
+fn thread_of_another_process() {
+    let _s = root_session();
+    let me = std::process::id().to_string();
+    assert_error(
+        &waitprof(&["-p", "1", "-t", &me, "-d", "1s"]),
+        2,
+        "is not a thread of process 1",
+    );
+}
+
+#[test]
+fn kernel_without_btf() {
+    let _s = root_session();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(WAITPROF)
+        .env("WAITPROF_KERNEL_BTF", "/nonexistent/btf/vmlinux")
+        .args(["-d", "1s", "-o"])
+        .arg(dir.path().join("x.svg"))
+        .args(["--", FIXTURE, "sleep", "1", "1"])
+        .output()
+        .expect("waitprof");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("this kernel has no BTF") && stderr.contains("CONFIG_DEBUG_INFO_BTF"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bpf_load_failure_shows_the_kernels_reason() {
+    let _s = root_session();
+    // a thread table of 2^32-1 entries cannot be created: every attach method fails
+    let run = profile_fixture(
+        &["--max-threads", "4294967295", "-d", "1s"],
+        &["sleep", "1", "1"],
+    );
+    assert_error(&run, 2, "no attach method works on this kernel");
+    let stderr = run.stderr();
+    for flavour in ["tp_btf:", "raw_tp:", "tracepoint:"] {
+        assert!(
+            stderr.contains(flavour),
+            "the reason for {flavour} is given:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("libbpf said"), "{stderr}");
+    wait_until(
+        "waitprof's programs to unload",
+        Duration::from_secs(5),
+        || loaded_waitprof_programs().is_empty(),
+    );
+}
+
+#[test]
+fn nothing_blocked_writes_no_svg() {
+    let _s = root_session();
+    // only accept waits are drawn, and the fixture never accepts
+    let run = profile_fixture(&["--kinds", "accept"], &["condvar", "2", "20"]);
+    assert_error(&run, 1, "nothing to draw");
+    assert!(!run.folded_path.exists());
+}
+
+#[test]
+fn command_not_found() {
+    let _s = root_session();
+    let run = waitprof(&["-d", "1s", "--", "/nonexistent/server"]);
+    assert_error(&run, 2, "command not found: /nonexistent/server");
+}
+
+#[test]
+fn unwritable_output() {
+    let _s = root_session();
+    let out = Command::new(WAITPROF)
+        .args([
+            "-d",
+            "1s",
+            "-o",
+            "/proc/waitprof/out.svg",
+            "--",
+            FIXTURE,
+            "sleep",
+            "1",
+            "1",
+        ])
+        .output()
+        .expect("waitprof");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the output directory /proc/waitprof"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags() {
+    for (args, message) in [
+        (
+            &["-p", "1", "-d", "0"][..],
+            "duration must be greater than zero",
+        ),
+        (&["-p", "1", "--duration=-2s"][..], "must not be negative"),
+        (&["-p", "1", "--kinds", "disk"][..], "unknown kind \"disk\""),
+        (&[][..], "nothing to profile"),
+    ] {
+        let run = waitprof(args);
+        assert_error(&run, 2, message);
+    }
+}

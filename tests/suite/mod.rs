@@ -1,0 +1,5 @@
+mod attach;
+mod blocking;
+mod common;
+mod errors;
+mod golden;
