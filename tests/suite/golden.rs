@@ -11,26 +11,26 @@ use waitprof::{render, summary};
 
 const MS: u64 = 1_000_000;
 
+/// One row; `stacks` is (user, kernel), `ns` is (blocked, run-queue).
 fn row(
     tid: u32,
     kind: Kind,
     syscall: Option<u32>,
     outcome: Outcome,
-    u: StackRef,
-    k: StackRef,
-    blocked: u64,
-    runq: u64,
+    stacks: (StackRef, StackRef),
+    ns: (u64, u64),
 ) -> Row {
+    let ((ustack, kstack), (blocked_ns, runq_ns)) = (stacks, ns);
     Row {
         tid,
         kind,
         syscall,
         outcome,
-        ustack: u,
-        kstack: k,
+        ustack,
+        kstack,
         count: 1,
-        blocked_ns: blocked,
-        runq_ns: runq,
+        blocked_ns,
+        runq_ns,
     }
 }
 
