@@ -25,6 +25,8 @@
 #define TP_STATE_PREEMPTED 0x100
 
 #define EAGAIN 11
+#define EEXIST 17
+#define E2BIG 7
 #define EINTR 4
 #define ETIMEDOUT 110
 /* Kernel-internal restart codes that sys_exit can see before signal delivery. */
@@ -63,12 +65,31 @@ struct {
 	__type(value, struct agg_val);
 } agg SEC(".maps");
 
+/*
+ * Stacks deduplicated by a 64-bit hash of their frames. A STACK_TRACE map would hash into
+ * far fewer buckets, and a colliding stack is lost on every later capture; here two
+ * different stacks share a key only on a 64-bit collision. Preallocated: without it,
+ * bursts of new stacks fail with ENOMEM while the allocator's per-CPU cache refills.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, WP_MAX_STACK_DEPTH * sizeof(__u64));
+	__type(key, __u64);
+	__type(value, struct wp_stack);
 } stacks SEC(".maps");
+
+/* Where a stack is captured before it is hashed; one slot per hook context that captures. */
+#define SCRATCH_SCHED 0
+#define SCRATCH_SYS_EXIT 1
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct wp_stack);
+} stack_scratch SEC(".maps");
+
+#define FNV64_OFFSET 0xcbf29ce484222325ULL
+#define FNV64_PRIME 0x100000001b3ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -137,19 +158,50 @@ static __always_inline struct pt_regs *current_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-static __always_inline __s32 capture_stack(void *ctx, bool user)
+/*
+ * Captures the current stack into the stack table and returns its reference (see
+ * enum wp_stack_marker). `slot` keeps a sys_exit capture, which may be preempted, apart
+ * from sched_switch's on the same CPU.
+ */
+static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot)
 {
-	long id = bpf_get_stackid(ctx, &stacks, user ? BPF_F_USER_STACK : 0);
+	struct wp_stack *buf = bpf_map_lookup_elem(&stack_scratch, &slot);
+	__u64 hash = FNV64_OFFSET;
+	long len, err;
+	int i, n;
 
-	if (id == -17 /* EEXIST */)
-		stat_add(WP_STAT_STACK_COLLISION, 1);
-	else if (id < 0)
+	if (!buf)
+		return WP_STACK_TABLE_FULL;
+	len = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), user ? BPF_F_USER_STACK : 0);
+	if (len <= 0) {
 		stat_add(user ? WP_STAT_USTACK_ERR : WP_STAT_KSTACK_ERR, 1);
-	return id;
+		return len < 0 ? (__u64)-len : 61 /* ENODATA */;
+	}
+	n = len / sizeof(__u64);
+	for (i = 0; i < WP_MAX_STACK_DEPTH; i++) {
+		if (i >= n)
+			break;
+		hash = (hash ^ buf->ips[i]) * FNV64_PRIME;
+	}
+	if (hash < WP_STACK_ID_MIN)
+		hash |= 1ULL << 63;
+	if (!bpf_map_lookup_elem(&stacks, &hash)) {
+		err = bpf_map_update_elem(&stacks, &hash, buf, BPF_NOEXIST);
+		if (err == -E2BIG) {
+			stat_add(WP_STAT_STACK_TABLE_FULL, 1);
+			return WP_STACK_TABLE_FULL;
+		}
+		/* EEXIST: another CPU stored it first; anything else loses this stack */
+		if (err && err != -EEXIST) {
+			stat_add(user ? WP_STAT_USTACK_ERR : WP_STAT_KSTACK_ERR, 1);
+			return (__u64)-err;
+		}
+	}
+	return hash;
 }
 
-static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __s32 ustack,
-				      __s32 kstack, __u64 count, __u64 blocked, __u64 runq)
+static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __u64 ustack,
+				      __u64 kstack, __u64 count, __u64 blocked, __u64 runq)
 {
 	struct agg_key key = {
 		.tid = ts->tid,
@@ -300,11 +352,11 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 	}
 	if (kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
-		ts->ep_ustack = capture_stack(ctx, true);
-		ts->ep_kstack = capture_stack(ctx, false);
+		ts->ep_ustack = capture_stack(ctx, true, SCRATCH_SCHED);
+		ts->ep_kstack = capture_stack(ctx, false, SCRATCH_SCHED);
 	} else {
-		ts->cur_ustack = capture_stack(ctx, true);
-		ts->cur_kstack = capture_stack(ctx, false);
+		ts->cur_ustack = capture_stack(ctx, true, SCRATCH_SCHED);
+		ts->cur_kstack = capture_stack(ctx, false, SCRATCH_SCHED);
 	}
 }
 
@@ -367,7 +419,8 @@ static __always_inline int on_switch(void *ctx, bool runnable, struct task_struc
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &next_tid);
 	if (!ts) {
-		if (!next_task)
+		/* an exiting thread was already reported by sched_process_exit */
+		if (!next_task || (BPF_CORE_READ(next_task, flags) & PF_EXITING))
 			return 0;
 		ts = thread_found_off_cpu(next_tid, next_regs, BPF_CORE_READ(next_task, start_time),
 					  true);
@@ -390,7 +443,7 @@ static __always_inline int on_waking(__u32 tid, __u32 tgid, bool tgid_known,
 	now = bpf_ktime_get_ns();
 	ts = bpf_map_lookup_elem(&threads, &tid);
 	if (!ts) {
-		if (!task)
+		if (!task || (BPF_CORE_READ(task, flags) & PF_EXITING))
 			return 0;
 		ts = thread_found_off_cpu(tid, regs, BPF_CORE_READ(task, start_time), false);
 		if (!ts)
@@ -414,7 +467,7 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 		return 0;
 	/* blocked since before attach: the user stack is still the one it blocked with */
 	if (ts->ep_ustack == WP_STACK_BEFORE_ATTACH)
-		ts->ep_ustack = capture_stack(ctx, true);
+		ts->ep_ustack = capture_stack(ctx, true, SCRATCH_SYS_EXIT);
 	close_episode(ts, outcome_of(ts->kind, ret));
 	return 0;
 }

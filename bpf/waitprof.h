@@ -45,13 +45,21 @@ enum wp_outcome {
 };
 
 /*
- * Stack ids are bpf_get_stackid() results: >= 0 is an id in the stack map, a negative
- * errno says why there is no stack. This one is ours: the thread was already blocked
- * when the session started, so the stack at the moment it blocked was never seen.
+ * A stack reference is a 64-bit hash of the frames, the key of the stack table (never
+ * below WP_STACK_ID_MIN), or one of these markers saying why there is no stack. Any
+ * other value below WP_STACK_ID_MIN is the errno bpf_get_stack() failed with.
  */
 enum wp_stack_marker {
-	WP_STACK_BEFORE_ATTACH = -1000,
-	WP_STACK_NOT_CAPTURED = -1001, /* the kind is filtered out by --kinds */
+	/* the thread was already blocked when the session started: never seen blocking */
+	WP_STACK_BEFORE_ATTACH = 4000,
+	WP_STACK_NOT_CAPTURED = 4001, /* the kind is filtered out by --kinds */
+	WP_STACK_TABLE_FULL = 4002,   /* the stack table had no room for a new stack */
+	WP_STACK_ID_MIN = 4096,
+};
+
+/* One captured stack: instruction pointers, leaf first, zero after the last. */
+struct wp_stack {
+	__u64 ips[WP_MAX_STACK_DEPTH];
 };
 
 /* Per-thread flags (thread_state.flags). */
@@ -72,13 +80,13 @@ struct thread_state {
 	__u64 blocked_ns;
 	__u64 runq_ns;
 	/* the current off-CPU interval, when not inside an episode */
-	__s32 cur_ustack;
-	__s32 cur_kstack;
+	__u64 cur_ustack;
+	__u64 cur_kstack;
 	/* the open episode: one call of a tracked syscall that blocked */
 	__u64 ep_blocked_ns;
 	__u64 ep_runq_ns;
-	__s32 ep_ustack;
-	__s32 ep_kstack;
+	__u64 ep_ustack;
+	__u64 ep_kstack;
 	__s32 syscall; /* syscall nr at the last switch-out, -1 when not in a syscall */
 	__u32 tid;
 	__u32 flags;
@@ -87,18 +95,18 @@ struct thread_state {
 	char comm[WP_COMM_LEN];
 	__u64 exit_ts; /* set only in the record sent when the thread exits */
 };
-_Static_assert(sizeof(struct thread_state) == 128, "thread_state layout changed: keep it packed");
+_Static_assert(sizeof(struct thread_state) == 144, "thread_state layout changed: keep it packed");
 
 /* The aggregation key: one row of the profile. */
 struct agg_key {
+	__u64 ustack;
+	__u64 kstack;
 	__u32 tid;
-	__s32 ustack;
-	__s32 kstack;
 	__s16 syscall;
 	__u8 kind;    /* enum wp_kind */
 	__u8 outcome; /* enum wp_outcome */
 };
-_Static_assert(sizeof(struct agg_key) == 16, "agg_key must have no padding: it is hashed");
+_Static_assert(sizeof(struct agg_key) == 24, "agg_key must have no padding: it is hashed");
 
 struct agg_val {
 	__u64 count; /* episodes (tracked syscalls) or off-CPU intervals (other) */
@@ -114,7 +122,7 @@ enum wp_stat {
 	WP_STAT_THREADS_FULL,      /* thread map full: a thread went untracked */
 	WP_STAT_USTACK_ERR,        /* user stack capture failed */
 	WP_STAT_KSTACK_ERR,        /* kernel stack capture failed */
-	WP_STAT_STACK_COLLISION,   /* stack map bucket taken by another stack (-EEXIST) */
+	WP_STAT_STACK_TABLE_FULL,  /* stack table full: a new stack was not stored */
 	WP_STAT_EXIT_LOST,         /* ring buffer full: a thread's exit record was lost */
 	WP_STAT_NO_WAKEUP,         /* woke without a sched_waking we saw: counted as blocked */
 	WP_STAT_BELOW_MIN,         /* intervals or episodes shorter than --min-block */

@@ -165,7 +165,7 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         threads_untracked: s(wp_stat::WP_STAT_THREADS_FULL),
         ustack_errors: s(wp_stat::WP_STAT_USTACK_ERR),
         kstack_errors: s(wp_stat::WP_STAT_KSTACK_ERR),
-        stack_collisions: s(wp_stat::WP_STAT_STACK_COLLISION),
+        stack_table_full: s(wp_stat::WP_STAT_STACK_TABLE_FULL),
         exit_records_lost: s(wp_stat::WP_STAT_EXIT_LOST),
         no_wakeup_seen: s(wp_stat::WP_STAT_NO_WAKEUP),
         below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
@@ -407,7 +407,7 @@ fn proc_kernel_stack(base: &str) -> Vec<String> {
 }
 
 fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
-    let ids: HashSet<u32> = collected
+    let ids: HashSet<u64> = collected
         .rows
         .iter()
         .flat_map(|r| [r.ustack, r.kstack])

@@ -56,7 +56,12 @@ fn user_frames(stack: StackRef, symbols: &Symbols) -> Vec<String> {
         },
         StackRef::BeforeAttach => vec!["[blocked before attach]".into()],
         StackRef::NotCaptured => Vec::new(),
-        StackRef::Missing(_) | StackRef::Proc(_) => vec!["[missed user stack]".into()],
+        StackRef::TableFull => vec!["[stack table full]".into()],
+        StackRef::Missing(errno) => vec![format!(
+            "[missed user stack: {}]",
+            syscalls::errno_name(errno)
+        )],
+        StackRef::Proc(_) => vec!["[missed user stack]".into()],
     }
 }
 
@@ -73,7 +78,11 @@ fn kernel_frames(stack: StackRef, symbols: &Symbols, collected: &Collected) -> V
             .unwrap_or_default(),
         StackRef::BeforeAttach => vec!["[blocked before attach]".into()],
         StackRef::NotCaptured => Vec::new(),
-        StackRef::Missing(_) => vec!["[missed kernel stack]".into()],
+        StackRef::TableFull => vec!["[stack table full]".into()],
+        StackRef::Missing(errno) => vec![format!(
+            "[missed kernel stack: {}]",
+            syscalls::errno_name(errno)
+        )],
     };
     names.into_iter().map(|n| format!("{n}_[k]")).collect()
 }

@@ -92,32 +92,32 @@ impl Outcome {
     }
 }
 
-/// A stack as the kernel recorded it: an id in the stack table, or why there is none.
+/// A stack as the kernel recorded it: its key in the stack table, or why there is none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StackRef {
-    Id(u32),
+    Id(u64),
     /// The thread was already blocked when the session started.
     BeforeAttach,
     /// Its kind was filtered out (`--kinds`), so no stack was taken.
     NotCaptured,
-    /// bpf_get_stackid failed with this errno (EFAULT: no user stack, EEXIST: table
-    /// collision, ENOMEM: table full, ...).
-    Missing(i32),
+    /// The stack table was full (`--stack-storage-size`).
+    TableFull,
+    /// bpf_get_stack failed with this errno (EFAULT: no user stack, ...).
+    Missing(u32),
     /// A kernel stack read from /proc for a thread the hooks never saw: an index into
     /// `Collected::proc_kstacks`.
     Proc(u32),
 }
 
 impl StackRef {
-    pub fn from_raw(raw: i32) -> StackRef {
-        if raw >= 0 {
-            StackRef::Id(raw as u32)
-        } else if raw == bpf::wp_stack_marker::WP_STACK_BEFORE_ATTACH.0 as i32 {
-            StackRef::BeforeAttach
-        } else if raw == bpf::wp_stack_marker::WP_STACK_NOT_CAPTURED.0 as i32 {
-            StackRef::NotCaptured
-        } else {
-            StackRef::Missing(-raw)
+    pub fn from_raw(raw: u64) -> StackRef {
+        use bpf::wp_stack_marker as m;
+        match raw {
+            r if r >= u64::from(m::WP_STACK_ID_MIN.0) => StackRef::Id(r),
+            r if r == u64::from(m::WP_STACK_BEFORE_ATTACH.0) => StackRef::BeforeAttach,
+            r if r == u64::from(m::WP_STACK_NOT_CAPTURED.0) => StackRef::NotCaptured,
+            r if r == u64::from(m::WP_STACK_TABLE_FULL.0) => StackRef::TableFull,
+            errno => StackRef::Missing(errno as u32),
         }
     }
 }
@@ -169,7 +169,7 @@ pub struct Losses {
     pub threads_untracked: u64,
     pub ustack_errors: u64,
     pub kstack_errors: u64,
-    pub stack_collisions: u64,
+    pub stack_table_full: u64,
     pub exit_records_lost: u64,
     pub no_wakeup_seen: u64,
     pub below_min_block: u64,
@@ -193,7 +193,7 @@ pub struct Collected {
     pub end_ns: u64,
     pub rows: Vec<Row>,
     /// Stack id -> instruction pointers, leaf first, as the kernel stores them.
-    pub stacks: HashMap<u32, Vec<u64>>,
+    pub stacks: HashMap<u64, Vec<u64>>,
     /// Kernel stacks (symbol names, root first) read from /proc/PID/task/TID/stack.
     pub proc_kstacks: Vec<Vec<String>>,
     pub threads: Vec<ThreadTotals>,

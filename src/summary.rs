@@ -199,14 +199,14 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     let _ = writeln!(
         out,
         "  not seen: {} rows dropped ({} of waits; aggregation map full), {} threads untracked, \
-         {} user / {} kernel stacks lost, {} stack-table collisions, {} truncated stacks, \
+         {} user / {} kernel stacks lost, {} stacks not stored (stack table full), {} truncated stacks, \
          {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked)",
         l.rows_dropped,
         secs(l.rows_dropped_ns),
         l.threads_untracked,
         l.ustack_errors,
         l.kstack_errors,
-        l.stack_collisions,
+        l.stack_table_full,
         symbols.truncated_stacks,
         symbols.unknown_user_frames,
         symbols.unknown_kernel_frames,

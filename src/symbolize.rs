@@ -24,8 +24,8 @@ pub struct Symbolizer {
 /// Stack id -> frame names, root first.
 #[derive(Clone, Debug, Default)]
 pub struct Symbols {
-    pub user: HashMap<u32, Vec<String>>,
-    pub kernel: HashMap<u32, Vec<String>>,
+    pub user: HashMap<u64, Vec<String>>,
+    pub kernel: HashMap<u64, Vec<String>>,
     /// Distinct addresses that could not be named.
     pub unknown_user_frames: usize,
     pub unknown_kernel_frames: usize,
@@ -104,10 +104,10 @@ impl Symbolizer {
     fn resolve_set(
         &self,
         source: &Source<'_>,
-        ids: &HashSet<u32>,
+        ids: &HashSet<u64>,
         collected: &Collected,
         truncated: &mut usize,
-    ) -> Result<(HashMap<u32, Vec<String>>, usize)> {
+    ) -> Result<(HashMap<u64, Vec<String>>, usize)> {
         // The first address of a stack is where the thread stopped; the others are return
         // addresses, which point after the call: look up addr - 1 to land inside it.
         let lookup_addr = |i: usize, ip: u64| if i == 0 { ip } else { ip.saturating_sub(1) };

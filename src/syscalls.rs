@@ -65,6 +65,14 @@ pub fn name(nr: u32) -> String {
         .unwrap_or_else(|| format!("syscall_{nr}"))
 }
 
+/// An errno's name (EFAULT), for frames that say why a stack is missing.
+pub fn errno_name(errno: u32) -> String {
+    syscalls::Errno::new(errno as i32)
+        .name()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("errno {errno}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,8 @@ fn client_loop(addr: std::net::SocketAddr, shared: Arc<Shared>) {
     let Ok(mut conn) = TcpStream::connect(addr) else {
         return;
     };
+    // a request sent just as the workers stop gets no reply: do not wait for it forever
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reader = BufReader::new(conn.try_clone().expect("cloning a socket"));
     let mut line = String::new();
     while !shared.done.load(Ordering::Relaxed) {
