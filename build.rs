@@ -8,6 +8,11 @@ use libbpf_cargo::SkeletonBuilder;
 const SRC: &str = "bpf/waitprof.bpf.c";
 
 fn main() {
+    // the program reads the syscall number from x86-64's pt_regs, and vmlinux.h is x86-64's
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    if arch != "x86_64" {
+        panic!("waitprof supports x86_64 only for now (target architecture: {arch})");
+    }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"))
         .join("waitprof.skel.rs");
     SkeletonBuilder::new()
