@@ -330,6 +330,9 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 	}
 	if (ts->flags & WP_TF_ON_CPU)
 		ts->oncpu_ns += now - ts->in_ts;
+	else
+		/* it ran since its last switch-out, but no switch-in reached us: that interval is lost */
+		stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
 	ts->flags &= ~(WP_TF_ON_CPU | WP_TF_RUNNABLE_OUT);
 	if (runnable)
 		ts->flags |= WP_TF_RUNNABLE_OUT;
@@ -365,7 +368,8 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 	__u64 blocked = 0, runq, w;
 
 	if (ts->flags & WP_TF_ON_CPU) {
-		/* no switch-out seen (it raced with session start): nothing to attribute */
+		/* no switch-out seen: nothing to attribute */
+		stat_add(WP_STAT_IN_WHILE_ON_CPU, 1);
 		ts->in_ts = now;
 		return;
 	}
@@ -463,7 +467,19 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 	if (!recording() || !selected(id >> 32, tid))
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &tid);
-	if (!ts || !(ts->flags & WP_TF_IN_EPISODE))
+	if (!ts)
+		return 0;
+	/*
+	 * The thread is running, so it was switched in. Rarely (about once in a thousand
+	 * waits with every CPU saturated) no sched_switch for that reaches us: close the
+	 * off-CPU interval here, a few microseconds late, instead of losing it.
+	 */
+	if (!(ts->flags & WP_TF_ON_CPU)) {
+		stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
+		stat_add(WP_STAT_MISSED_RECOVERED, 1);
+		switch_in(ts, bpf_ktime_get_ns());
+	}
+	if (!(ts->flags & WP_TF_IN_EPISODE))
 		return 0;
 	/* blocked since before attach: the user stack is still the one it blocked with */
 	if (ts->ep_ustack == WP_STACK_BEFORE_ATTACH)

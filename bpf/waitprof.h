@@ -125,6 +125,9 @@ enum wp_stat {
 	WP_STAT_STACK_TABLE_FULL,  /* stack table full: a new stack was not stored */
 	WP_STAT_EXIT_LOST,         /* ring buffer full: a thread's exit record was lost */
 	WP_STAT_NO_WAKEUP,         /* woke without a sched_waking we saw: counted as blocked */
+	WP_STAT_IN_WHILE_ON_CPU,   /* a switch-in for a thread already on a CPU */
+	WP_STAT_MISSED_SWITCH_IN,  /* a thread ran with no switch-in seen (recovered if at sys_exit) */
+	WP_STAT_MISSED_RECOVERED,  /* ... of which recovered at sys_exit */
 	WP_STAT_BELOW_MIN,         /* intervals or episodes shorter than --min-block */
 	WP_STAT_BELOW_MIN_NS,
 	WP_STAT_COUNT,

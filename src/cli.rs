@@ -226,12 +226,13 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_units_and_bare_numbers() {
-        let c = config(&["-p", "1", "-d", "1500ms", "--min-block", "250"]).unwrap();
+    fn durations_accept_units_and_bare_numbers() -> Result<()> {
+        let c = config(&["-p", "1", "-d", "1500ms", "--min-block", "250"])?;
         assert_eq!(c.duration, Some(Duration::from_millis(1500)));
         assert_eq!(c.min_block, Duration::from_micros(250));
-        let c = config(&["-p", "1", "-d", "2"]).unwrap();
+        let c = config(&["-p", "1", "-d", "2"])?;
         assert_eq!(c.duration, Some(Duration::from_secs(2)));
+        Ok(())
     }
 
     #[test]
@@ -247,14 +248,16 @@ mod tests {
     }
 
     #[test]
-    fn kinds_are_deduplicated_and_ordered() {
-        let c = config(&["-p", "1", "--kinds", "other,futex,futex"]).unwrap();
+    fn kinds_are_deduplicated_and_ordered() -> Result<()> {
+        let c = config(&["-p", "1", "--kinds", "other,futex,futex"])?;
         assert_eq!(c.kinds, vec![Kind::Futex, Kind::Other]);
+        Ok(())
     }
 
     #[test]
-    fn command_target_keeps_its_arguments() {
-        let c = config(&["--", "sleep", "1"]).unwrap();
+    fn command_target_keeps_its_arguments() -> Result<()> {
+        let c = config(&["--", "sleep", "1"])?;
         assert_eq!(c.target, Target::Command(vec!["sleep".into(), "1".into()]));
+        Ok(())
     }
 }

@@ -168,27 +168,40 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         stack_table_full: s(wp_stat::WP_STAT_STACK_TABLE_FULL),
         exit_records_lost: s(wp_stat::WP_STAT_EXIT_LOST),
         no_wakeup_seen: s(wp_stat::WP_STAT_NO_WAKEUP),
+        switch_in_while_on_cpu: s(wp_stat::WP_STAT_IN_WHILE_ON_CPU),
+        missed_switch_ins: s(wp_stat::WP_STAT_MISSED_SWITCH_IN),
+        missed_switch_ins_recovered: s(wp_stat::WP_STAT_MISSED_RECOVERED),
         below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
         below_min_block_ns: s(wp_stat::WP_STAT_BELOW_MIN_NS),
     };
     Ok(())
 }
 
-fn read_rows(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
-    let map = &attached.skel.maps.agg;
+/// Every (key, value) of a hash map, decoded; entries deleted while iterating are skipped.
+fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
+    map: &libbpf_rs::MapMut<'_>,
+    what: &str,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
     for key_bytes in map.keys() {
         let Some(val_bytes) = map
             .lookup(&key_bytes, MapFlags::ANY)
-            .context("reading the profile failed")?
+            .with_context(|| format!("reading {what} failed"))?
         else {
             continue;
         };
-        let (mut key, mut val) = (agg_key::default(), agg_val::default());
-        if plain::copy_from_bytes(&mut key, &key_bytes).is_err()
-            || plain::copy_from_bytes(&mut val, &val_bytes).is_err()
+        let (mut key, mut val) = (K::default(), V::default());
+        if plain::copy_from_bytes(&mut key, &key_bytes).is_ok()
+            && plain::copy_from_bytes(&mut val, &val_bytes).is_ok()
         {
-            continue;
+            out.push((key, val));
         }
+    }
+    Ok(out)
+}
+
+fn read_rows(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    for (key, val) in read_map::<agg_key, agg_val>(&attached.skel.maps.agg, "the profile")? {
         collected.rows.push(Row {
             tid: key.tid,
             kind: Kind::from_raw(key.kind),
@@ -225,25 +238,14 @@ fn close_open_threads(
     cfg: &Config,
     collected: &mut Collected,
 ) -> Result<()> {
-    let map = &attached.skel.maps.threads;
     let end = collected.end_ns;
     let enabled: HashSet<Kind> = cfg.kinds.iter().copied().collect();
     let min_block = cfg.min_block.as_nanos() as u64;
-    for key in map.keys() {
-        let Some(bytes) = map
-            .lookup(&key, MapFlags::ANY)
-            .context("reading thread state failed")?
-        else {
-            continue;
-        };
-        let mut ts = thread_state::default();
-        if plain::copy_from_bytes(&mut ts, &bytes).is_err() {
-            continue;
-        }
+    for (_, ts) in read_map::<u32, thread_state>(&attached.skel.maps.threads, "thread state")? {
         let mut totals = totals_of(&ts, end, false);
-        let comm = session::proc_comm(collected.pid, ts.tid);
-        if !comm.starts_with("pid") {
-            totals.comm = comm; // threads often name themselves after they start
+        // threads often name themselves after they start
+        if let Some(comm) = session::proc_comm(collected.pid, ts.tid) {
+            totals.comm = comm;
         }
         if has(ts.flags, wp_thread_flag::WP_TF_ON_CPU) {
             totals.oncpu_ns += end.saturating_sub(ts.in_ts);
@@ -315,7 +317,8 @@ fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
         let base = format!("/proc/{}/task/{tid}", collected.pid);
         let stat = std::fs::read_to_string(format!("{base}/stat")).unwrap_or_default();
         // a thread created after the session ended is not part of it
-        let clk_tck = 100; // USER_HZ, fixed at 100 on Linux
+        // SAFETY: sysconf has no preconditions.
+        let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let started_ticks: u64 = session::stat_field(&stat, 22)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
@@ -325,7 +328,7 @@ fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
         let state = session::stat_field(&stat, 3).unwrap_or_default();
         let mut totals = ThreadTotals {
             tid,
-            comm: session::proc_comm(collected.pid, tid),
+            comm: session::proc_comm(collected.pid, tid).unwrap_or_default(),
             start_ns: start,
             end_ns: end,
             ..Default::default()

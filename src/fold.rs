@@ -132,11 +132,3 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         .collect();
     Folded { lines }
 }
-
-/// Removes the annotations (`_[k]`, `_[i]`, `_[j]`) from a frame, for display.
-pub fn plain_frame(frame: &str) -> &str {
-    ["_[k]", "_[i]", "_[j]"]
-        .iter()
-        .find_map(|a| frame.strip_suffix(a))
-        .unwrap_or(frame)
-}

@@ -57,18 +57,13 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             None => ", Ctrl-C to stop".to_string(),
         }
     );
-    let stops_before = stop.count();
     let collected = collect::run(&mut attached, &mut target, &cfg, &stop, &symbolizer)?;
     drop(attached); // detach before the slower work below
     target.finish();
-    // from here on, a signal aborts: an interrupted write must not leave a partial file
-    let aborted = || {
-        stop.count()
-            > stops_before.max(usize::from(matches!(
-                collected.end_reason,
-                Some(model::EndReason::Interrupted)
-            )))
-    };
+    // the signal that ended collection (if any) is spent; a later one aborts the writing,
+    // which must not leave a partial file
+    let signals_at_end = stop.count();
+    let aborted = || stop.count() > signals_at_end;
 
     let symbols = symbolizer.resolve(&collected)?;
     let folded = fold::fold(

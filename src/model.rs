@@ -172,6 +172,12 @@ pub struct Losses {
     pub stack_table_full: u64,
     pub exit_records_lost: u64,
     pub no_wakeup_seen: u64,
+    /// Switch-ins of a thread already on a CPU (its switch-out was not seen).
+    pub switch_in_while_on_cpu: u64,
+    /// Threads that ran with no switch-in seen, and how many of those were closed at
+    /// syscall exit instead of losing the interval.
+    pub missed_switch_ins: u64,
+    pub missed_switch_ins_recovered: u64,
     pub below_min_block: u64,
     pub below_min_block_ns: u64,
 }

@@ -104,7 +104,7 @@ impl Profiled {
                 }
                 Ok(Profiled {
                     pid: *pid,
-                    comm: proc_comm(*pid, *pid),
+                    comm: proc_comm(*pid, *pid).unwrap_or_else(|| format!("pid{pid}")),
                     launched: None,
                 })
             }
@@ -180,7 +180,7 @@ fn check_pid(pid: u32) -> Result<()> {
     if flags & PF_KTHREAD != 0 {
         bail!(
             "pid {pid} ({}) is a kernel thread: waitprof profiles user processes",
-            proc_comm(pid, pid)
+            proc_comm(pid, pid).unwrap_or_default()
         );
     }
     if matches!(stat_field(&stat, 3).as_deref(), Some("Z" | "X")) {
@@ -202,10 +202,11 @@ pub fn stat_field(stat: &str, n: usize) -> Option<String> {
     }
 }
 
-pub fn proc_comm(pid: u32, tid: u32) -> String {
+/// A thread's name, while it still exists.
+pub fn proc_comm(pid: u32, tid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .ok()
         .map(|s| s.trim_end().to_string())
-        .unwrap_or_else(|_| format!("pid{pid}"))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -486,8 +487,11 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Attached<'_> {
-    /// Opens the gate: every hook starts recording at this instant.
-    pub fn start(&mut self) -> Result<u64> {
+    /// Stores the current time into one of the program's gate variables in .bss.
+    fn set_gate(
+        &mut self,
+        gate: impl FnOnce(&mut crate::bpf::types::bss) -> &mut u64,
+    ) -> Result<u64> {
         let bss = self
             .skel
             .maps
@@ -496,22 +500,18 @@ impl Attached<'_> {
             .context("the BPF object has no .bss")?;
         let now = monotonic_ns();
         // SAFETY: bss is the program's mmap'ed .bss; a volatile store is seen by the hooks.
-        unsafe { std::ptr::write_volatile(&mut bss.session_start_ns, now) };
+        unsafe { std::ptr::write_volatile(gate(bss), now) };
         Ok(now)
+    }
+
+    /// Opens the gate: every hook starts recording at this instant.
+    pub fn start(&mut self) -> Result<u64> {
+        self.set_gate(|bss| &mut bss.session_start_ns)
     }
 
     /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.
     pub fn stop(&mut self) -> Result<u64> {
-        let bss = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .context("the BPF object has no .bss")?;
-        let now = monotonic_ns();
-        // SAFETY: as in start().
-        unsafe { std::ptr::write_volatile(&mut bss.session_end_ns, now) };
-        Ok(now)
+        self.set_gate(|bss| &mut bss.session_end_ns)
     }
 }
 

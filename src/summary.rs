@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use crate::fold;
-use crate::model::{Collected, EndReason, Kind, Outcome};
+use crate::model::{Collected, EndReason, Kind, Outcome, StackRef};
 use crate::symbolize::Symbols;
 
 fn secs(ns: u64) -> String {
@@ -36,9 +36,9 @@ struct KindTotals {
     by_syscall: BTreeMap<String, u64>,
 }
 
-/// The worst ratio of accounted time to lifetime over all threads, in percent, and the
-/// thread it belongs to: 100% means on-CPU + blocked + run-queue covers the thread's
-/// whole time in the session.
+/// The lowest and highest ratio of accounted time to lifetime over all threads, in
+/// percent: 100% means on-CPU + blocked + run-queue covers the thread's whole time in
+/// the session.
 pub fn accounting_range(collected: &Collected) -> Option<(f64, f64)> {
     let ratios: Vec<f64> = collected
         .threads
@@ -166,7 +166,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     let mut stacks: HashMap<String, u64> = HashMap::new();
     for row in &collected.rows {
         let user = match row.ustack {
-            crate::model::StackRef::Id(id) => symbols
+            StackRef::Id(id) => symbols
                 .user
                 .get(&id)
                 .map(|f| {
@@ -174,7 +174,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
                     f[start..].join(" > ")
                 })
                 .unwrap_or_else(|| "[missed user stack]".into()),
-            crate::model::StackRef::BeforeAttach => "[blocked before attach]".into(),
+            StackRef::BeforeAttach => "[blocked before attach]".into(),
             _ => "[missed user stack]".into(),
         };
         let key = format!("{user} > {}", fold::syscall_frame(row));
@@ -200,7 +200,8 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         out,
         "  not seen: {} rows dropped ({} of waits; aggregation map full), {} threads untracked, \
          {} user / {} kernel stacks lost, {} stacks not stored (stack table full), {} truncated stacks, \
-         {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked)",
+         {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked), \
+         {} switch-ins unseen ({} closed at syscall exit), {} switch-outs unseen",
         l.rows_dropped,
         secs(l.rows_dropped_ns),
         l.threads_untracked,
@@ -212,6 +213,9 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         symbols.unknown_kernel_frames,
         l.exit_records_lost,
         l.no_wakeup_seen,
+        l.missed_switch_ins,
+        l.missed_switch_ins_recovered,
+        l.switch_in_while_on_cpu,
     );
     if l.below_min_block > 0 {
         let _ = writeln!(

@@ -4,17 +4,24 @@
 
 use super::common::*;
 
-/// Profiles `fixture_args`, then checks the time under `frames` (root to leaf, ending in
-/// the syscall frame) against the fixture's own measurement.
-fn check(fixture_args: &[&str], frames: &[&str]) -> Run {
+/// Profiles `fixture_args`, then checks the off-CPU time under `frames` (root to leaf)
+/// against the fixture's own measurement of those calls, and that at least 90% of it is
+/// in `syscall`. The rest is preemption inside the same functions but outside the
+/// syscall, which the fixture's wall-clock measurement includes too.
+fn check(fixture_args: &[&str], frames: &[&str], syscall: &str) -> Run {
     let run = profile_fixture(&[], fixture_args);
     let folded = run.folded();
-    let attributed = attributed_us(&folded, frames) * 1000;
+    let under = attributed_us(&folded, frames);
+    let in_syscall = attributed_us(&folded, &[frames, &[syscall]].concat());
     assert_close(
         &fixture_args.join(" "),
-        attributed,
+        under * 1000,
         run.measured_ns(),
         TOLERANCE,
+    );
+    assert!(
+        in_syscall as f64 >= 0.9 * under as f64,
+        "only {in_syscall} of {under} us under {frames:?} is in {syscall}"
     );
     let worst = run.worst_thread_accounting();
     assert!(
@@ -33,16 +40,11 @@ fn futex_condvar_wait_with_timeout() {
             "scenario_condvar",
             "condvar_waiter",
             "Condvar::wait_timeout",
-            "[futex]",
         ],
+        "[futex]",
     );
     // the 20 waits time out: nobody notifies the condition variable
-    let futex = run
-        .stderr()
-        .lines()
-        .find(|l| l.trim_start().starts_with("futex"))
-        .unwrap_or_default()
-        .to_string();
+    let futex = run.kind_line("futex");
     assert!(futex.contains("20 timed out"), "futex outcome: {futex}");
 }
 
@@ -51,7 +53,8 @@ fn futex_contended_mutex() {
     let _s = root_session();
     let run = check(
         &["mutex", "20", "50"],
-        &["scenario_mutex", "mutex_waiter", "[futex]"],
+        &["scenario_mutex", "mutex_waiter"],
+        "[futex]",
     );
     // the holder sleeps while it holds the lock: that is kind "other", not futex
     let folded = run.folded();
@@ -63,14 +66,10 @@ fn epoll_wait_timing_out() {
     let _s = root_session();
     let run = check(
         &["epoll", "20", "50"],
-        &["scenario_epoll", "epoll_waiter", "[epoll_wait]"],
+        &["scenario_epoll", "epoll_waiter"],
+        "[epoll_wait]",
     );
-    let epoll = run
-        .stderr()
-        .lines()
-        .find(|l| l.trim_start().starts_with("epoll"))
-        .unwrap_or_default()
-        .to_string();
+    let epoll = run.kind_line("epoll");
     assert!(epoll.contains("20 timed out"), "epoll outcome: {epoll}");
 }
 
@@ -79,14 +78,10 @@ fn accept4_until_a_client_connects() {
     let _s = root_session();
     let run = check(
         &["accept", "10", "100"],
-        &["scenario_accept", "accept_loop", "[accept4]"],
+        &["scenario_accept", "accept_loop"],
+        "[accept4]",
     );
-    let accept = run
-        .stderr()
-        .lines()
-        .find(|l| l.trim_start().starts_with("accept"))
-        .unwrap_or_default()
-        .to_string();
+    let accept = run.kind_line("accept");
     assert!(
         accept.contains("10 got a connection"),
         "accept outcome: {accept}"
@@ -98,14 +93,10 @@ fn nanosleep_is_kind_other() {
     let _s = root_session();
     let run = check(
         &["sleep", "20", "50"],
-        &["scenario_sleep", "sleeper", "[clock_nanosleep]"],
+        &["scenario_sleep", "sleeper"],
+        "[clock_nanosleep]",
     );
-    let other = run
-        .stderr()
-        .lines()
-        .find(|l| l.trim_start().starts_with("other"))
-        .unwrap_or_default()
-        .to_string();
+    let other = run.kind_line("other");
     assert!(other.contains("[clock_nanosleep]"), "other: {other}");
 }
 

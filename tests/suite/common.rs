@@ -75,6 +75,16 @@ impl Run {
         (secs * 1e9) as u64
     }
 
+    /// The summary's line for one kind (`futex ...`), with its outcome counts.
+    pub fn kind_line(&self, kind: &str) -> String {
+        let stderr = self.stderr();
+        stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(kind))
+            .unwrap_or_else(|| panic!("no {kind} line in:\n{stderr}"))
+            .to_string()
+    }
+
     /// The lowest per-thread accounting ratio from the summary, in percent.
     pub fn worst_thread_accounting(&self) -> f64 {
         let stderr = self.stderr();
@@ -106,17 +116,14 @@ pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Runs `waitprof ARGS -- waitprof-fixture FIXTURE_ARGS` to completion.
-pub fn profile_fixture(args: &[&str], fixture_args: &[&str]) -> Run {
+/// Runs `waitprof -o TMPDIR/out.svg ARGS` to completion.
+pub fn waitprof(args: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("out.svg");
     let output = Command::new(WAITPROF)
-        .args(args)
         .arg("-o")
         .arg(&svg)
-        .arg("--")
-        .arg(FIXTURE)
-        .args(fixture_args)
+        .args(args)
         .output()
         .expect("running waitprof");
     Run {
@@ -127,22 +134,15 @@ pub fn profile_fixture(args: &[&str], fixture_args: &[&str]) -> Run {
     }
 }
 
-/// Runs waitprof with these arguments, writing under a fresh directory.
-pub fn waitprof(args: &[&str]) -> Run {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let svg = dir.path().join("out.svg");
-    let output = Command::new(WAITPROF)
-        .args(args)
-        .arg("-o")
-        .arg(&svg)
-        .output()
-        .expect("running waitprof");
-    Run {
-        folded_path: svg.with_extension("folded"),
-        svg,
-        output,
-        _dir: dir,
-    }
+/// Runs `waitprof ARGS -- waitprof-fixture FIXTURE_ARGS` to completion.
+pub fn profile_fixture(args: &[&str], fixture_args: &[&str]) -> Run {
+    let all: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--", FIXTURE])
+        .chain(fixture_args.iter().copied())
+        .collect();
+    waitprof(&all)
 }
 
 /// Whether `frames` appear in `stack` in this order (root to leaf), each as a substring
