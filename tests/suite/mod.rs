@@ -3,3 +3,4 @@ mod blocking;
 mod common;
 mod errors;
 mod golden;
+mod options;
