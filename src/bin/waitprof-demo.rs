@@ -15,7 +15,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use anyhow::{bail, Context, Result};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,11 +38,16 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<thread::JoinHandle<()>> {
     thread::Builder::new()
-        .name(name)
+        .name(name.clone())
         .spawn(f)
-        .expect("spawning a demo thread")
+        .with_context(|| format!("spawning the demo thread {name}"))
+}
+
+/// Locks, ignoring poisoning: one panicked demo thread should not take the others down.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Waits for connections and hands each one to a worker's epoll set.
@@ -72,7 +79,7 @@ fn compute(rounds: u64) -> u64 {
 /// The contended part: every request updates shared stats under one lock.
 #[inline(never)]
 fn update_stats(shared: &Shared) {
-    let mut stats = shared.stats.lock().unwrap();
+    let mut stats = lock(&shared.stats);
     *stats = stats.wrapping_add(compute(20_000));
 }
 
@@ -87,7 +94,7 @@ fn handle_request(fd: i32, shared: &Shared) -> bool {
         return false;
     }
     update_stats(shared);
-    shared.jobs.lock().unwrap().push_back(n as u64);
+    lock(&shared.jobs).push_back(n as u64);
     shared.job_ready.notify_one();
     // SAFETY: writing from a valid buffer.
     unsafe { libc::write(fd, b"ok\n".as_ptr().cast(), 3) };
@@ -112,7 +119,7 @@ fn worker_loop(epfd: i32, shared: Arc<Shared>) {
 #[inline(never)]
 fn job_runner(shared: Arc<Shared>) {
     loop {
-        let mut jobs = shared.jobs.lock().unwrap();
+        let mut jobs = lock(&shared.jobs);
         while jobs.is_empty() {
             if shared.done.load(Ordering::Relaxed) {
                 return;
@@ -120,7 +127,7 @@ fn job_runner(shared: Arc<Shared>) {
             jobs = shared
                 .job_ready
                 .wait_timeout(jobs, Duration::from_millis(100))
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
         let job = jobs.pop_front().unwrap_or(0);
@@ -137,7 +144,10 @@ fn client_loop(addr: std::net::SocketAddr, shared: Arc<Shared>) {
     };
     // a request sent just as the workers stop gets no reply: do not wait for it forever
     let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reader = BufReader::new(conn.try_clone().expect("cloning a socket"));
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
     let mut line = String::new();
     while !shared.done.load(Ordering::Relaxed) {
         if conn.write_all(b"get /\n").is_err() {
@@ -151,12 +161,14 @@ fn client_loop(addr: std::net::SocketAddr, shared: Arc<Shared>) {
     }
 }
 
-fn main() {
+fn main() -> Result<()> {
     let secs = arg("--secs", 8);
     let workers = arg("--workers", 3).max(1);
     let clients = arg("--clients", 6);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1");
-    let addr = listener.local_addr().expect("local address");
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
     let shared = Arc::new(Shared {
         stats: Mutex::new(0),
         jobs: Mutex::new(VecDeque::new()),
@@ -168,6 +180,9 @@ fn main() {
     let epfds: Vec<i32> = (0..workers)
         .map(|_| unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
         .collect();
+    if epfds.iter().any(|&fd| fd < 0) {
+        bail!("epoll_create1 failed: {}", std::io::Error::last_os_error());
+    }
     println!(
         "waitprof-demo: pid {} serving on {addr} for {secs}s",
         std::process::id()
@@ -178,24 +193,24 @@ fn main() {
         let (epfds, shared) = (epfds.clone(), shared.clone());
         spawn("acceptor".into(), move || {
             accept_loop(listener, epfds, shared)
-        });
+        })?;
     }
     for (i, &epfd) in epfds.iter().enumerate() {
         let shared = shared.clone();
         threads.push(spawn(format!("worker-{i}"), move || {
             worker_loop(epfd, shared)
-        }));
+        })?);
     }
     for i in 0..2 {
         let shared = shared.clone();
-        threads.push(spawn(format!("jobs-{i}"), move || job_runner(shared)));
+        threads.push(spawn(format!("jobs-{i}"), move || job_runner(shared))?);
     }
     let start = Instant::now();
     for i in 0..clients {
         let shared = shared.clone();
         threads.push(spawn(format!("client-{i}"), move || {
             client_loop(addr, shared)
-        }));
+        })?);
         // connections arrive over time, so the acceptor visibly waits for them
         thread::sleep(Duration::from_millis(300));
     }
@@ -211,4 +226,5 @@ fn main() {
         "waitprof-demo: served {} requests",
         shared.served.load(Ordering::Relaxed)
     );
+    Ok(())
 }

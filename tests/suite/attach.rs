@@ -78,12 +78,7 @@ fn sigint_during_collection_writes_the_profile() {
     let fixture = Fixture::start(&["park"], "parked");
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("out.svg");
-    let child = Command::new(WAITPROF)
-        .args(["-p", &fixture.pid().to_string(), "-o"])
-        .arg(&svg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("waitprof");
+    let child = spawn_waitprof(fixture.pid(), &svg);
     wait_until(
         "waitprof's programs to load",
         Duration::from_secs(20),
@@ -99,12 +94,7 @@ fn sigint_during_collection_writes_the_profile() {
     assert!(svg.exists() && svg.with_extension("folded").exists());
     let text = std::fs::read_to_string(&svg).expect("svg");
     assert!(text.trim_end().ends_with("</svg>"), "the SVG is complete");
-    // the kernel frees programs shortly after their last reference goes
-    wait_until(
-        "waitprof's programs to unload",
-        Duration::from_secs(5),
-        || loaded_waitprof_programs().is_empty(),
-    );
+    assert_programs_unload();
 }
 
 /// Ctrl-C at any moment of start-up (checks, load, attach, collection): waitprof either
@@ -118,12 +108,7 @@ fn sigint_at_any_moment_of_start_up() {
     for delay_ms in [0, 5, 15, 30, 45, 60, 80, 100, 150, 250] {
         let dir = tempfile::tempdir().expect("tempdir");
         let svg = dir.path().join("out.svg");
-        let child = Command::new(WAITPROF)
-            .args(["-p", &fixture.pid().to_string(), "-o"])
-            .arg(&svg)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("waitprof");
+        let child = spawn_waitprof(fixture.pid(), &svg);
         std::thread::sleep(Duration::from_millis(delay_ms));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -133,14 +118,18 @@ fn sigint_at_any_moment_of_start_up() {
         match out.status.code() {
             Some(0) => {
                 let text = std::fs::read_to_string(&svg).expect("exit 0 writes the SVG");
-                assert!(text.trim_end().ends_with("</svg>"), "{delay_ms} ms: truncated SVG");
+                assert!(
+                    text.trim_end().ends_with("</svg>"),
+                    "{delay_ms} ms: truncated SVG"
+                );
             }
             Some(130) => assert!(!svg.exists(), "{delay_ms} ms: 130 must not write"),
-            None => assert!(!svg.exists(), "{delay_ms} ms: killed before its handler, wrote"),
+            None => assert!(
+                !svg.exists(),
+                "{delay_ms} ms: killed before its handler, wrote"
+            ),
             Some(code) => panic!("{delay_ms} ms: exit {code}: {stderr}"),
         }
-        wait_until("waitprof's programs to unload", Duration::from_secs(5), || {
-            loaded_waitprof_programs().is_empty()
-        });
+        assert_programs_unload();
     }
 }

@@ -235,6 +235,26 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Starts `waitprof -p PID -o SVG` with stderr piped, to be signalled by the test.
+pub fn spawn_waitprof(pid: u32, svg: &std::path::Path) -> Child {
+    Command::new(WAITPROF)
+        .args(["-p", &pid.to_string(), "-o"])
+        .arg(svg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting waitprof")
+}
+
+/// Waits until no waitprof program is loaded; the kernel frees programs shortly after
+/// their last reference goes.
+pub fn assert_programs_unload() {
+    wait_until(
+        "waitprof's programs to unload",
+        Duration::from_secs(5),
+        || loaded_waitprof_programs().is_empty(),
+    );
+}
+
 /// Names of the BPF programs loaded right now (from bpftool), to check nothing leaks.
 pub fn loaded_waitprof_programs() -> Vec<String> {
     let out = Command::new("bpftool").args(["prog", "show"]).output();

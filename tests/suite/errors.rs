@@ -2,7 +2,6 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::time::Duration;
 
 use super::common::*;
 
@@ -99,11 +98,7 @@ fn bpf_load_failure_shows_the_kernels_reason() {
         );
     }
     assert!(stderr.contains("libbpf said"), "{stderr}");
-    wait_until(
-        "waitprof's programs to unload",
-        Duration::from_secs(5),
-        || loaded_waitprof_programs().is_empty(),
-    );
+    assert_programs_unload();
 }
 
 #[test]
