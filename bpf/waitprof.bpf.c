@@ -298,9 +298,13 @@ static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid, stru
 	__u64 start = session_start_ns;
 	__s32 nr;
 
-	if (start_time > start)
+	if (start_time > start) {
 		/* created during the session: runnable since creation, never blocked */
-		return thread_new(tid, start_time, WP_TF_RUNNABLE_OUT);
+		ts = thread_new(tid, start_time, WP_TF_RUNNABLE_OUT);
+		if (ts)
+			ts->cur_ustack = ts->cur_kstack = WP_STACK_NEW_THREAD;
+		return ts;
+	}
 	ts = thread_new(tid, start, WP_TF_BEFORE_ATTACH | (runnable ? WP_TF_RUNNABLE_OUT : 0));
 	if (!ts)
 		return 0;

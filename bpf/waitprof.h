@@ -54,6 +54,7 @@ enum wp_stack_marker {
 	WP_STACK_BEFORE_ATTACH = 4000,
 	WP_STACK_NOT_CAPTURED = 4001, /* the kind is filtered out by --kinds */
 	WP_STACK_TABLE_FULL = 4002,   /* the stack table had no room for a new stack */
+	WP_STACK_NEW_THREAD = 4003,   /* created during the session, waiting for its first run */
 	WP_STACK_ID_MIN = 4096,
 };
 

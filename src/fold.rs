@@ -55,6 +55,7 @@ fn user_frames(stack: StackRef, symbols: &Symbols) -> Vec<String> {
             None => vec!["[missed user stack]".into()],
         },
         StackRef::BeforeAttach => vec!["[blocked before attach]".into()],
+        StackRef::NewThread => vec!["[new thread]".into()],
         StackRef::NotCaptured => Vec::new(),
         StackRef::TableFull => vec!["[stack table full]".into()],
         StackRef::Missing(errno) => vec![format!(
@@ -77,7 +78,7 @@ fn kernel_frames(stack: StackRef, symbols: &Symbols, collected: &Collected) -> V
             .cloned()
             .unwrap_or_default(),
         StackRef::BeforeAttach => vec!["[blocked before attach]".into()],
-        StackRef::NotCaptured => Vec::new(),
+        StackRef::NotCaptured | StackRef::NewThread => Vec::new(),
         StackRef::TableFull => vec!["[stack table full]".into()],
         StackRef::Missing(errno) => vec![format!(
             "[missed kernel stack: {}]",

@@ -102,6 +102,8 @@ pub enum StackRef {
     NotCaptured,
     /// The stack table was full (`--stack-storage-size`).
     TableFull,
+    /// A thread created during the session, waiting for its first run.
+    NewThread,
     /// bpf_get_stack failed with this errno (EFAULT: no user stack, ...).
     Missing(u32),
     /// A kernel stack read from /proc for a thread the hooks never saw: an index into
@@ -117,6 +119,7 @@ impl StackRef {
             r if r == u64::from(m::WP_STACK_BEFORE_ATTACH.0) => StackRef::BeforeAttach,
             r if r == u64::from(m::WP_STACK_NOT_CAPTURED.0) => StackRef::NotCaptured,
             r if r == u64::from(m::WP_STACK_TABLE_FULL.0) => StackRef::TableFull,
+            r if r == u64::from(m::WP_STACK_NEW_THREAD.0) => StackRef::NewThread,
             errno => StackRef::Missing(errno as u32),
         }
     }
@@ -178,6 +181,8 @@ pub struct Losses {
     /// syscall exit instead of losing the interval.
     pub missed_switch_ins: u64,
     pub missed_switch_ins_recovered: u64,
+    /// Hook runs the kernel skipped because the program was already running on that CPU.
+    pub recursion_misses: u64,
     pub below_min_block: u64,
     pub below_min_block_ns: u64,
 }

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject, PrintLevel};
+use libbpf_rs::{Link, OpenObject, PrintLevel, ProgramMut};
 
 use crate::bpf::{OpenWaitprofSkel, WaitprofSkel, WaitprofSkelBuilder};
 use crate::cli::{AttachMode, Config, Target};
@@ -366,9 +366,13 @@ fn configure(
     Ok(())
 }
 
-fn attach_all(skel: &WaitprofSkel<'_>, flavour: Flavour) -> Result<Vec<Link>> {
+/// The four programs of one flavour: sched_switch, sched_waking, sys_exit, process exit.
+fn flavour_progs<'a, 'obj>(
+    skel: &'a WaitprofSkel<'obj>,
+    flavour: Flavour,
+) -> [&'a ProgramMut<'obj>; 4] {
     let p = &skel.progs;
-    let progs = match flavour {
+    match flavour {
         Flavour::TpBtf => [
             &p.btf_sched_switch,
             &p.btf_sched_waking,
@@ -387,8 +391,11 @@ fn attach_all(skel: &WaitprofSkel<'_>, flavour: Flavour) -> Result<Vec<Link>> {
             &p.tp_sys_exit,
             &p.tp_sched_process_exit,
         ],
-    };
-    progs
+    }
+}
+
+fn attach_all(skel: &WaitprofSkel<'_>, flavour: Flavour) -> Result<Vec<Link>> {
+    flavour_progs(skel, flavour)
         .into_iter()
         .map(|prog| {
             prog.attach()
@@ -507,6 +514,28 @@ impl Attached<'_> {
     /// Opens the gate: every hook starts recording at this instant.
     pub fn start(&mut self) -> Result<u64> {
         self.set_gate(|bss| &mut bss.session_start_ns)
+    }
+
+    /// Per program, the events the kernel did not run it for because it was already
+    /// running on that CPU (an interrupt's wakeup inside a wakeup, say).
+    pub fn recursion_misses(&self) -> Vec<(String, u64)> {
+        flavour_progs(&self.skel, self.flavour)
+            .into_iter()
+            .map(|prog| {
+                let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+                let mut len = std::mem::size_of_val(&info) as u32;
+                // SAFETY: info is a bpf_prog_info of `len` bytes for the kernel to fill.
+                let rc = unsafe {
+                    libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+                        prog.as_fd().as_raw_fd(),
+                        (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+                        &mut len,
+                    )
+                };
+                let misses = if rc == 0 { info.recursion_misses } else { 0 };
+                (prog.name().to_string_lossy().into_owned(), misses)
+            })
+            .collect()
     }
 
     /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.

@@ -175,6 +175,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
                 })
                 .unwrap_or_else(|| "[missed user stack]".into()),
             StackRef::BeforeAttach => "[blocked before attach]".into(),
+            StackRef::NewThread => "[new thread]".into(),
             _ => "[missed user stack]".into(),
         };
         let key = format!("{user} > {}", fold::syscall_frame(row));
@@ -201,7 +202,8 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         "  not seen: {} rows dropped ({} of waits; aggregation map full), {} threads untracked, \
          {} user / {} kernel stacks lost, {} stacks not stored (stack table full), {} truncated stacks, \
          {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked), \
-         {} switch-ins unseen ({} closed at syscall exit), {} switch-outs unseen",
+         {} switch-ins unseen ({} closed at syscall exit), {} switch-outs unseen, \
+         {} hook runs skipped by the kernel (recursion)",
         l.rows_dropped,
         secs(l.rows_dropped_ns),
         l.threads_untracked,
@@ -216,6 +218,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         l.missed_switch_ins,
         l.missed_switch_ins_recovered,
         l.switch_in_while_on_cpu,
+        l.recursion_misses,
     );
     if l.below_min_block > 0 {
         let _ = writeln!(
