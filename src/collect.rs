@@ -173,7 +173,7 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         missed_switch_ins_recovered: s(wp_stat::WP_STAT_MISSED_RECOVERED),
         below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
         below_min_block_ns: s(wp_stat::WP_STAT_BELOW_MIN_NS),
-        recursion_misses: attached.recursion_misses().iter().map(|(_, n)| n).sum(),
+        recursion_misses: attached.recursion_misses(),
     };
     Ok(())
 }

@@ -516,9 +516,9 @@ impl Attached<'_> {
         self.set_gate(|bss| &mut bss.session_start_ns)
     }
 
-    /// Per program, the events the kernel did not run it for because it was already
-    /// running on that CPU (an interrupt's wakeup inside a wakeup, say).
-    pub fn recursion_misses(&self) -> Vec<(String, u64)> {
+    /// Hook runs the kernel skipped because the program was already running on that CPU
+    /// (an interrupt's wakeup inside a wakeup, say), summed over this flavour's programs.
+    pub fn recursion_misses(&self) -> u64 {
         flavour_progs(&self.skel, self.flavour)
             .into_iter()
             .map(|prog| {
@@ -532,10 +532,13 @@ impl Attached<'_> {
                         &mut len,
                     )
                 };
-                let misses = if rc == 0 { info.recursion_misses } else { 0 };
-                (prog.name().to_string_lossy().into_owned(), misses)
+                if rc == 0 {
+                    info.recursion_misses
+                } else {
+                    0
+                }
             })
-            .collect()
+            .sum()
     }
 
     /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.
