@@ -116,22 +116,26 @@ pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Runs `waitprof -o TMPDIR/out.svg ARGS` to completion.
-pub fn waitprof(args: &[&str]) -> Run {
+/// Runs `waitprof -o TMPDIR/out.svg ARGS` to completion, after `setup` adjusts the
+/// command (its user, its environment).
+pub fn waitprof_with(setup: impl FnOnce(&mut Command), args: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("out.svg");
-    let output = Command::new(WAITPROF)
-        .arg("-o")
-        .arg(&svg)
-        .args(args)
-        .output()
-        .expect("running waitprof");
+    let mut cmd = Command::new(WAITPROF);
+    cmd.arg("-o").arg(&svg).args(args);
+    setup(&mut cmd);
+    let output = cmd.output().expect("running waitprof");
     Run {
         folded_path: svg.with_extension("folded"),
         svg,
         output,
         _dir: dir,
     }
+}
+
+/// Runs `waitprof -o TMPDIR/out.svg ARGS` to completion.
+pub fn waitprof(args: &[&str]) -> Run {
+    waitprof_with(|_| {}, args)
 }
 
 /// Runs `waitprof ARGS -- waitprof-fixture FIXTURE_ARGS` to completion.

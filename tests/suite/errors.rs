@@ -18,20 +18,14 @@ fn assert_error(run: &Run, code: i32, message: &str) {
 
 #[test]
 fn not_root() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(WAITPROF)
-        .args(["-p", "1", "-d", "1s", "-o"])
-        .arg(dir.path().join("x.svg"))
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("running waitprof as nobody");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("must run as root") && stderr.contains("sudo"),
-        "{stderr}"
+    let run = waitprof_with(
+        |cmd| {
+            cmd.uid(65534).gid(65534);
+        },
+        &["-p", "1", "-d", "1s"],
     );
+    assert_error(&run, 2, "must run as root");
+    assert!(run.stderr().contains("sudo"), "{}", run.stderr());
 }
 
 #[test]
@@ -65,19 +59,17 @@ fn thread_of_another_process() {
 #[test]
 fn kernel_without_btf() {
     let _s = root_session();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(WAITPROF)
-        .env("WAITPROF_KERNEL_BTF", "/nonexistent/btf/vmlinux")
-        .args(["-d", "1s", "-o"])
-        .arg(dir.path().join("x.svg"))
-        .args(["--", FIXTURE, "sleep", "1", "1"])
-        .output()
-        .expect("waitprof");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let run = waitprof_with(
+        |cmd| {
+            cmd.env("WAITPROF_KERNEL_BTF", "/nonexistent/btf/vmlinux");
+        },
+        &["-d", "1s", "--", FIXTURE, "sleep", "1", "1"],
+    );
+    assert_error(&run, 2, "this kernel has no BTF");
     assert!(
-        stderr.contains("this kernel has no BTF") && stderr.contains("CONFIG_DEBUG_INFO_BTF"),
-        "{stderr}"
+        run.stderr().contains("CONFIG_DEBUG_INFO_BTF"),
+        "{}",
+        run.stderr()
     );
 }
 
