@@ -172,7 +172,13 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot)
 
 	if (!buf)
 		return WP_STACK_TABLE_FULL;
-	len = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), user ? BPF_F_USER_STACK : 0);
+	/*
+	 * A kernel stack starts inside this program, at an address that depends on which
+	 * inlined copy of this function runs: skip that frame, or one stack gets several hashes.
+	 * The tracing frames below it are the same every time and are trimmed for display.
+	 */
+	len = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips),
+			    user ? BPF_F_USER_STACK : (1 & BPF_F_SKIP_FIELD_MASK));
 	if (len <= 0) {
 		stat_add(user ? WP_STAT_USTACK_ERR : WP_STAT_KSTACK_ERR, 1);
 		return len < 0 ? (__u64)-len : 61 /* ENODATA */;
@@ -204,7 +210,7 @@ static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __u
 				      __u64 kstack, __u64 count, __u64 blocked, __u64 runq)
 {
 	struct agg_key key = {
-		.tid = ts->tid,
+		.tid = cfg.rows_per_thread ? ts->tid : 0,
 		.ustack = ustack,
 		.kstack = kstack,
 		.syscall = (__s16)ts->syscall,
@@ -315,10 +321,87 @@ static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid, stru
 	return ts;
 }
 
+/*
+ * Where a thread goes off-CPU, as a 64-bit signature: its user registers at kernel entry
+ * (ip, sp, bp), the return addresses a frame-pointer walk starts from ([sp] for a
+ * frameless wrapper, [bp + 8] for the caller), the syscall, the task state and whether it
+ * was preempted. Capturing both stacks costs microseconds (an ORC walk of the kernel
+ * stack, a fault-safe walk of the user stack), while a thread in a loop goes off-CPU at
+ * the same few places again and again. 0 = no signature.
+ */
+static __always_inline __u64 place_of(struct task_struct *prev, struct pt_regs *regs,
+				      bool preempt, bool runnable)
+{
+	__u64 w[7] = {}, h = FNV64_OFFSET;
+	int i;
+
+	if (!regs)
+		return 0;
+	w[0] = BPF_CORE_READ(regs, ip);
+	w[1] = BPF_CORE_READ(regs, sp);
+	w[2] = BPF_CORE_READ(regs, bp);
+	w[3] = BPF_CORE_READ(regs, orig_ax);
+	w[4] = bpf_core_field_exists(prev->__state) ?
+		       BPF_CORE_READ(prev, __state) :
+		       BPF_CORE_READ((struct task_struct___o *)prev, state);
+	w[5] = preempt << 1 | runnable;
+	bpf_probe_read_user(&w[6], sizeof(w[6]), (void *)w[1]);
+	for (i = 0; i < 7; i++)
+		h = (h ^ w[i]) * FNV64_PRIME;
+	if (bpf_probe_read_user(&w[0], sizeof(w[0]), (void *)(w[2] + 8)) == 0)
+		h = (h ^ w[0]) * FNV64_PRIME;
+	return h ? h : 1;
+}
+
+/*
+ * The user and kernel stacks of a thread going off-CPU. Going off-CPU at one of its recent
+ * places reuses the stacks captured there; every cfg.recapture_every-th time there they
+ * are captured afresh, and counted if they differ: the reuse is checked, not assumed.
+ */
+static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
+				      struct task_struct *prev, struct pt_regs *regs, bool preempt,
+				      bool runnable, __u64 *ustack, __u64 *kstack)
+{
+	__u64 sig = cfg.recapture_every > 1 ? place_of(prev, regs, preempt, runnable) : 0;
+	struct wp_place *p = 0;
+	__u32 i;
+
+	for (i = 0; sig && i < WP_PLACES; i++) {
+		if (ts->places[i].sig == sig) {
+			p = &ts->places[i];
+			break;
+		}
+	}
+	if (p && ++p->reuses < cfg.recapture_every) {
+		stat_add(WP_STAT_STACKS_REUSED, 1);
+		*ustack = p->ustack;
+		*kstack = p->kstack;
+		return;
+	}
+	*ustack = capture_stack(ctx, true, SCRATCH_SCHED);
+	*kstack = capture_stack(ctx, false, SCRATCH_SCHED);
+	if (p) {
+		stat_add(WP_STAT_STACKS_RECHECKED, 1);
+		if (*ustack != p->ustack || *kstack != p->kstack)
+			stat_add(WP_STAT_STACKS_DIFFERED, 1);
+	} else if (sig) {
+		p = &ts->places[ts->next_place & (WP_PLACES - 1)];
+		ts->next_place++;
+	}
+	if (!p)
+		return;
+	/* only real stacks are worth reusing, not the reason one is missing */
+	p->sig = *ustack >= WP_STACK_ID_MIN && *kstack >= WP_STACK_ID_MIN ? sig : 0;
+	p->ustack = *ustack;
+	p->kstack = *kstack;
+	p->reuses = 0;
+}
+
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u32 tid,
-				       bool runnable, __u64 now)
+				       bool preempt, bool runnable, __u64 now)
 {
 	struct thread_state *ts = bpf_map_lookup_elem(&threads, &tid);
+	__u64 ustack, kstack;
 	struct pt_regs *regs;
 	__u8 kind;
 	__s32 nr;
@@ -357,13 +440,14 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		ts->cur_ustack = ts->cur_kstack = WP_STACK_NOT_CAPTURED;
 		return;
 	}
+	stacks_at(ctx, ts, prev, regs, preempt, runnable, &ustack, &kstack);
 	if (kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
-		ts->ep_ustack = capture_stack(ctx, true, SCRATCH_SCHED);
-		ts->ep_kstack = capture_stack(ctx, false, SCRATCH_SCHED);
+		ts->ep_ustack = ustack;
+		ts->ep_kstack = kstack;
 	} else {
-		ts->cur_ustack = capture_stack(ctx, true, SCRATCH_SCHED);
-		ts->cur_kstack = capture_stack(ctx, false, SCRATCH_SCHED);
+		ts->cur_ustack = ustack;
+		ts->cur_kstack = kstack;
 	}
 }
 
@@ -411,7 +495,8 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
  * next_task = NULL and tgid_known = false, and there a thread first seen while off-CPU
  * is not picked up (user space finds it through /proc instead).
  */
-static __always_inline int on_switch(void *ctx, bool runnable, struct task_struct *prev,
+static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
+				      struct task_struct *prev,
 				      __u32 next_tid, __u32 next_tgid, bool tgid_known,
 				      struct task_struct *next_task, struct pt_regs *next_regs)
 {
@@ -422,7 +507,7 @@ static __always_inline int on_switch(void *ctx, bool runnable, struct task_struc
 		return 0;
 	now = bpf_ktime_get_ns();
 	if (selected(id >> 32, (__u32)id))
-		switch_out(ctx, prev, (__u32)id, runnable, now);
+		switch_out(ctx, prev, (__u32)id, preempt, runnable, now);
 	if (tgid_known && !selected(next_tgid, next_tid))
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &next_tid);
@@ -542,7 +627,7 @@ static __always_inline bool task_runnable(bool preempt, struct task_struct *prev
 SEC("tp_btf/sched_switch")
 int BPF_PROG(btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	return on_switch(ctx, task_runnable(preempt, prev), prev, next->pid, next->tgid, true,
+	return on_switch(ctx, preempt, task_runnable(preempt, prev), prev, next->pid, next->tgid, true,
 			 next, (struct pt_regs *)bpf_task_pt_regs(next));
 }
 
@@ -569,7 +654,7 @@ int BPF_PROG(btf_sched_process_exit)
 SEC("raw_tp/sched_switch")
 int BPF_PROG(raw_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	return on_switch(ctx, task_runnable(preempt, prev), prev, BPF_CORE_READ(next, pid),
+	return on_switch(ctx, preempt, task_runnable(preempt, prev), prev, BPF_CORE_READ(next, pid),
 			 BPF_CORE_READ(next, tgid), true, next, 0);
 }
 
@@ -598,7 +683,9 @@ int tp_sched_switch(struct trace_event_raw_sched_switch *ctx)
 {
 	long state = ctx->prev_state;
 
-	return on_switch(ctx, state == TASK_RUNNING || (state & TP_STATE_PREEMPTED),
+	bool preempt = state & TP_STATE_PREEMPTED;
+
+	return on_switch(ctx, preempt, preempt || state == TASK_RUNNING,
 			 (struct task_struct *)bpf_get_current_task(), ctx->next_pid, 0, false, 0, 0);
 }
 

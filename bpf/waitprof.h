@@ -71,6 +71,20 @@ enum wp_thread_flag {
 	WP_TF_BEFORE_ATTACH = 1 << 3, /* first seen already off-CPU */
 };
 
+/*
+ * Places a thread goes off-CPU at, remembered per thread: a loop alternates between a few
+ * (a worker's wait for work and its lock; a waker preempted by the thread it woke).
+ */
+#define WP_PLACES 4
+
+struct wp_place {
+	__u64 sig;     /* 0 = empty */
+	__u64 ustack;
+	__u64 kstack;
+	__u32 reuses;  /* since these stacks were captured */
+	__u32 __pad;
+};
+
 /* Everything the program knows about one thread of the target; keyed by tid. */
 struct thread_state {
 	__u64 in_ts;      /* last switch-in (or session start) */
@@ -95,8 +109,13 @@ struct thread_state {
 	__u8 __pad[3];
 	char comm[WP_COMM_LEN];
 	__u64 exit_ts; /* set only in the record sent when the thread exits */
+	/* the last places it went off-CPU at (see place_of), and the stacks captured there */
+	struct wp_place places[WP_PLACES];
+	__u32 next_place; /* the slot a new place replaces, round robin */
+	__u32 __pad2;
 };
-_Static_assert(sizeof(struct thread_state) == 144, "thread_state layout changed: keep it packed");
+_Static_assert(sizeof(struct thread_state) == 152 + 32 * WP_PLACES,
+	       "thread_state layout changed: keep it packed");
 
 /* The aggregation key: one row of the profile. */
 struct agg_key {
@@ -131,6 +150,9 @@ enum wp_stat {
 	WP_STAT_MISSED_RECOVERED,  /* ... of which recovered at sys_exit */
 	WP_STAT_BELOW_MIN,         /* intervals or episodes shorter than --min-block */
 	WP_STAT_BELOW_MIN_NS,
+	WP_STAT_STACKS_REUSED,     /* sleeps at an unchanged place: stacks reused, not captured */
+	WP_STAT_STACKS_RECHECKED,  /* ... captured again anyway, to check the reuse */
+	WP_STAT_STACKS_DIFFERED,   /* ... and found different: reuse there had been wrong */
 	WP_STAT_COUNT,
 };
 
@@ -141,6 +163,11 @@ struct wp_config {
 	__u64 min_block_ns; /* rows shorter than this are counted, not aggregated */
 	__u32 kinds_mask;   /* bit (1 << wp_kind) set = aggregate that kind */
 	__u32 futex_wait_ops; /* bit (1 << (op & 127)) set = that futex(2) op waits */
+	/* stacks at an unchanged place are captured again every Nth time; 1 = always capture */
+	__u32 recapture_every;
+	/* 1 = a row per thread (--per-thread); 0 = threads share rows, so a stream of
+	   short-lived threads does not fill the aggregation map */
+	__u32 rows_per_thread;
 	__u8 sysclass[WP_MAX_SYSCALL_NR]; /* enum wp_sysclass per syscall number */
 };
 

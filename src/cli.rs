@@ -66,13 +66,21 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
 
-    /// Number of distinct (thread, kind, stacks) rows the kernel can aggregate.
+    /// Number of distinct rows (kind, syscall, outcome, stacks; and thread with
+    /// --per-thread) the kernel can aggregate.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_rows: u32,
 
     /// Number of threads of the target tracked at once.
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_threads: u32,
+
+    /// A thread that goes to sleep at the same place as last time reuses the stacks
+    /// captured there, and captures them afresh every Nth time to check them (reuse gone
+    /// wrong is counted in the summary). 1 captures every time, at several microseconds
+    /// per context switch.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub recapture_every: u32,
 
     /// How many of the heaviest stacks the summary lists.
     #[arg(long, value_name = "N", default_value_t = 5)]
@@ -114,6 +122,7 @@ pub struct Config {
     pub stack_storage_size: u32,
     pub max_rows: u32,
     pub max_threads: u32,
+    pub recapture_every: u32,
     pub top: usize,
 }
 
@@ -182,6 +191,7 @@ impl Config {
             ("--stack-storage-size", args.stack_storage_size),
             ("--max-rows", args.max_rows),
             ("--max-threads", args.max_threads),
+            ("--recapture-every", args.recapture_every),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
@@ -199,6 +209,7 @@ impl Config {
             stack_storage_size: args.stack_storage_size,
             max_rows: args.max_rows,
             max_threads: args.max_threads,
+            recapture_every: args.recapture_every,
             top: args.top,
         })
     }

@@ -173,6 +173,9 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         missed_switch_ins_recovered: s(wp_stat::WP_STAT_MISSED_RECOVERED),
         below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
         below_min_block_ns: s(wp_stat::WP_STAT_BELOW_MIN_NS),
+        stacks_reused: s(wp_stat::WP_STAT_STACKS_REUSED),
+        stacks_rechecked: s(wp_stat::WP_STAT_STACKS_RECHECKED),
+        stacks_differed: s(wp_stat::WP_STAT_STACKS_DIFFERED),
         recursion_misses: attached.recursion_misses(),
     };
     Ok(())

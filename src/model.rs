@@ -185,6 +185,11 @@ pub struct Losses {
     pub recursion_misses: u64,
     pub below_min_block: u64,
     pub below_min_block_ns: u64,
+    /// Sleeps at an unchanged place that reused the stacks captured there; how many of
+    /// those places were captured again to check, and how often that found other stacks.
+    pub stacks_reused: u64,
+    pub stacks_rechecked: u64,
+    pub stacks_differed: u64,
 }
 
 /// Why collection ended.

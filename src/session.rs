@@ -339,6 +339,8 @@ fn configure(
     c.min_block_ns = cfg.min_block.as_nanos().min(u64::MAX as u128) as u64;
     c.kinds_mask = cfg.kinds.iter().fold(0, |m, k| m | k.mask_bit());
     c.futex_wait_ops = syscalls::futex_wait_ops_mask();
+    c.recapture_every = cfg.recapture_every;
+    c.rows_per_thread = u32::from(cfg.per_thread);
     c.sysclass = syscalls::class_table();
 
     open.maps.threads.set_max_entries(cfg.max_threads)?;

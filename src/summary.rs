@@ -220,6 +220,13 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         l.switch_in_while_on_cpu,
         l.recursion_misses,
     );
+    if l.stacks_reused > 0 {
+        let _ = writeln!(
+            out,
+            "  stacks reused at an unchanged place: {} sleeps; rechecked {} times, {} found different stacks",
+            l.stacks_reused, l.stacks_rechecked, l.stacks_differed
+        );
+    }
     if l.below_min_block > 0 {
         let _ = writeln!(
             out,
