@@ -72,16 +72,16 @@ enum wp_thread_flag {
 };
 
 /*
- * Places a thread goes off-CPU at, remembered per thread: a loop alternates between a few
- * (a worker's wait for work and its lock; a waker preempted by the thread it woke).
+ * Places a thread goes off-CPU at, remembered per thread with the kernel stack captured
+ * there: a loop alternates between a few (a worker's wait for work and its lock; a waker
+ * that yields to the thread it woke).
  */
 #define WP_PLACES 4
 
 struct wp_place {
-	__u64 sig;     /* 0 = empty */
-	__u64 ustack;
+	__u64 sig;    /* 0 = empty */
 	__u64 kstack;
-	__u32 reuses;  /* since these stacks were captured */
+	__u32 reuses; /* since the kernel stack was captured */
 	__u32 __pad;
 };
 
@@ -114,7 +114,7 @@ struct thread_state {
 	__u32 next_place; /* the slot a new place replaces, round robin */
 	__u32 __pad2;
 };
-_Static_assert(sizeof(struct thread_state) == 152 + 32 * WP_PLACES,
+_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES,
 	       "thread_state layout changed: keep it packed");
 
 /* The aggregation key: one row of the profile. */
@@ -150,9 +150,9 @@ enum wp_stat {
 	WP_STAT_MISSED_RECOVERED,  /* ... of which recovered at sys_exit */
 	WP_STAT_BELOW_MIN,         /* intervals or episodes shorter than --min-block */
 	WP_STAT_BELOW_MIN_NS,
-	WP_STAT_STACKS_REUSED,     /* sleeps at an unchanged place: stacks reused, not captured */
-	WP_STAT_STACKS_RECHECKED,  /* ... captured again anyway, to check the reuse */
-	WP_STAT_STACKS_DIFFERED,   /* ... and found different: reuse there had been wrong */
+	WP_STAT_KSTACK_REUSED,     /* off-CPU at a known place: kernel stack reused, not walked */
+	WP_STAT_KSTACK_RECHECKED,  /* ... walked again anyway, to check the reuse */
+	WP_STAT_KSTACK_DIFFERED,   /* ... and found different: the reuse there had been wrong */
 	WP_STAT_COUNT,
 };
 
@@ -163,7 +163,7 @@ struct wp_config {
 	__u64 min_block_ns; /* rows shorter than this are counted, not aggregated */
 	__u32 kinds_mask;   /* bit (1 << wp_kind) set = aggregate that kind */
 	__u32 futex_wait_ops; /* bit (1 << (op & 127)) set = that futex(2) op waits */
-	/* stacks at an unchanged place are captured again every Nth time; 1 = always capture */
+	/* a reused kernel stack is walked again every Nth time; 1 = always walk */
 	__u32 recapture_every;
 	/* 1 = a row per thread (--per-thread); 0 = threads share rows, so a stream of
 	   short-lived threads does not fill the aggregation map */

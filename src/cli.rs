@@ -75,10 +75,10 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_threads: u32,
 
-    /// A thread that goes to sleep at the same place as last time reuses the stacks
-    /// captured there, and captures them afresh every Nth time to check them (reuse gone
-    /// wrong is counted in the summary). 1 captures every time, at several microseconds
-    /// per context switch.
+    /// A thread that goes off-CPU at a place it went off-CPU at before (same user stack,
+    /// syscall and task state) reuses the kernel stack walked there, and walks it again
+    /// every Nth time to check (differences are counted in the summary). 1 walks every
+    /// time, at about 2.5 us per context switch.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub recapture_every: u32,
 

@@ -125,6 +125,7 @@ pub fn run(
         }
     };
     let end_ns = attached.stop()?;
+    let stopped_at = Instant::now();
     if progress {
         eprintln!();
     }
@@ -140,6 +141,7 @@ pub fn run(
         end_ns,
         end_reason: Some(end_reason),
         attach: attached.flavour.name().to_string(),
+        stopped_at: Some(stopped_at),
         ..Default::default()
     };
     collected.threads = exited.into_inner();
@@ -173,9 +175,9 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         missed_switch_ins_recovered: s(wp_stat::WP_STAT_MISSED_RECOVERED),
         below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
         below_min_block_ns: s(wp_stat::WP_STAT_BELOW_MIN_NS),
-        stacks_reused: s(wp_stat::WP_STAT_STACKS_REUSED),
-        stacks_rechecked: s(wp_stat::WP_STAT_STACKS_RECHECKED),
-        stacks_differed: s(wp_stat::WP_STAT_STACKS_DIFFERED),
+        kstacks_reused: s(wp_stat::WP_STAT_KSTACK_REUSED),
+        kstacks_rechecked: s(wp_stat::WP_STAT_KSTACK_RECHECKED),
+        kstacks_differed: s(wp_stat::WP_STAT_KSTACK_DIFFERED),
         recursion_misses: attached.recursion_misses(),
     };
     Ok(())

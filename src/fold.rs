@@ -7,10 +7,13 @@
 //! Kernel frames carry the `_[k]` annotation and synthetic frames `_[i]` / `_[j]`, as
 //! perf-derived folded files do, so flame graph tools colour them apart.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::model::{Collected, Row, StackRef};
-use crate::symbolize::Symbols;
+use crate::symbolize::{Frames, Symbols};
 use crate::syscalls;
 
 #[derive(Clone, Debug, Default)]
@@ -20,26 +23,34 @@ pub struct FoldOptions {
 
 pub const RUN_QUEUE_FRAME: &str = "[run queue]_[j]";
 
-/// Folded stacks with their values in microseconds, sorted by stack.
+/// The folded file: one `stack value` line per distinct stack, values in microseconds,
+/// sorted frame by frame. Kept as the text itself: that is what is written and what
+/// inferno reads, and a large profile's text is the biggest thing in memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Folded {
-    pub lines: Vec<(String, u64)>,
+    text: String,
 }
 
 impl Folded {
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.text.is_empty()
+    }
+
+    /// The text of the folded file.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Each line as (stack, microseconds).
+    pub fn lines(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.text.lines().filter_map(|l| {
+            let (stack, us) = l.rsplit_once(' ')?;
+            Some((stack, us.parse().ok()?))
+        })
     }
 
     pub fn total_us(&self) -> u64 {
-        self.lines.iter().map(|(_, v)| v).sum()
-    }
-
-    pub fn to_text(&self) -> String {
-        self.lines
-            .iter()
-            .map(|(s, v)| format!("{s} {v}\n"))
-            .collect()
+        self.lines().map(|(_, v)| v).sum()
     }
 }
 
@@ -48,44 +59,92 @@ fn clean(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
-fn user_frames(stack: StackRef, symbols: &Symbols) -> Vec<String> {
-    match stack {
-        StackRef::Id(id) => match symbols.user.get(&id) {
-            Some(frames) => frames.iter().map(|f| clean(f)).collect(),
-            None => vec!["[missed user stack]".into()],
-        },
-        StackRef::BeforeAttach => vec!["[blocked before attach]".into()],
-        StackRef::NewThread => vec!["[new thread]".into()],
-        StackRef::NotCaptured => Vec::new(),
-        StackRef::TableFull => vec!["[stack table full]".into()],
-        StackRef::Missing(errno) => vec![format!(
-            "[missed user stack: {}]",
-            syscalls::errno_name(errno)
-        )],
-        StackRef::Proc(_) => vec!["[missed user stack]".into()],
+/// Frame names as they go into lines: cleaned (and suffixed) once per distinct name,
+/// then shared by every line.
+#[derive(Default)]
+struct Names {
+    /// Keyed by the address of the shared name: user frames, then kernel frames.
+    user: HashMap<usize, Arc<str>>,
+    kernel: HashMap<usize, Arc<str>>,
+    made: HashMap<String, Arc<str>>,
+}
+
+impl Names {
+    fn user(&mut self, name: &Arc<str>) -> Arc<str> {
+        let key = Arc::as_ptr(name) as *const u8 as usize;
+        self.user
+            .entry(key)
+            .or_insert_with(|| Arc::from(clean(name)))
+            .clone()
+    }
+
+    fn kernel(&mut self, name: &Arc<str>) -> Arc<str> {
+        let key = Arc::as_ptr(name) as *const u8 as usize;
+        self.kernel
+            .entry(key)
+            .or_insert_with(|| Arc::from(format!("{}_[k]", clean(name))))
+            .clone()
+    }
+
+    /// A synthetic or derived frame (`[futex]_[i]`, a thread name).
+    fn made(&mut self, name: String) -> Arc<str> {
+        self.made
+            .entry(name)
+            .or_insert_with_key(|n| Arc::from(n.as_str()))
+            .clone()
     }
 }
 
-fn kernel_frames(stack: StackRef, symbols: &Symbols, collected: &Collected) -> Vec<String> {
-    let names: Vec<String> = match stack {
-        StackRef::Id(id) => match symbols.kernel.get(&id) {
-            Some(frames) => frames.iter().map(|f| clean(f)).collect(),
-            None => vec!["[missed kernel stack]".into()],
+fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut Frames) {
+    let marker = match stack {
+        StackRef::Id(id) => match symbols.user.get(&id) {
+            Some(frames) => {
+                out.extend(frames.iter().map(|f| names.user(f)));
+                return;
+            }
+            None => "[missed user stack]".to_string(),
         },
-        StackRef::Proc(i) => collected
-            .proc_kstacks
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_default(),
-        StackRef::BeforeAttach => vec!["[blocked before attach]".into()],
-        StackRef::NotCaptured | StackRef::NewThread => Vec::new(),
-        StackRef::TableFull => vec!["[stack table full]".into()],
-        StackRef::Missing(errno) => vec![format!(
-            "[missed kernel stack: {}]",
-            syscalls::errno_name(errno)
-        )],
+        StackRef::BeforeAttach => "[blocked before attach]".into(),
+        StackRef::NewThread => "[new thread]".into(),
+        StackRef::NotCaptured => return,
+        StackRef::TableFull => "[stack table full]".into(),
+        StackRef::Missing(errno) => {
+            format!("[missed user stack: {}]", syscalls::errno_name(errno))
+        }
+        StackRef::Proc(_) => "[missed user stack]".into(),
     };
-    names.into_iter().map(|n| format!("{n}_[k]")).collect()
+    out.push(names.made(marker));
+}
+
+fn kernel_frames(
+    stack: StackRef,
+    symbols: &Symbols,
+    collected: &Collected,
+    names: &mut Names,
+    out: &mut Frames,
+) {
+    let marker = match stack {
+        StackRef::Id(id) => match symbols.kernel.get(&id) {
+            Some(frames) => {
+                out.extend(frames.iter().map(|f| names.kernel(f)));
+                return;
+            }
+            None => "[missed kernel stack]".to_string(),
+        },
+        StackRef::Proc(i) => {
+            for f in collected.proc_kstacks.get(i as usize).into_iter().flatten() {
+                out.push(names.made(format!("{}_[k]", clean(f))));
+            }
+            return;
+        }
+        StackRef::BeforeAttach => "[blocked before attach]".into(),
+        StackRef::NotCaptured | StackRef::NewThread => return,
+        StackRef::TableFull => "[stack table full]".into(),
+        StackRef::Missing(errno) => {
+            format!("[missed kernel stack: {}]", syscalls::errno_name(errno))
+        }
+    };
+    out.push(names.made(format!("{marker}_[k]")));
 }
 
 /// The synthetic frame naming the syscall a wait happened in.
@@ -107,29 +166,80 @@ fn thread_name(collected: &Collected, tid: u32) -> String {
     format!("{}-{tid}", clean(comm))
 }
 
-/// Folds every row of the profile.
-pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Folded {
-    let mut ns: BTreeMap<String, u64> = BTreeMap::new();
-    for row in &collected.rows {
-        let mut frames = vec![clean(&collected.comm)];
-        if opts.per_thread {
-            frames.push(thread_name(collected, row.tid));
-        }
-        frames.extend(user_frames(row.ustack, symbols));
-        frames.push(format!("{}_[i]", syscall_frame(row)));
-        frames.extend(kernel_frames(row.kstack, symbols, collected));
-        let stack = frames.join(";");
-        if row.runq_ns > 0 {
-            *ns.entry(format!("{stack};{RUN_QUEUE_FRAME}")).or_default() += row.runq_ns;
-        }
-        if row.blocked_ns > 0 {
-            *ns.entry(stack).or_default() += row.blocked_ns;
+/// A line's frames as a map key. Every frame comes from `Names`, which hands out one
+/// `Arc` per distinct name: equal names are the same pointer, so hashing and comparing
+/// pointers is exact, and costs 8 bytes a frame instead of the name's length.
+struct Line(Frames);
+
+impl PartialEq for Line {
+    fn eq(&self, other: &Line) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for Line {}
+
+impl std::hash::Hash for Line {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for f in &self.0 {
+            state.write_usize(Arc::as_ptr(f) as *const u8 as usize);
         }
     }
-    let lines = ns
-        .into_iter()
-        .map(|(stack, ns)| (stack, (ns + 500) / 1000))
-        .filter(|(_, us)| *us > 0)
-        .collect();
-    Folded { lines }
+}
+
+/// Frame by frame; frames shared between the two stacks compare by address first, so
+/// the long common roots of a large profile cost nothing.
+fn cmp_frames(a: &Frames, b: &Frames) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if Arc::ptr_eq(x, y) {
+            continue;
+        }
+        match x.cmp(y) {
+            Ordering::Equal => {}
+            o => return o,
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// Folds every row of the profile.
+pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Folded {
+    let mut names = Names::default();
+    let process = names.made(clean(&collected.comm));
+    let run_queue = names.made(RUN_QUEUE_FRAME.to_string());
+    let mut ns: HashMap<Line, u64> = HashMap::new();
+    for row in &collected.rows {
+        let mut frames = vec![process.clone()];
+        if opts.per_thread {
+            frames.push(names.made(thread_name(collected, row.tid)));
+        }
+        user_frames(row.ustack, symbols, &mut names, &mut frames);
+        frames.push(names.made(format!("{}_[i]", syscall_frame(row))));
+        kernel_frames(row.kstack, symbols, collected, &mut names, &mut frames);
+        if row.runq_ns > 0 {
+            let mut runq = frames.clone();
+            runq.push(run_queue.clone());
+            *ns.entry(Line(runq)).or_default() += row.runq_ns;
+        }
+        if row.blocked_ns > 0 {
+            *ns.entry(Line(frames)).or_default() += row.blocked_ns;
+        }
+    }
+    let mut lines: Vec<(Frames, u64)> = ns.into_iter().map(|(l, ns)| (l.0, ns)).collect();
+    lines.sort_unstable_by(|a, b| cmp_frames(&a.0, &b.0));
+    let mut text = String::new();
+    for (frames, ns) in lines {
+        let us = (ns + 500) / 1000;
+        if us == 0 {
+            continue;
+        }
+        for (i, f) in frames.iter().enumerate() {
+            if i > 0 {
+                text.push(';');
+            }
+            text.push_str(f);
+        }
+        let _ = writeln!(text, " {us}");
+    }
+    Folded { text }
 }

@@ -65,6 +65,11 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     let signals_at_end = stop.count();
     let aborted = || stop.count() > signals_at_end;
 
+    eprintln!(
+        "waitprof: recording stopped; symbolizing {} stacks of {} rows",
+        collected.stacks.len(),
+        collected.rows.len()
+    );
     let symbols = symbolizer.resolve(&collected)?;
     let folded = fold::fold(
         &collected,
@@ -96,16 +101,19 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     );
     let subtitle = "user frames | [syscall] aqua | kernel orange | [run queue] green: woken, waiting for a CPU";
     let svg = render::svg(&folded, &title, subtitle)?;
-    render::write_atomic(&paths.folded, folded.to_text().as_bytes())?;
+    render::write_atomic(&paths.folded, folded.text().as_bytes())?;
     if aborted() {
         let _ = std::fs::remove_file(&paths.folded);
         return Err(Interrupted("while writing the profile: no file was written").into());
     }
     render::write_atomic(&paths.svg, &svg)?;
     eprintln!(
-        "waitprof: wrote {} and {}",
+        "waitprof: wrote {} and {} ({:.2} s after the session ended)",
         paths.svg.display(),
-        paths.folded.display()
+        paths.folded.display(),
+        collected
+            .stopped_at
+            .map_or(0.0, |t| t.elapsed().as_secs_f64())
     );
     Ok(ExitCode::SUCCESS)
 }

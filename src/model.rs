@@ -185,11 +185,11 @@ pub struct Losses {
     pub recursion_misses: u64,
     pub below_min_block: u64,
     pub below_min_block_ns: u64,
-    /// Sleeps at an unchanged place that reused the stacks captured there; how many of
-    /// those places were captured again to check, and how often that found other stacks.
-    pub stacks_reused: u64,
-    pub stacks_rechecked: u64,
-    pub stacks_differed: u64,
+    /// Off-CPU intervals at a known place that reused the kernel stack walked there; how
+    /// many walked it again to check, and how many of those found another kernel stack.
+    pub kstacks_reused: u64,
+    pub kstacks_rechecked: u64,
+    pub kstacks_differed: u64,
 }
 
 /// Why collection ended.
@@ -217,4 +217,6 @@ pub struct Collected {
     pub end_reason: Option<EndReason>,
     /// The attach method that was used.
     pub attach: String,
+    /// When the session stopped recording, to report how long the writing took.
+    pub stopped_at: Option<std::time::Instant>,
 }

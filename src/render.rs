@@ -80,9 +80,10 @@ pub fn svg(folded: &Folded, title: &str, subtitle: &str) -> Result<Vec<u8>> {
     opts.colors = Palette::Multi(MultiPalette::Java);
     opts.hash = true;
     opts.deterministic = true;
-    let text = folded.to_text();
+    // fold already sorted the lines frame by frame: a large profile skips a second sort
+    opts.no_sort = true;
     let mut out = Vec::new();
-    flamegraph::from_lines(&mut opts, text.lines(), &mut out)
+    flamegraph::from_lines(&mut opts, folded.text().lines(), &mut out)
         .context("rendering the flame graph failed")?;
     Ok(out)
 }

@@ -220,11 +220,11 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         l.switch_in_while_on_cpu,
         l.recursion_misses,
     );
-    if l.stacks_reused > 0 {
+    if l.kstacks_reused > 0 {
         let _ = writeln!(
             out,
-            "  stacks reused at an unchanged place: {} sleeps; rechecked {} times, {} found different stacks",
-            l.stacks_reused, l.stacks_rechecked, l.stacks_differed
+            "  kernel stacks reused at a known place: {}; walked again to check {} times, {} differed",
+            l.kstacks_reused, l.kstacks_rechecked, l.kstacks_differed
         );
     }
     if l.below_min_block > 0 {

@@ -4,6 +4,7 @@
 //! against kallsyms. Frames that cannot be named are kept as `[unknown]` and counted.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use blazesym::symbolize::cache;
@@ -21,11 +22,15 @@ pub struct Symbolizer {
     pid: u32,
 }
 
+/// Frame names, root first. A name is shared by every stack it appears in: a large
+/// profile repeats the same few hundred names across tens of thousands of stacks.
+pub type Frames = Vec<Arc<str>>;
+
 /// Stack id -> frame names, root first.
 #[derive(Clone, Debug, Default)]
 pub struct Symbols {
-    pub user: HashMap<u64, Vec<String>>,
-    pub kernel: HashMap<u64, Vec<String>>,
+    pub user: HashMap<u64, Frames>,
+    pub kernel: HashMap<u64, Frames>,
     /// Distinct addresses that could not be named.
     pub unknown_user_frames: usize,
     pub unknown_kernel_frames: usize,
@@ -107,7 +112,7 @@ impl Symbolizer {
         ids: &HashSet<u64>,
         collected: &Collected,
         truncated: &mut usize,
-    ) -> Result<(HashMap<u64, Vec<String>>, usize)> {
+    ) -> Result<(HashMap<u64, Frames>, usize)> {
         // The first address of a stack is where the thread stopped; the others are return
         // addresses, which point after the call: look up addr - 1 to land inside it.
         let lookup_addr = |i: usize, ip: u64| if i == 0 { ip } else { ip.saturating_sub(1) };
@@ -119,7 +124,7 @@ impl Symbolizer {
             .into_iter()
             .collect();
         addrs.sort_unstable();
-        let names: HashMap<u64, Vec<String>> = if addrs.is_empty() {
+        let names: HashMap<u64, Frames> = if addrs.is_empty() {
             HashMap::new()
         } else {
             let results = self
@@ -133,6 +138,8 @@ impl Symbolizer {
                 .collect()
         };
         let unknown = names.values().filter(|n| n.is_empty()).count();
+        let (unknown_frame, truncated_frame): (Arc<str>, Arc<str>) =
+            (Arc::from("[unknown]"), Arc::from("[truncated]"));
         let mut out = HashMap::new();
         for &id in ids {
             let Some(ips) = collected.stacks.get(&id) else {
@@ -141,12 +148,12 @@ impl Symbolizer {
             let mut frames = Vec::with_capacity(ips.len() + 1);
             if ips.len() >= MAX_DEPTH {
                 *truncated += 1;
-                frames.push("[truncated]".to_string());
+                frames.push(truncated_frame.clone());
             }
             for (i, &ip) in ips.iter().enumerate().rev() {
                 match names.get(&lookup_addr(i, ip)) {
                     Some(n) if !n.is_empty() => frames.extend(n.iter().cloned()),
-                    _ => frames.push("[unknown]".to_string()),
+                    _ => frames.push(unknown_frame.clone()),
                 }
             }
             out.insert(id, frames);
@@ -158,18 +165,18 @@ impl Symbolizer {
 /// Kernel stacks are captured inside the scheduler's tracepoint, so their leaf end is the
 /// tracing machinery (bpf_trace_run*, the BPF program itself). The wait ends at
 /// `__schedule`: everything leafward of it is cut.
-pub fn trim_capture_frames(mut frames: Vec<String>) -> Vec<String> {
-    if let Some(i) = frames.iter().rposition(|f| f == "__schedule") {
+pub fn trim_capture_frames(mut frames: Frames) -> Frames {
+    if let Some(i) = frames.iter().rposition(|f| &**f == "__schedule") {
         frames.truncate(i + 1);
     }
     frames
 }
 
 /// The function and the functions inlined into it at this address, outermost first.
-fn frame_names(sym: Symbolized<'_>) -> Vec<String> {
+fn frame_names(sym: Symbolized<'_>) -> Frames {
     match sym {
-        Symbolized::Sym(sym) => std::iter::once(sym.name.to_string())
-            .chain(sym.inlined.iter().map(|f| f.name.to_string()))
+        Symbolized::Sym(sym) => std::iter::once(Arc::from(&*sym.name))
+            .chain(sym.inlined.iter().map(|f| Arc::from(&*f.name)))
             .collect(),
         Symbolized::Unknown(_) => Vec::new(),
     }

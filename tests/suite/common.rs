@@ -67,7 +67,7 @@ impl Run {
     pub fn session_ns(&self) -> u64 {
         let stderr = self.stderr();
         let secs = stderr
-            .split("session ")
+            .split("), session ")
             .nth(1)
             .and_then(|r| r.split(" s,").next())
             .and_then(|v| v.parse::<f64>().ok())
