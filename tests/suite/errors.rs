@@ -102,6 +102,22 @@ fn nothing_blocked_writes_no_svg() {
     assert!(!run.folded_path.exists());
 }
 
+/// The target is gone before waitprof attaches (it exited and nobody reaped it yet).
+#[test]
+fn pid_gone_before_attach() {
+    let _s = root_session();
+    let mut child = Command::new("true").spawn().expect("true");
+    let pid = child.id().to_string();
+    wait_until(
+        "the child to exit",
+        std::time::Duration::from_secs(5),
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")),
+    );
+    let run = waitprof(&["-p", &pid, "-d", "1s"]);
+    assert_error(&run, 2, &format!("process {pid} has already exited"));
+    let _ = child.wait();
+}
+
 #[test]
 fn command_not_found() {
     let _s = root_session();
@@ -144,6 +160,16 @@ fn bad_flags() {
         (&["-p", "1", "--duration=-2s"][..], "must not be negative"),
         (&["-p", "1", "--kinds", "disk"][..], "unknown kind \"disk\""),
         (&[][..], "nothing to profile"),
+        (&["-p", "abc"][..], "invalid value 'abc'"),
+        (&["-p", "-3"][..], "unexpected argument '-3'"),
+        (
+            &["-p", "1", "--max-rows", "0"][..],
+            "--max-rows must be at least 1",
+        ),
+        (
+            &["-p", "1", "--recapture-every", "0"][..],
+            "--recapture-every must be at least 1",
+        ),
     ] {
         let run = waitprof(args);
         assert_error(&run, 2, message);

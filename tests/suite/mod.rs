@@ -4,3 +4,4 @@ mod common;
 mod errors;
 mod golden;
 mod options;
+mod reliability;

@@ -1,0 +1,292 @@
+//! Sessions that must not lose data: thread churn through a small thread table, tables
+//! filled on purpose, signals in every phase, two sessions on one target.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::*;
+
+/// A number from the summary's `not seen:` line, by the words that follow it.
+fn not_seen(run: &Run, what: &str) -> u64 {
+    let stderr = run.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("not seen:"))
+        .unwrap_or_else(|| panic!("no `not seen` line in:\n{stderr}"));
+    line.split(", ")
+        .find_map(|part| {
+            let part = part.trim_start_matches("  not seen: ");
+            let (n, rest) = part.split_once(' ')?;
+            rest.starts_with(what).then(|| n.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
+}
+
+/// The named measurement the fixture printed (`measured NAME ns=N`).
+fn measured(run: &Run, name: &str) -> u64 {
+    let prefix = format!("measured {name} ns=");
+    run.stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{}", run.stdout()))
+}
+
+/// 2000 threads, 8 alive at a time, through a thread table of 64: the table holds only
+/// live threads (none goes untracked, so occupancy stayed under 64), every exit record
+/// arrives, and the sleeps of all of them are attributed.
+#[test]
+fn thread_churn_keeps_the_thread_table_bounded() {
+    let _s = root_session();
+    let run = profile_fixture(&["--max-threads", "64"], &["churn", "2000", "2"]);
+    let folded = run.folded();
+    assert_eq!(not_seen(&run, "threads untracked"), 0, "{}", run.stderr());
+    assert_eq!(not_seen(&run, "exit records lost"), 0, "{}", run.stderr());
+    let us = attributed_us(&folded, &["churner", "[clock_nanosleep]"]);
+    assert_close(
+        "2000 churned sleeps",
+        us * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    assert!(
+        run.stderr().contains("2001 threads (2001 exited)"),
+        "every thread is accounted for:\n{}",
+        run.stderr()
+    );
+}
+
+/// A stack table of 256 entries against 3000 distinct stacks: the overflow is reported,
+/// its time stays in the profile under `[stack table full]`, and the thread whose stack
+/// was stored first is still exact.
+#[test]
+fn full_stack_table_reports_drops_and_keeps_the_time() {
+    let _s = root_session();
+    let run = profile_fixture(
+        &["--per-thread", "--stack-storage-size", "256"],
+        &["stacks", "3000"],
+    );
+    let folded = run.folded();
+    assert!(not_seen(&run, "stacks not stored") > 0, "{}", run.stderr());
+    let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]);
+    assert_close(
+        "condvar waiter beside a full stack table",
+        waiter * 1000,
+        measured(&run, "condvar"),
+        TOLERANCE,
+    );
+    // the stacker's own sleeps are too short for its wall-clock measurement (which holds
+    // the syscalls' on-CPU time) to compare; its off-CPU total, kept per thread apart
+    // from the rows and stacks, must be all in the profile
+    let stacker = attributed_us(&folded, &["stacker"]);
+    assert!(
+        attributed_us(
+            &folded,
+            &["stacker", "[stack table full]", "[clock_nanosleep]"]
+        ) > 0
+    );
+    assert_close(
+        "stacker's lines against its off-CPU total",
+        stacker * 1000,
+        thread_off_cpu_ns(&run, "stacker"),
+        0.01,
+    );
+}
+
+/// blocked + run-queue of the thread named `comm`, from the --per-thread summary table.
+fn thread_off_cpu_ns(run: &Run, comm: &str) -> u64 {
+    let stderr = run.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(comm) && l.contains("run-queue"))
+        .unwrap_or_else(|| panic!("no thread {comm} in:\n{stderr}"));
+    let value = |label: &str| -> u64 {
+        let rest = line.split(label).nth(1).expect("label").trim_start();
+        let mut it = rest.split_whitespace();
+        let n: f64 = it.next().and_then(|v| v.parse().ok()).expect("number");
+        match it.next() {
+            Some("s") => (n * 1e9) as u64,
+            Some("ms") => (n * 1e6) as u64,
+            Some("us") | Some("µs") => (n * 1e3) as u64,
+            other => panic!("unit {other:?} in {line:?}"),
+        }
+    };
+    value("blocked") + value("run-queue")
+}
+
+/// An aggregation map of 64 rows against 3000 distinct stacks: dropped rows are counted
+/// with their time, and the rows created before it filled keep counting exactly.
+#[test]
+fn full_aggregation_map_reports_drops_and_keeps_the_rest() {
+    let _s = root_session();
+    let run = profile_fixture(&["--per-thread", "--max-rows", "64"], &["stacks", "3000"]);
+    let folded = run.folded();
+    assert!(not_seen(&run, "rows dropped") > 0, "{}", run.stderr());
+    let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]);
+    assert_close(
+        "condvar waiter beside a full aggregation map",
+        waiter * 1000,
+        measured(&run, "condvar"),
+        TOLERANCE,
+    );
+}
+
+/// Two sessions on one target at once: a launched command profiled from start to end,
+/// and a second `-p` session that attaches and detaches in its middle. Both are complete
+/// and the first stays exact.
+#[test]
+fn two_sessions_on_one_target() {
+    let _s = root_session();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Command::new(WAITPROF)
+        .arg("-o")
+        .arg(dir.path().join("first.svg"))
+        .args(["--", FIXTURE, "condvar", "40", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("first waitprof");
+    let mut fixture = None;
+    wait_until("the fixture to start", Duration::from_secs(10), || {
+        fixture = children_of(first.id()).into_iter().next();
+        fixture.is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let second = waitprof(&["-p", &fixture.unwrap().to_string(), "-d", "1s"]);
+    let out = first.wait_with_output().expect("first waitprof");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+    let second_folded = second.folded();
+    assert!(
+        second.worst_thread_accounting() >= 99.0,
+        "{}",
+        second.stderr()
+    );
+    attributed_us(&second_folded, &["condvar_waiter", "[futex]"]);
+
+    let text = std::fs::read_to_string(dir.path().join("first.folded")).expect("first folded");
+    let first_us = attributed_us(&parse_folded(&text), &["condvar_waiter", "[futex]"]);
+    let measured: u64 = String::from_utf8_lossy(&out.stdout)
+        .split("ns=")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the fixture's measurement");
+    assert_close(
+        "first session, with a second one attached meanwhile",
+        first_us * 1000,
+        measured,
+        TOLERANCE,
+    );
+    assert_programs_unload();
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Files left in `dir`: a complete SVG and folded file, or nothing at all.
+fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what: &str) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .expect("output dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match code {
+        Some(0) => {
+            let svg = std::fs::read_to_string(dir.join("out.svg")).expect("exit 0 writes the SVG");
+            assert!(svg.trim_end().ends_with("</svg>"), "{what}: truncated SVG");
+            assert!(dir.join("out.folded").exists(), "{what}: no folded file");
+            assert_eq!(names.len(), 2, "{what}: stray files {names:?}");
+        }
+        _ => assert!(
+            names.is_empty(),
+            "{what}: wrote {names:?} and exited {code:?}"
+        ),
+    }
+}
+
+/// SIGTERM (as SIGINT, tested in attach.rs) while waitprof starts, attaches and records:
+/// a clean stop, a complete profile or none, and no BPF program left behind.
+#[test]
+fn sigterm_at_any_moment_of_start_up() {
+    let _s = root_session();
+    let fixture = Fixture::start(&["park"], "parked");
+    for delay_ms in [0, 10, 30, 60, 100, 250] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = spawn_waitprof(fixture.pid(), &dir.path().join("out.svg"));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().expect("waitprof");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{delay_ms} ms: {stderr}");
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(130) | None),
+            "{delay_ms} ms: {:?}: {stderr}",
+            out.status
+        );
+        assert_complete_or_nothing(dir.path(), out.status.code(), &format!("{delay_ms} ms"));
+        assert_programs_unload();
+    }
+}
+
+/// SIGINT or SIGTERM after recording stopped, while a large profile (thousands of
+/// stacks) is symbolized, folded and written: waitprof stops with 130 and writes nothing,
+/// or had already finished and wrote both files whole; no temporary file stays.
+#[test]
+fn signals_while_symbolizing_and_writing() {
+    let _s = root_session();
+    for (signal, delay_ms) in [
+        (libc::SIGINT, 0),
+        (libc::SIGTERM, 0),
+        (libc::SIGINT, 40),
+        (libc::SIGTERM, 120),
+        (libc::SIGINT, 400),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(WAITPROF)
+            .arg("-o")
+            .arg(dir.path().join("out.svg"))
+            .args(["--", FIXTURE, "stacks", "20000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("waitprof");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut seen = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("stderr line");
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("symbolizing") {
+                break;
+            }
+        }
+        assert!(
+            seen.contains("symbolizing"),
+            "no symbolization phase:\n{seen}"
+        );
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().expect("waitprof");
+        let what = format!("signal {signal} {delay_ms} ms after recording stopped");
+        let stderr = format!("{seen}{}", rest.join("\n"));
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        match status.code() {
+            Some(130) => assert!(stderr.contains("no file was written"), "{what}: {stderr}"),
+            Some(0) => assert!(stderr.contains("wrote"), "{what}: {stderr}"),
+            other => panic!("{what}: exit {other:?}: {stderr}"),
+        }
+        eprintln!("{what}: exit {:?} after {:?}", status.code(), t.elapsed());
+        assert_complete_or_nothing(dir.path(), status.code(), &what);
+        assert_programs_unload();
+    }
+}
