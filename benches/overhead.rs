@@ -144,7 +144,7 @@ fn detach(mut a: Attached) -> Res<(Duration, Duration)> {
             }
         }
         if let Some(status) = a.child.try_wait().map_err(|e| e.to_string())? {
-            if !status.success() && status.code() != Some(0) {
+            if !status.success() {
                 return Err(format!("profiler exited with {status}"));
             }
             let exited = t.elapsed();
