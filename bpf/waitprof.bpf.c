@@ -91,6 +91,12 @@ struct {
 #define FNV64_OFFSET 0xcbf29ce484222325ULL
 #define FNV64_PRIME 0x100000001b3ULL
 
+/* One 64-bit word into an FNV-1a style hash (stack keys, place signatures). */
+static __always_inline __u64 fnv_mix(__u64 h, __u64 word)
+{
+	return (h ^ word) * FNV64_PRIME;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1);
@@ -158,6 +164,14 @@ static __always_inline struct pt_regs *current_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+/* The task's state word: __state since 5.14, state before. */
+static __always_inline unsigned int task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___o *)t, state);
+}
+
 /*
  * Captures the current stack into the stack table and returns its reference (see
  * enum wp_stack_marker). `slot` keeps a sys_exit capture, which may be preempted, apart
@@ -187,7 +201,7 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot)
 	for (i = 0; i < WP_MAX_STACK_DEPTH; i++) {
 		if (i >= n)
 			break;
-		hash = (hash ^ buf->ips[i]) * FNV64_PRIME;
+		hash = fnv_mix(hash, buf->ips[i]);
 	}
 	if (hash < WP_STACK_ID_MIN)
 		hash |= 1ULL << 63;
@@ -322,29 +336,23 @@ static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid, stru
 }
 
 /*
- * Where a thread goes off-CPU, as a 64-bit signature: its exact user stack, its user
- * registers at kernel entry, the syscall, the task state, and whether it yielded or was
- * preempted. 0 = no signature.
+ * Where a thread that was not preempted goes off-CPU, as a 64-bit signature: its exact
+ * user stack, its user registers at kernel entry, the syscall and the task state (which
+ * also says whether it yielded runnable). 0 = no signature.
  */
 static __always_inline __u64 place_of(struct task_struct *prev, struct pt_regs *regs,
-				      __u64 ustack, bool preempt, bool runnable)
+				      __u64 ustack)
 {
-	__u64 w[7] = {}, h = FNV64_OFFSET;
-	int i;
+	__u64 h = FNV64_OFFSET;
 
 	if (!regs || ustack < WP_STACK_ID_MIN)
 		return 0;
-	w[0] = ustack;
-	w[1] = BPF_CORE_READ(regs, ip);
-	w[2] = BPF_CORE_READ(regs, sp);
-	w[3] = BPF_CORE_READ(regs, bp);
-	w[4] = BPF_CORE_READ(regs, orig_ax);
-	w[5] = bpf_core_field_exists(prev->__state) ?
-		       BPF_CORE_READ(prev, __state) :
-		       BPF_CORE_READ((struct task_struct___o *)prev, state);
-	w[6] = preempt << 1 | runnable;
-	for (i = 0; i < 7; i++)
-		h = (h ^ w[i]) * FNV64_PRIME;
+	h = fnv_mix(h, ustack);
+	h = fnv_mix(h, BPF_CORE_READ(regs, ip));
+	h = fnv_mix(h, BPF_CORE_READ(regs, sp));
+	h = fnv_mix(h, BPF_CORE_READ(regs, bp));
+	h = fnv_mix(h, BPF_CORE_READ(regs, orig_ax));
+	h = fnv_mix(h, task_state(prev));
 	return h ? h : 1;
 }
 
@@ -360,7 +368,7 @@ static __always_inline __u64 place_of(struct task_struct *prev, struct pt_regs *
  */
 static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
 				      struct task_struct *prev, struct pt_regs *regs, bool preempt,
-				      bool runnable, __u64 *ustack, __u64 *kstack)
+				      __u64 *ustack, __u64 *kstack)
 {
 	struct wp_place *p = 0;
 	__u64 sig = 0;
@@ -368,7 +376,7 @@ static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
 
 	*ustack = capture_stack(ctx, true, SCRATCH_SCHED);
 	if (cfg.recapture_every > 1 && !preempt)
-		sig = place_of(prev, regs, *ustack, preempt, runnable);
+		sig = place_of(prev, regs, *ustack);
 	for (i = 0; sig && i < WP_PLACES; i++) {
 		if (ts->places[i].sig == sig) {
 			p = &ts->places[i];
@@ -440,7 +448,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		ts->cur_ustack = ts->cur_kstack = WP_STACK_NOT_CAPTURED;
 		return;
 	}
-	stacks_at(ctx, ts, prev, regs, preempt, runnable, &ustack, &kstack);
+	stacks_at(ctx, ts, prev, regs, preempt, &ustack, &kstack);
 	if (kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
 		ts->ep_ustack = ustack;
@@ -611,15 +619,7 @@ static __always_inline int on_exit(void)
 
 static __always_inline bool task_runnable(bool preempt, struct task_struct *prev)
 {
-	unsigned int state;
-
-	if (preempt)
-		return true;
-	if (bpf_core_field_exists(prev->__state))
-		state = BPF_CORE_READ(prev, __state);
-	else
-		state = BPF_CORE_READ((struct task_struct___o *)prev, state);
-	return state == TASK_RUNNING;
+	return preempt || task_state(prev) == TASK_RUNNING;
 }
 
 /* --- tp_btf: typed arguments, and registers of any task --- */
