@@ -135,34 +135,29 @@ fn detach(mut a: Attached) -> Res<(Duration, Duration)> {
     let t = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGINT) };
-    let mut gone = None;
-    loop {
+    let (mut gone, mut exited) = (None, None);
+    while gone.is_none() || exited.is_none() {
         if gone.is_none() {
             let now = prog_ids();
             if a.progs.iter().all(|id| !now.contains(id)) {
                 gone = Some(t.elapsed());
             }
         }
-        if let Some(status) = a.child.try_wait().map_err(|e| e.to_string())? {
-            if !status.success() {
-                return Err(format!("profiler exited with {status}"));
-            }
-            let exited = t.elapsed();
-            while gone.is_none() {
-                let now = prog_ids();
-                if a.progs.iter().all(|id| !now.contains(id)) {
-                    gone = Some(t.elapsed());
+        if exited.is_none() {
+            if let Some(status) = a.child.try_wait().map_err(|e| e.to_string())? {
+                if !status.success() {
+                    return Err(format!("profiler exited with {status}"));
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                exited = Some(t.elapsed());
             }
-            return Ok((gone.unwrap_or(exited), exited));
         }
         if t.elapsed() > Duration::from_secs(60) {
             let _ = a.child.kill();
-            return Err("profiler did not exit within 60 s of Ctrl-C".into());
+            return Err("profiler did not exit and unload within 60 s of Ctrl-C".into());
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    Ok((gone.unwrap_or_default(), exited.unwrap_or_default()))
 }
 
 /// The bundled switch storm (`waitprof-fixture pingpong`), run one round at a time.

@@ -69,21 +69,21 @@ struct Names {
     made: HashMap<String, Arc<str>>,
 }
 
+/// `name` cleaned and suffixed, once per distinct shared name (keyed by its address).
+fn shared(map: &mut HashMap<usize, Arc<str>>, name: &Arc<str>, suffix: &str) -> Arc<str> {
+    let key = Arc::as_ptr(name) as *const u8 as usize;
+    map.entry(key)
+        .or_insert_with(|| Arc::from(format!("{}{suffix}", clean(name))))
+        .clone()
+}
+
 impl Names {
     fn user(&mut self, name: &Arc<str>) -> Arc<str> {
-        let key = Arc::as_ptr(name) as *const u8 as usize;
-        self.user
-            .entry(key)
-            .or_insert_with(|| Arc::from(clean(name)))
-            .clone()
+        shared(&mut self.user, name, "")
     }
 
     fn kernel(&mut self, name: &Arc<str>) -> Arc<str> {
-        let key = Arc::as_ptr(name) as *const u8 as usize;
-        self.kernel
-            .entry(key)
-            .or_insert_with(|| Arc::from(format!("{}_[k]", clean(name))))
-            .clone()
+        shared(&mut self.kernel, name, "_[k]")
     }
 
     /// A synthetic or derived frame (`[futex]_[i]`, a thread name).

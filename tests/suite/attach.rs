@@ -97,39 +97,10 @@ fn sigint_during_collection_writes_the_profile() {
     assert_programs_unload();
 }
 
-/// Ctrl-C at any moment of start-up (checks, load, attach, collection): waitprof either
-/// stops before recording (130, nothing written), or ends the session and writes a
-/// complete profile (0), or dies by the signal before its handler exists. It never
-/// panics, never writes a partial SVG, and never leaves a BPF program loaded.
+/// Ctrl-C at any moment of start-up (checks, load, attach, collection); see
+/// `signal_during_start_up`. SIGTERM is swept in reliability.rs.
 #[test]
 fn sigint_at_any_moment_of_start_up() {
     let _s = root_session();
-    let fixture = Fixture::start(&["park"], "parked");
-    for delay_ms in [0, 5, 15, 30, 45, 60, 80, 100, 150, 250] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let svg = dir.path().join("out.svg");
-        let child = spawn_waitprof(fixture.pid(), &svg);
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let out = child.wait_with_output().expect("waitprof");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{delay_ms} ms: {stderr}");
-        match out.status.code() {
-            Some(0) => {
-                let text = std::fs::read_to_string(&svg).expect("exit 0 writes the SVG");
-                assert!(
-                    text.trim_end().ends_with("</svg>"),
-                    "{delay_ms} ms: truncated SVG"
-                );
-            }
-            Some(130) => assert!(!svg.exists(), "{delay_ms} ms: 130 must not write"),
-            None => assert!(
-                !svg.exists(),
-                "{delay_ms} ms: killed before its handler, wrote"
-            ),
-            Some(code) => panic!("{delay_ms} ms: exit {code}: {stderr}"),
-        }
-        assert_programs_unload();
-    }
+    signal_during_start_up(libc::SIGINT, &[0, 5, 15, 30, 45, 60, 80, 100, 150, 250]);
 }

@@ -54,6 +54,11 @@ impl Run {
         parse_folded(&text)
     }
 
+    /// The fixture's measurement named `name` (`measured NAME ns=N`), in ns.
+    pub fn measured(&self, name: &str) -> u64 {
+        fixture_measured(&self.stdout(), name)
+    }
+
     /// What the fixture said it spent blocked, in ns.
     pub fn measured_ns(&self) -> u64 {
         self.stdout()
@@ -100,6 +105,15 @@ impl Run {
         pct.parse()
             .unwrap_or_else(|_| panic!("cannot read {line:?}"))
     }
+}
+
+/// The measurement named `name` in the fixture's output (`measured NAME ns=N`), in ns.
+pub fn fixture_measured(stdout: &str, name: &str) -> u64 {
+    let prefix = format!("measured {name} ns=");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{stdout}"))
 }
 
 pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
@@ -280,4 +294,52 @@ pub fn loaded_waitprof_programs() -> Vec<String> {
             .any(|p| n.starts_with(p))
         })
         .collect()
+}
+
+/// Files left in `dir` by a run that wrote to `dir/out.svg`: a complete SVG and folded
+/// file after exit 0, and nothing at all (not even a temporary file) otherwise.
+pub fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what: &str) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .expect("output dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match code {
+        Some(0) => {
+            let svg = std::fs::read_to_string(dir.join("out.svg")).expect("exit 0 writes the SVG");
+            assert!(svg.trim_end().ends_with("</svg>"), "{what}: truncated SVG");
+            assert!(dir.join("out.folded").exists(), "{what}: no folded file");
+            assert_eq!(names.len(), 2, "{what}: stray files {names:?}");
+        }
+        _ => assert!(
+            names.is_empty(),
+            "{what}: wrote {names:?} and exited {code:?}"
+        ),
+    }
+}
+
+/// Sends `signal` to `waitprof -p` (on a parked fixture) `delay_ms` after starting it, for
+/// each delay: waitprof stops before recording (130, nothing written), or ends the session
+/// and writes a complete profile (0), or dies by the signal before its handler exists. It
+/// never panics, never writes a partial file, and never leaves a BPF program loaded.
+pub fn signal_during_start_up(signal: i32, delays_ms: &[u64]) {
+    let fixture = Fixture::start(&["park"], "parked");
+    for &delay_ms in delays_ms {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = spawn_waitprof(fixture.pid(), &dir.path().join("out.svg"));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().expect("waitprof");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let what = format!("signal {signal} at {delay_ms} ms");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(130) | None),
+            "{what}: {:?}: {stderr}",
+            out.status
+        );
+        assert_complete_or_nothing(dir.path(), out.status.code(), &what);
+        assert_programs_unload();
+    }
 }

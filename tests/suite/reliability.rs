@@ -23,15 +23,6 @@ fn not_seen(run: &Run, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
 }
 
-/// The named measurement the fixture printed (`measured NAME ns=N`).
-fn measured(run: &Run, name: &str) -> u64 {
-    let prefix = format!("measured {name} ns=");
-    run.stdout()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in:\n{}", run.stdout()))
-}
-
 /// 2000 threads, 8 alive at a time, through a thread table of 64: the table holds only
 /// live threads (none goes untracked, so occupancy stayed under 64), every exit record
 /// arrives, and the sleeps of all of them are attributed.
@@ -72,7 +63,7 @@ fn full_stack_table_reports_drops_and_keeps_the_time() {
     assert_close(
         "condvar waiter beside a full stack table",
         waiter * 1000,
-        measured(&run, "condvar"),
+        run.measured("condvar"),
         TOLERANCE,
     );
     // the stacker's own sleeps are too short for its wall-clock measurement (which holds
@@ -126,7 +117,7 @@ fn full_aggregation_map_reports_drops_and_keeps_the_rest() {
     assert_close(
         "condvar waiter beside a full aggregation map",
         waiter * 1000,
-        measured(&run, "condvar"),
+        run.measured("condvar"),
         TOLERANCE,
     );
 }
@@ -167,11 +158,7 @@ fn two_sessions_on_one_target() {
 
     let text = std::fs::read_to_string(dir.path().join("first.folded")).expect("first folded");
     let first_us = attributed_us(&parse_folded(&text), &["condvar_waiter", "[futex]"]);
-    let measured: u64 = String::from_utf8_lossy(&out.stdout)
-        .split("ns=")
-        .nth(1)
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the fixture's measurement");
+    let measured = fixture_measured(&String::from_utf8_lossy(&out.stdout), "condvar");
     assert_close(
         "first session, with a second one attached meanwhile",
         first_us * 1000,
@@ -189,50 +176,12 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Files left in `dir`: a complete SVG and folded file, or nothing at all.
-fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what: &str) {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .expect("output dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    match code {
-        Some(0) => {
-            let svg = std::fs::read_to_string(dir.join("out.svg")).expect("exit 0 writes the SVG");
-            assert!(svg.trim_end().ends_with("</svg>"), "{what}: truncated SVG");
-            assert!(dir.join("out.folded").exists(), "{what}: no folded file");
-            assert_eq!(names.len(), 2, "{what}: stray files {names:?}");
-        }
-        _ => assert!(
-            names.is_empty(),
-            "{what}: wrote {names:?} and exited {code:?}"
-        ),
-    }
-}
-
 /// SIGTERM (as SIGINT, tested in attach.rs) while waitprof starts, attaches and records:
 /// a clean stop, a complete profile or none, and no BPF program left behind.
 #[test]
 fn sigterm_at_any_moment_of_start_up() {
     let _s = root_session();
-    let fixture = Fixture::start(&["park"], "parked");
-    for delay_ms in [0, 10, 30, 60, 100, 250] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = spawn_waitprof(fixture.pid(), &dir.path().join("out.svg"));
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = child.wait_with_output().expect("waitprof");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{delay_ms} ms: {stderr}");
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(130) | None),
-            "{delay_ms} ms: {:?}: {stderr}",
-            out.status
-        );
-        assert_complete_or_nothing(dir.path(), out.status.code(), &format!("{delay_ms} ms"));
-        assert_programs_unload();
-    }
+    signal_during_start_up(libc::SIGTERM, &[0, 10, 30, 60, 100, 250]);
 }
 
 /// SIGINT or SIGTERM after recording stopped, while a large profile (thousands of
