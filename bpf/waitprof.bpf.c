@@ -499,6 +499,16 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 }
 
 /*
+ * Another task's user registers, read only where a thread is first seen off-CPU, not on
+ * every event. Only tp_btf may read them (any_task_regs, a constant per entry point, so
+ * the other flavours never contain the call); elsewhere the syscall is then unknown.
+ */
+static __always_inline struct pt_regs *task_regs(struct task_struct *task, bool any_task_regs)
+{
+	return any_task_regs ? (struct pt_regs *)bpf_task_pt_regs(task) : 0;
+}
+
+/*
  * The shared core of sched_switch. The classic flavour only has pids: it passes
  * next_task = NULL and tgid_known = false, and there a thread first seen while off-CPU
  * is not picked up (user space finds it through /proc instead).
@@ -506,7 +516,7 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
 				      struct task_struct *prev,
 				      __u32 next_tid, __u32 next_tgid, bool tgid_known,
-				      struct task_struct *next_task, struct pt_regs *next_regs)
+				      struct task_struct *next_task, bool any_task_regs)
 {
 	__u64 id = bpf_get_current_pid_tgid(), now;
 	struct thread_state *ts;
@@ -523,8 +533,8 @@ static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
 		/* an exiting thread was already reported by sched_process_exit */
 		if (!next_task || (BPF_CORE_READ(next_task, flags) & PF_EXITING))
 			return 0;
-		ts = thread_found_off_cpu(next_tid, next_regs, BPF_CORE_READ(next_task, start_time),
-					  true);
+		ts = thread_found_off_cpu(next_tid, task_regs(next_task, any_task_regs),
+					  BPF_CORE_READ(next_task, start_time), true);
 		if (!ts)
 			return 0;
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), next_task->comm);
@@ -534,7 +544,7 @@ static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
 }
 
 static __always_inline int on_waking(__u32 tid, __u32 tgid, bool tgid_known,
-				     struct task_struct *task, struct pt_regs *regs)
+				     struct task_struct *task, bool any_task_regs)
 {
 	struct thread_state *ts;
 	__u64 now;
@@ -546,7 +556,8 @@ static __always_inline int on_waking(__u32 tid, __u32 tgid, bool tgid_known,
 	if (!ts) {
 		if (!task || (BPF_CORE_READ(task, flags) & PF_EXITING))
 			return 0;
-		ts = thread_found_off_cpu(tid, regs, BPF_CORE_READ(task, start_time), false);
+		ts = thread_found_off_cpu(tid, task_regs(task, any_task_regs),
+					  BPF_CORE_READ(task, start_time), false);
 		if (!ts)
 			return 0;
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), task->comm);
@@ -628,13 +639,13 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	return on_switch(ctx, preempt, task_runnable(preempt, prev), prev, next->pid, next->tgid, true,
-			 next, (struct pt_regs *)bpf_task_pt_regs(next));
+			 next, true);
 }
 
 SEC("tp_btf/sched_waking")
 int BPF_PROG(btf_sched_waking, struct task_struct *p)
 {
-	return on_waking(p->pid, p->tgid, true, p, (struct pt_regs *)bpf_task_pt_regs(p));
+	return on_waking(p->pid, p->tgid, true, p, true);
 }
 
 SEC("tp_btf/sys_exit")
@@ -655,13 +666,13 @@ SEC("raw_tp/sched_switch")
 int BPF_PROG(raw_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	return on_switch(ctx, preempt, task_runnable(preempt, prev), prev, BPF_CORE_READ(next, pid),
-			 BPF_CORE_READ(next, tgid), true, next, 0);
+			 BPF_CORE_READ(next, tgid), true, next, false);
 }
 
 SEC("raw_tp/sched_waking")
 int BPF_PROG(raw_sched_waking, struct task_struct *p)
 {
-	return on_waking(BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), true, p, 0);
+	return on_waking(BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), true, p, false);
 }
 
 SEC("raw_tp/sys_exit")
@@ -686,13 +697,13 @@ int tp_sched_switch(struct trace_event_raw_sched_switch *ctx)
 	bool preempt = state & TP_STATE_PREEMPTED;
 
 	return on_switch(ctx, preempt, preempt || state == TASK_RUNNING,
-			 (struct task_struct *)bpf_get_current_task(), ctx->next_pid, 0, false, 0, 0);
+			 (struct task_struct *)bpf_get_current_task(), ctx->next_pid, 0, false, 0, false);
 }
 
 SEC("tracepoint/sched/sched_waking")
 int tp_sched_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 {
-	return on_waking(ctx->pid, 0, false, 0, 0);
+	return on_waking(ctx->pid, 0, false, 0, false);
 }
 
 SEC("tracepoint/raw_syscalls/sys_exit")
