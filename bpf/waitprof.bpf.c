@@ -20,6 +20,7 @@
 #include "waitprof.h"
 
 #define PF_EXITING 0x00000004
+#define PF_KTHREAD 0x00200000
 #define TASK_RUNNING 0
 /* Classic sched_switch reports a preempted task with this bit (TASK_REPORT_MAX). */
 #define TP_STATE_PREEMPTED 0x100
@@ -35,6 +36,10 @@
 
 /* futex(2) op without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME */
 #define FUTEX_CMD_MASK 127
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define TCP_LISTEN 10
 
 /* Kernels before 5.14 called task_struct.__state "state". */
 struct task_struct___o {
@@ -78,12 +83,33 @@ struct {
 	__type(value, struct wp_stack);
 } stacks SEC(".maps");
 
-/* Where a stack is captured before it is hashed; one slot per hook context that captures. */
+/* Who waited on which object (futex, epoll fd, listening socket): total ns per pair. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct waiter_key);
+	__type(value, __u64);
+} waiters SEC(".maps");
+
+/* Listening sockets the target accepted on, by inode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct wp_listener);
+} listeners SEC(".maps");
+
+/*
+ * Where a stack is captured before it is hashed; one slot per hook context that captures.
+ * sched_switch and sched_waking run with interrupts off, but sys_exit can be interrupted
+ * by a wakeup, so each has its own.
+ */
 #define SCRATCH_SCHED 0
 #define SCRATCH_SYS_EXIT 1
+#define SCRATCH_WAKING 2
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct wp_stack);
 } stack_scratch SEC(".maps");
@@ -143,6 +169,7 @@ static __always_inline __u8 classify(struct pt_regs *regs, __s32 *nr_out)
 	case WP_SYS_EPOLL:
 		return WP_KIND_EPOLL;
 	case WP_SYS_FUTEX_WAIT:
+	case WP_SYS_FUTEX_WAITV:
 		return WP_KIND_FUTEX;
 	case WP_SYS_ACCEPT:
 		return WP_KIND_ACCEPT;
@@ -173,16 +200,31 @@ static __always_inline unsigned int task_state(struct task_struct *t)
 }
 
 /*
+ * Whether a kernel return address is in the interrupt entry code (see wp_config): a
+ * stack through it ran in an interrupt. The per-CPU preempt count would say so directly,
+ * but a BPF program can only find it where kallsyms lists per-CPU data
+ * (CONFIG_KALLSYMS_ALL).
+ */
+static __always_inline bool interrupt_entry(__u64 ip)
+{
+	return ip >= cfg.irq_entry_lo && ip < cfg.irq_entry_hi &&
+	       !(ip >= cfg.fault_entry_lo && ip < cfg.fault_entry_hi);
+}
+
+/*
  * Captures the current stack into the stack table and returns its reference (see
  * enum wp_stack_marker). `slot` keeps a sys_exit capture, which may be preempted, apart
- * from sched_switch's on the same CPU.
+ * from sched_switch's on the same CPU. With `interrupted`, a kernel stack that runs
+ * through an interrupt entry is cut there and *interrupted set: what the interrupt
+ * landed on is unrelated, and would make every such stack a new one.
  */
-static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot)
+static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, bool *interrupted)
 {
 	struct wp_stack *buf = bpf_map_lookup_elem(&stack_scratch, &slot);
 	__u64 hash = FNV64_OFFSET;
 	long len, err;
 	int i, n;
+	bool cut = false;
 
 	if (!buf)
 		return WP_STACK_TABLE_FULL;
@@ -202,6 +244,17 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot)
 		if (i >= n)
 			break;
 		hash = fnv_mix(hash, buf->ips[i]);
+		if (interrupted && cfg.irq_entry_hi && interrupt_entry(buf->ips[i])) {
+			cut = true;
+			break;
+		}
+	}
+	if (interrupted)
+		*interrupted = cut;
+	/* bpf_get_stack() zeroed the buffer past the last frame; past a cut, so do we */
+	for (int j = 0; cut && j < WP_MAX_STACK_DEPTH; j++) {
+		if (j > i)
+			buf->ips[j] = 0;
 	}
 	if (hash < WP_STACK_ID_MIN)
 		hash |= 1ULL << 63;
@@ -220,18 +273,81 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot)
 	return hash;
 }
 
+/* The file behind a task's fd, or NULL. */
+static __always_inline struct file *fd_file(struct task_struct *task, long fd)
+{
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *f = 0;
+
+	if (fd < 0 || fd >= max)
+		return 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* The socket behind a task's fd, or NULL; *ino gets its inode number. */
+static __always_inline struct sock *fd_sock(struct task_struct *task, long fd, __u64 *ino)
+{
+	struct file *f = fd_file(task, fd);
+	struct socket *sock;
+
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	*ino = BPF_CORE_READ(f, f_inode, i_ino);
+	sock = BPF_CORE_READ(f, private_data);
+	return sock ? BPF_CORE_READ(sock, sk) : 0;
+}
+
+/*
+ * What a tracked wait is on: the futex address (the first of futex_waitv's), the epoll
+ * fd + 1 (so fd 0 is not "none"), the listening socket's inode. 0 = unknown. `task` may
+ * be another task than the current one, whose user memory cannot be read from here.
+ */
+static __noinline __u64 object_of(struct task_struct *task, struct pt_regs *regs,
+				       __u8 kind, __s32 nr, bool current)
+{
+	__u64 obj = 0, ino = 0;
+
+	if (!regs || nr < 0 || nr >= WP_MAX_SYSCALL_NR)
+		return 0;
+	switch (kind) {
+	case WP_KIND_FUTEX:
+		obj = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		if (cfg.sysclass[nr] == WP_SYS_FUTEX_WAITV) {
+			/* struct futex_waitv { u64 val; u64 uaddr; ... }[] */
+			if (!current || bpf_probe_read_user(&obj, sizeof(obj), (void *)obj + 8))
+				obj = 0;
+		}
+		return obj;
+	case WP_KIND_EPOLL:
+		return PT_REGS_PARM1_CORE_SYSCALL(regs) + 1;
+	case WP_KIND_ACCEPT:
+		fd_sock(task, (int)PT_REGS_PARM1_CORE_SYSCALL(regs), &ino);
+		return ino;
+	default:
+		return 0;
+	}
+}
+
 static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __u64 ustack,
-				      __u64 kstack, __u64 count, __u64 blocked, __u64 runq)
+				      __u64 kstack, struct wp_waker *waker, __u64 count,
+				      __u64 blocked, __u64 runq)
 {
 	struct agg_key key = {
 		.tid = cfg.rows_per_thread ? ts->tid : 0,
 		.ustack = ustack,
 		.kstack = kstack,
+		.object = ts->kind == WP_KIND_OTHER ? 0 : ts->object,
 		.syscall = (__s16)ts->syscall,
 		.kind = ts->kind,
 		.outcome = outcome,
 	};
 	struct agg_val *val, init = {};
+
+	__builtin_memcpy(&key.waker, waker, sizeof(key.waker));
+	if (!cfg.rows_per_thread)
+		key.waker.tid = 0;
 
 	if (!kind_enabled(ts->kind))
 		return;
@@ -271,32 +387,61 @@ static __always_inline __u8 outcome_of(__u8 kind, long ret)
 	return WP_OUT_OK;
 }
 
+/* Counts the thread as a waiter on the episode's object. */
+static __noinline void add_waiter(struct thread_state *ts, __u64 ns)
+{
+	struct waiter_key key = { .object = ts->object, .tid = ts->tid, .kind = ts->kind };
+	__u64 *val, zero = 0;
+
+	if (!key.object || !kind_enabled(ts->kind))
+		return;
+	val = bpf_map_lookup_elem(&waiters, &key);
+	if (!val) {
+		bpf_map_update_elem(&waiters, &key, &zero, BPF_NOEXIST);
+		val = bpf_map_lookup_elem(&waiters, &key);
+		if (!val) {
+			stat_add(WP_STAT_WAITERS_FULL, 1);
+			return;
+		}
+	}
+	__sync_fetch_and_add(val, ns);
+}
+
 static __always_inline void close_episode(struct thread_state *ts, __u8 outcome)
 {
-	aggregate(ts, outcome, ts->ep_ustack, ts->ep_kstack, 1, ts->ep_blocked_ns, ts->ep_runq_ns);
+	aggregate(ts, outcome, ts->ep_ustack, ts->ep_kstack, &ts->ep_waker, 1, ts->ep_blocked_ns,
+		  ts->ep_runq_ns);
+	add_waiter(ts, ts->ep_blocked_ns + ts->ep_runq_ns);
 	ts->flags &= ~WP_TF_IN_EPISODE;
 	ts->ep_blocked_ns = 0;
 	ts->ep_runq_ns = 0;
 }
 
+/* A new thread's state is built here: it is larger than the BPF stack allows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct thread_state);
+} thread_scratch SEC(".maps");
+
 static __always_inline struct thread_state *thread_new(__u32 tid, __u64 start, __u32 flags)
 {
-	struct thread_state init = {
-		.in_ts = start,
-		.out_ts = start,
-		.start_ts = start,
-		.cur_ustack = WP_STACK_BEFORE_ATTACH,
-		.cur_kstack = WP_STACK_BEFORE_ATTACH,
-		.ep_ustack = WP_STACK_BEFORE_ATTACH,
-		.ep_kstack = WP_STACK_BEFORE_ATTACH,
-		.syscall = -1,
-		.tid = tid,
-		.flags = flags,
-		.kind = WP_KIND_OTHER,
-	};
-	struct thread_state *ts;
+	struct thread_state *init, *ts;
+	__u32 zero = 0;
 
-	if (bpf_map_update_elem(&threads, &tid, &init, BPF_NOEXIST)) {
+	init = bpf_map_lookup_elem(&thread_scratch, &zero);
+	if (!init)
+		return 0;
+	__builtin_memset(init, 0, sizeof(*init));
+	init->in_ts = init->out_ts = init->start_ts = start;
+	init->cur_ustack = init->cur_kstack = WP_STACK_BEFORE_ATTACH;
+	init->ep_ustack = init->ep_kstack = WP_STACK_BEFORE_ATTACH;
+	init->syscall = -1;
+	init->tid = tid;
+	init->flags = flags;
+	init->kind = WP_KIND_OTHER;
+	if (bpf_map_update_elem(&threads, &tid, init, BPF_NOEXIST)) {
 		ts = bpf_map_lookup_elem(&threads, &tid);
 		if (!ts)
 			stat_add(WP_STAT_THREADS_FULL, 1);
@@ -311,7 +456,9 @@ static __always_inline struct thread_state *thread_new(__u32 tid, __u64 start, _
  * or was created during it). regs may be NULL when the flavour cannot read another
  * task's registers: the syscall is then unknown.
  */
-static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid, struct pt_regs *regs,
+static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid,
+								  struct task_struct *task,
+								  struct pt_regs *regs,
 								  __u64 start_time, bool runnable)
 {
 	struct thread_state *ts;
@@ -330,8 +477,10 @@ static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid, stru
 		return 0;
 	ts->kind = classify(regs, &nr);
 	ts->syscall = nr;
-	if (ts->kind != WP_KIND_OTHER)
+	if (ts->kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
+		ts->object = object_of(task, regs, ts->kind, nr, false);
+	}
 	return ts;
 }
 
@@ -368,13 +517,13 @@ static __always_inline __u64 place_of(struct task_struct *prev, struct pt_regs *
  */
 static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
 				      struct task_struct *prev, struct pt_regs *regs, bool preempt,
-				      __u64 *ustack, __u64 *kstack)
+				      __u32 slot, __u64 *ustack, __u64 *kstack)
 {
 	struct wp_place *p = 0;
 	__u64 sig = 0;
 	__u32 i;
 
-	*ustack = capture_stack(ctx, true, SCRATCH_SCHED);
+	*ustack = capture_stack(ctx, true, slot, 0);
 	if (cfg.recapture_every > 1 && !preempt)
 		sig = place_of(prev, regs, *ustack);
 	for (i = 0; sig && i < WP_PLACES; i++) {
@@ -388,7 +537,7 @@ static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
 		*kstack = p->kstack;
 		return;
 	}
-	*kstack = capture_stack(ctx, false, SCRATCH_SCHED);
+	*kstack = capture_stack(ctx, false, slot, 0);
 	if (p) {
 		stat_add(WP_STAT_KSTACK_RECHECKED, 1);
 		if (*kstack != p->kstack)
@@ -448,20 +597,52 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		ts->cur_ustack = ts->cur_kstack = WP_STACK_NOT_CAPTURED;
 		return;
 	}
-	stacks_at(ctx, ts, prev, regs, preempt, &ustack, &kstack);
+	stacks_at(ctx, ts, prev, regs, preempt, SCRATCH_SCHED, &ustack, &kstack);
 	if (kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
 		ts->ep_ustack = ustack;
 		ts->ep_kstack = kstack;
+		ts->object = object_of(prev, regs, kind, nr, true);
+		__builtin_memset(&ts->ep_waker, 0, sizeof(ts->ep_waker));
 	} else {
 		ts->cur_ustack = ustack;
 		ts->cur_kstack = kstack;
 	}
 }
 
+/*
+ * log2 of a run-queue wait in microseconds: the histogram slot (runqlat's buckets).
+ * Branch-free halvings rather than a loop: fewer states for the verifier.
+ */
+static __always_inline __u32 runq_slot(__u64 ns)
+{
+	__u64 v = ns / 1000;
+	__u32 r, shift;
+
+	r = (v > 0xFFFFFFFF) << 5;
+	v >>= r;
+	shift = (v > 0xFFFF) << 4;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r < WP_RUNQ_SLOTS ? r : WP_RUNQ_SLOTS - 1;
+}
+
 static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 {
+	struct wp_waker none = {}, *waker = &none;
+	bool preempted = ts->flags & WP_TF_RUNNABLE_OUT;
 	__u64 blocked = 0, runq, w;
+	__u32 slot;
 
 	if (ts->flags & WP_TF_ON_CPU) {
 		/* no switch-out seen: nothing to attribute */
@@ -469,7 +650,7 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 		ts->in_ts = now;
 		return;
 	}
-	if (ts->flags & WP_TF_RUNNABLE_OUT) {
+	if (preempted) {
 		runq = now - ts->out_ts;
 	} else if (ts->waking_ts >= ts->in_ts && ts->waking_ts) {
 		/* a wakeup that raced ahead of the switch-out means it never really blocked */
@@ -480,21 +661,30 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 			w = now;
 		blocked = w - ts->out_ts;
 		runq = now - w;
+		waker = &ts->waking;
+		ts->runq_woken_ns += runq;
 	} else {
 		stat_add(WP_STAT_NO_WAKEUP, 1);
 		blocked = now - ts->out_ts;
 		runq = 0;
+		none.ctx = WP_WAKER_UNSEEN;
 	}
 	ts->blocked_ns += blocked;
 	ts->runq_ns += runq;
+	slot = runq_slot(runq);
+	if (slot < WP_RUNQ_SLOTS)
+		ts->runq_hist[slot]++;
 	ts->in_ts = now;
 	ts->flags |= WP_TF_ON_CPU;
 	ts->flags &= ~(WP_TF_RUNNABLE_OUT | WP_TF_BEFORE_ATTACH);
 	if (ts->flags & WP_TF_IN_EPISODE) {
 		ts->ep_blocked_ns += blocked;
 		ts->ep_runq_ns += runq;
+		/* an episode is told by the waker that ended its last blocked interval */
+		if (!preempted)
+			__builtin_memcpy(&ts->ep_waker, waker, sizeof(ts->ep_waker));
 	} else {
-		aggregate(ts, WP_OUT_NONE, ts->cur_ustack, ts->cur_kstack, 1, blocked, runq);
+		aggregate(ts, WP_OUT_NONE, ts->cur_ustack, ts->cur_kstack, waker, 1, blocked, runq);
 	}
 }
 
@@ -533,7 +723,7 @@ static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
 		/* an exiting thread was already reported by sched_process_exit */
 		if (!next_task || (BPF_CORE_READ(next_task, flags) & PF_EXITING))
 			return 0;
-		ts = thread_found_off_cpu(next_tid, task_regs(next_task, any_task_regs),
+		ts = thread_found_off_cpu(next_tid, next_task, task_regs(next_task, any_task_regs),
 					  BPF_CORE_READ(next_task, start_time), true);
 		if (!ts)
 			return 0;
@@ -543,7 +733,38 @@ static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
 	return 0;
 }
 
-static __always_inline int on_waking(__u32 tid, __u32 tgid, bool tgid_known,
+/*
+ * Who is waking the target's thread, in sched_waking on the waker's CPU (sched_wakeup
+ * may run on the wakee's). An interrupt (a timer expiring, a packet arriving) has
+ * interrupted an unrelated task: only its kernel stack says anything. Both stacks are
+ * walked every time: a known place cannot stand in for the kernel stack here, since an
+ * interrupt can strike at any place, and only the walked stack tells it apart.
+ */
+static __always_inline void capture_waker(void *ctx, struct wp_waker *w)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	__u64 id = bpf_get_current_pid_tgid();
+	bool interrupted = false;
+
+	w->kstack = capture_stack(ctx, false, SCRATCH_WAKING, &interrupted);
+	if (interrupted) {
+		w->ctx = WP_WAKER_INTERRUPT;
+		w->tgid = w->tid = 0;
+		__builtin_memset(w->comm, 0, sizeof(w->comm));
+		w->ustack = WP_STACK_IN_INTERRUPT;
+		return;
+	}
+	w->ctx = WP_WAKER_TASK;
+	w->tgid = id >> 32;
+	w->tid = (__u32)id;
+	bpf_get_current_comm(w->comm, sizeof(w->comm));
+	if (cur->flags & PF_KTHREAD)
+		w->ustack = WP_STACK_KERNEL_THREAD;
+	else
+		w->ustack = capture_stack(ctx, true, SCRATCH_WAKING, 0);
+}
+
+static __always_inline int on_waking(void *ctx, __u32 tid, __u32 tgid, bool tgid_known,
 				     struct task_struct *task, bool any_task_regs)
 {
 	struct thread_state *ts;
@@ -556,14 +777,69 @@ static __always_inline int on_waking(__u32 tid, __u32 tgid, bool tgid_known,
 	if (!ts) {
 		if (!task || (BPF_CORE_READ(task, flags) & PF_EXITING))
 			return 0;
-		ts = thread_found_off_cpu(tid, task_regs(task, any_task_regs),
+		ts = thread_found_off_cpu(tid, task, task_regs(task, any_task_regs),
 					  BPF_CORE_READ(task, start_time), false);
 		if (!ts)
 			return 0;
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), task->comm);
 	}
 	ts->waking_ts = now;
+	if (cfg.wakers)
+		capture_waker(ctx, &ts->waking);
 	return 0;
+}
+
+/* The socket's drop counter (sk_drops_read(): per-NUMA counters where a socket has them). */
+static __always_inline __u32 sock_drops(struct sock *sk)
+{
+	struct numa_drop_counters *ndc = 0;
+
+	if (bpf_core_field_exists(sk->sk_drop_counters))
+		ndc = BPF_CORE_READ(sk, sk_drop_counters);
+	if (ndc)
+		return BPF_CORE_READ(ndc, drops0.counter) + BPF_CORE_READ(ndc, drops1.counter);
+	return BPF_CORE_READ(sk, sk_drops.counter);
+}
+
+/* Samples the listening socket an accept(2) returned from: its queue and drops. */
+static __always_inline void sample_listener(struct pt_regs *regs, long ret)
+{
+	struct wp_listener *l, init = {};
+	struct sock *sk;
+	__u64 ino = 0;
+	__u32 qlen;
+
+	if (ret < 0 && ret != -EAGAIN)
+		return;
+	sk = fd_sock(bpf_get_current_task_btf(), (int)PT_REGS_PARM1_CORE_SYSCALL(regs), &ino);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
+		return;
+	/* a connection was taken off the queue just before this */
+	qlen = BPF_CORE_READ(sk, sk_ack_backlog) + (ret >= 0);
+	l = bpf_map_lookup_elem(&listeners, &ino);
+	if (!l) {
+		init.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		init.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		if (init.family == 2 /* AF_INET */)
+			bpf_probe_read_kernel(init.addr, 4, &sk->__sk_common.skc_rcv_saddr);
+		else if (init.family == 10 /* AF_INET6 */)
+			bpf_probe_read_kernel(init.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		init.drops_first = sock_drops(sk);
+		bpf_map_update_elem(&listeners, &ino, &init, BPF_NOEXIST);
+		l = bpf_map_lookup_elem(&listeners, &ino);
+		if (!l) {
+			stat_add(WP_STAT_LISTENERS_FULL, 1);
+			return;
+		}
+	}
+	l->limit = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	__sync_fetch_and_add(&l->accepts, 1);
+	__sync_fetch_and_add(&l->qlen_sum, qlen);
+	if (qlen >= l->limit)
+		__sync_fetch_and_add(&l->at_limit, 1);
+	if (qlen > l->qlen_max)
+		l->qlen_max = qlen;
+	l->drops_last = sock_drops(sk);
 }
 
 static __always_inline int on_sys_exit(void *ctx, long ret)
@@ -571,6 +847,8 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct thread_state *ts;
+	struct pt_regs *regs;
+	long nr;
 
 	if (!recording() || !selected(id >> 32, tid))
 		return 0;
@@ -587,11 +865,15 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 		stat_add(WP_STAT_MISSED_RECOVERED, 1);
 		switch_in(ts, bpf_ktime_get_ns());
 	}
+	regs = current_regs();
+	nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr >= 0 && nr < WP_MAX_SYSCALL_NR && cfg.sysclass[nr] == WP_SYS_ACCEPT)
+		sample_listener(regs, ret);
 	if (!(ts->flags & WP_TF_IN_EPISODE))
 		return 0;
 	/* blocked since before attach: the user stack is still the one it blocked with */
 	if (ts->ep_ustack == WP_STACK_BEFORE_ATTACH)
-		ts->ep_ustack = capture_stack(ctx, true, SCRATCH_SYS_EXIT);
+		ts->ep_ustack = capture_stack(ctx, true, SCRATCH_SYS_EXIT, 0);
 	close_episode(ts, outcome_of(ts->kind, ret));
 	return 0;
 }
@@ -645,7 +927,7 @@ int BPF_PROG(btf_sched_switch, bool preempt, struct task_struct *prev, struct ta
 SEC("tp_btf/sched_waking")
 int BPF_PROG(btf_sched_waking, struct task_struct *p)
 {
-	return on_waking(p->pid, p->tgid, true, p, true);
+	return on_waking(ctx, p->pid, p->tgid, true, p, true);
 }
 
 SEC("tp_btf/sys_exit")
@@ -672,7 +954,7 @@ int BPF_PROG(raw_sched_switch, bool preempt, struct task_struct *prev, struct ta
 SEC("raw_tp/sched_waking")
 int BPF_PROG(raw_sched_waking, struct task_struct *p)
 {
-	return on_waking(BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), true, p, false);
+	return on_waking(ctx, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), true, p, false);
 }
 
 SEC("raw_tp/sys_exit")
@@ -703,7 +985,7 @@ int tp_sched_switch(struct trace_event_raw_sched_switch *ctx)
 SEC("tracepoint/sched/sched_waking")
 int tp_sched_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 {
-	return on_waking(ctx->pid, 0, false, 0, false);
+	return on_waking(ctx, ctx->pid, 0, false, 0, false);
 }
 
 SEC("tracepoint/raw_syscalls/sys_exit")

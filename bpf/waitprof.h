@@ -31,6 +31,8 @@ enum wp_sysclass {
 	/* futex_wait(2), futex_waitv(2): always a wait */
 	WP_SYS_FUTEX_WAIT = 3,
 	WP_SYS_ACCEPT = 4,
+	/* futex_waitv(2): always a wait, on several futexes (the first one names it) */
+	WP_SYS_FUTEX_WAITV = 5,
 };
 
 /* How a tracked syscall ended, from its return value at sys_exit. */
@@ -55,6 +57,10 @@ enum wp_stack_marker {
 	WP_STACK_NOT_CAPTURED = 4001, /* the kind is filtered out by --kinds */
 	WP_STACK_TABLE_FULL = 4002,   /* the stack table had no room for a new stack */
 	WP_STACK_NEW_THREAD = 4003,   /* created during the session, waiting for its first run */
+	/* waker stacks: a hard interrupt has no user stack of its own */
+	WP_STACK_IN_INTERRUPT = 4004,
+	WP_STACK_KERNEL_THREAD = 4005, /* the waker is a kernel thread: no user stack */
+	WP_STACK_NO_WAKER = 4006,      /* nobody woke it: preempted, or wakers are off */
 	WP_STACK_ID_MIN = 4096,
 };
 
@@ -70,6 +76,34 @@ enum wp_thread_flag {
 	WP_TF_IN_EPISODE = 1 << 2,    /* inside a tracked syscall that has blocked */
 	WP_TF_BEFORE_ATTACH = 1 << 3, /* first seen already off-CPU */
 };
+
+/* Where a wakeup came from (wp_waker.ctx). */
+enum wp_waker_ctx {
+	WP_WAKER_NONE = 0, /* not woken: preempted, never woke, or wakers are off */
+	WP_WAKER_TASK = 1, /* a thread: in a syscall (softirqs it ran included), or a kthread */
+	/* an interrupt, or the softirqs run on its way out (timer expiry, network receive) */
+	WP_WAKER_INTERRUPT = 2,
+	WP_WAKER_UNSEEN = 3, /* it woke, but no sched_waking reached us */
+};
+
+/*
+ * Who woke a thread, captured in sched_waking on the waker's CPU. tgid and comm are the
+ * running task's; in an interrupt they would be whoever was interrupted, so they are
+ * left empty there.
+ */
+struct wp_waker {
+	__u64 ustack;
+	__u64 kstack;
+	__u32 tgid;
+	__u32 tid;
+	char comm[WP_COMM_LEN];
+	__u8 ctx; /* enum wp_waker_ctx */
+	__u8 __pad[7];
+};
+_Static_assert(sizeof(struct wp_waker) == 48, "wp_waker layout changed");
+
+/* Run-queue waits per thread, as a log2 histogram of microseconds (slot 0: < 2 us). */
+#define WP_RUNQ_SLOTS 28
 
 /*
  * Places a thread goes off-CPU at, remembered per thread with the kernel stack captured
@@ -113,20 +147,35 @@ struct thread_state {
 	struct wp_place places[WP_PLACES];
 	__u32 next_place; /* the slot a new place replaces, round robin */
 	__u32 __pad2;
+	/* the wait object of the last switch-out (see agg_key.object) */
+	__u64 object;
+	/* the last sched_waking of this thread, and the waker of the open episode (its last
+	   blocked interval's) */
+	struct wp_waker waking;
+	struct wp_waker ep_waker;
+	__u64 runq_woken_ns; /* the part of runq_ns that followed a wakeup (not a preemption) */
+	__u32 runq_hist[WP_RUNQ_SLOTS];
 };
-_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES,
+_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES + 8 + 96 + 8 + 4 * WP_RUNQ_SLOTS,
 	       "thread_state layout changed: keep it packed");
 
-/* The aggregation key: one row of the profile. */
+/*
+ * The aggregation key: one row of the profile. The waker is the one that ended the
+ * interval (for an episode, its last blocked interval); its thread id only with
+ * --per-thread, so wakers that come and go do not multiply rows.
+ */
 struct agg_key {
 	__u64 ustack;
 	__u64 kstack;
+	/* what the thread waited on: futex address, epoll fd, listening socket's inode */
+	__u64 object;
 	__u32 tid;
 	__s16 syscall;
 	__u8 kind;    /* enum wp_kind */
 	__u8 outcome; /* enum wp_outcome */
+	struct wp_waker waker;
 };
-_Static_assert(sizeof(struct agg_key) == 24, "agg_key must have no padding: it is hashed");
+_Static_assert(sizeof(struct agg_key) == 32 + 48, "agg_key must have no padding: it is hashed");
 
 struct agg_val {
 	__u64 count; /* episodes (tracked syscalls) or off-CPU intervals (other) */
@@ -134,6 +183,36 @@ struct agg_val {
 	__u64 runq_ns;
 };
 _Static_assert(sizeof(struct agg_val) == 24, "agg_val layout changed");
+
+/* Threads that waited on one object: who, and how long (futex, epoll, accept). */
+struct waiter_key {
+	__u64 object;
+	__u32 tid;
+	__u8 kind;
+	__u8 __pad[3];
+};
+_Static_assert(sizeof(struct waiter_key) == 16, "waiter_key must have no padding: it is hashed");
+
+/*
+ * A listening socket the target accepted on, sampled at every accept(2) return. The
+ * queue length is the accept queue when the call found it (one more than what is left
+ * after a successful accept); drops are the socket's own counter (sk_drops), which
+ * counts accept-queue overflows, so first and last bound the drops between samples.
+ */
+struct wp_listener {
+	__u64 accepts;   /* calls sampled (connections and EAGAINs) */
+	__u64 qlen_sum;
+	__u64 at_limit;  /* calls that found the queue at its limit */
+	__u32 qlen_max;
+	__u32 limit;     /* sk_max_ack_backlog: the listen() backlog, capped by somaxconn */
+	__u32 drops_first;
+	__u32 drops_last;
+	__u16 family;    /* AF_INET, AF_INET6, AF_UNIX */
+	__u16 port;      /* host byte order */
+	__u8 addr[16];   /* IPv4 in the first 4 bytes */
+	__u32 __pad;
+};
+_Static_assert(sizeof(struct wp_listener) == 64, "wp_listener layout changed");
 
 /* What the program could not record, counted instead of lost silently. */
 enum wp_stat {
@@ -153,6 +232,8 @@ enum wp_stat {
 	WP_STAT_KSTACK_REUSED,     /* off-CPU at a known place: kernel stack reused, not walked */
 	WP_STAT_KSTACK_RECHECKED,  /* ... walked again anyway, to check the reuse */
 	WP_STAT_KSTACK_DIFFERED,   /* ... and found different: the reuse there had been wrong */
+	WP_STAT_WAITERS_FULL,      /* waiter map full: a (object, thread) pair was not counted */
+	WP_STAT_LISTENERS_FULL,    /* listener map full: a listening socket was not sampled */
 	WP_STAT_COUNT,
 };
 
@@ -168,6 +249,18 @@ struct wp_config {
 	/* 1 = a row per thread (--per-thread); 0 = threads share rows, so a stream of
 	   short-lived threads does not fill the aggregation map */
 	__u32 rows_per_thread;
+	/* 1 = capture the waker (stacks, thread, context) at every wakeup of the target */
+	__u32 wakers;
+	__u32 __pad;
+	/*
+	 * A kernel return address in [irq_entry_lo, irq_entry_hi) but not in the page-fault
+	 * entry [fault_entry_lo, fault_entry_hi) means the stack runs through an interrupt
+	 * (/proc/kallsyms' __irqentry_text_start/end, asm_exc_page_fault). 0 = unknown.
+	 */
+	__u64 irq_entry_lo;
+	__u64 irq_entry_hi;
+	__u64 fault_entry_lo;
+	__u64 fault_entry_hi;
 	__u8 sysclass[WP_MAX_SYSCALL_NR]; /* enum wp_sysclass per syscall number */
 };
 
@@ -182,6 +275,7 @@ struct wp_enums {
 	enum wp_stat stat;
 	enum wp_stack_marker stack_marker;
 	enum wp_thread_flag thread_flag;
+	enum wp_waker_ctx waker_ctx;
 };
 
 #endif /* __WAITPROF_H */

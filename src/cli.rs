@@ -18,9 +18,12 @@ Examples:
   sudo waitprof -d 30s -- ./server -l :8080   launch a command and profile it
   sudo waitprof -p 1234 --kinds futex --min-block 1ms   only futex waits of 1 ms or more
   sudo waitprof -p 1234 --per-thread -o out/nginx.svg
+  sudo waitprof -p 1234 --hide-idle     leave idle waiting out of the flame graph
 
-Output: a flame graph SVG and its folded stacks (the same path with .folded), by default
-under flamegraphs/, and a summary on stderr. Exit status: 0 written, 1 nothing blocked
+Output, by default under flamegraphs/ (or where -o says), each with its folded stacks
+(.folded): NAME.svg, where the threads waited; NAME.offwake.svg, who woke them (the
+blocked stack, then `--`, then the waker's stack, in blue); NAME.runq.svg, which code
+waited for a CPU. On stderr, a summary ending in findings in plain words. Exit status: 0 written, 1 nothing blocked
 (nothing written), 2 error, 130 interrupted before anything was written.";
 
 /// Where do my threads wait, and who makes them wait? An off-CPU profiler for one process.
@@ -56,6 +59,17 @@ pub struct Args {
     /// Add a frame per thread under the process frame.
     #[arg(long)]
     pub per_thread: bool,
+
+    /// Leave idle waiting out of the main flame graph: event loops whose wait timed out
+    /// with nothing to do, workers parked on a condition, accept loops with no client.
+    /// The summary still counts it.
+    #[arg(long)]
+    pub hide_idle: bool,
+
+    /// Do not record who woke each wait (no off-wake graph, lower overhead: see
+    /// BENCHMARKS.md).
+    #[arg(long)]
+    pub no_wakers: bool,
 
     /// How to attach to the scheduler and syscall hooks. auto tries tp_btf, then raw_tp,
     /// then classic tracepoints.
@@ -118,6 +132,8 @@ pub struct Config {
     pub min_block: Duration,
     pub kinds: Vec<Kind>,
     pub per_thread: bool,
+    pub hide_idle: bool,
+    pub wakers: bool,
     pub attach: AttachMode,
     pub stack_storage_size: u32,
     pub max_rows: u32,
@@ -205,6 +221,8 @@ impl Config {
             min_block,
             kinds: parse_kinds(&args.kinds)?,
             per_thread: args.per_thread,
+            hide_idle: args.hide_idle,
+            wakers: !args.no_wakers,
             attach: args.attach,
             stack_storage_size: args.stack_storage_size,
             max_rows: args.max_rows,

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 
-use crate::bpf::{agg_key, agg_val, thread_state, wp_stat, wp_thread_flag};
+use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_stat};
+use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::Config;
-use crate::model::{Collected, EndReason, Kind, Losses, Outcome, Row, StackRef, ThreadTotals};
+use crate::model::{Collected, EndReason, Kind, Listener, Losses, Mapping, Outcome, Row};
+use crate::model::{StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
 use crate::symbolize::Symbolizer;
@@ -49,7 +51,27 @@ fn totals_of(ts: &thread_state, end_ns: u64, exited: bool) -> ThreadTotals {
         oncpu_ns: ts.oncpu_ns,
         blocked_ns: ts.blocked_ns,
         runq_ns: ts.runq_ns,
+        runq_woken_ns: ts.runq_woken_ns,
+        runq_hist: ts.runq_hist.iter().map(|&n| u64::from(n)).collect(),
         exited,
+    }
+}
+
+fn waker_of(w: &wp_waker) -> Waker {
+    let ctx = WakerCtx::from_raw(w.ctx);
+    if matches!(ctx, WakerCtx::None | WakerCtx::Unseen) {
+        return Waker {
+            ctx,
+            ..Waker::default()
+        };
+    }
+    Waker {
+        ctx,
+        tgid: w.tgid,
+        tid: w.tid,
+        comm: comm_of(&w.comm),
+        ustack: StackRef::from_raw(w.ustack),
+        kstack: StackRef::from_raw(w.kstack),
     }
 }
 
@@ -79,6 +101,7 @@ pub fn run(
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
     let _ = symbolizer.cache_target();
+    let mut maps = read_maps(target.pid);
     let mut recache_every = RECACHE_FIRST;
     let mut next_cache = Instant::now() + recache_every;
     let mut last_progress = Instant::now();
@@ -106,6 +129,7 @@ pub fn run(
         if Instant::now() >= next_cache {
             // best effort: a failure here only matters if the target later exits
             let _ = symbolizer.cache_target();
+            maps = read_maps(target.pid).or(maps);
             recache_every = (recache_every * 4).min(RECACHE_MAX);
             next_cache = Instant::now() + recache_every;
         }
@@ -126,6 +150,8 @@ pub fn run(
     };
     let end_ns = attached.stop()?;
     let stopped_at = Instant::now();
+    let maps = read_maps(target.pid).or(maps).unwrap_or_default();
+    let epoll_watch = read_epoll_watch(target.pid);
     if progress {
         eprintln!();
     }
@@ -142,11 +168,16 @@ pub fn run(
         end_reason: Some(end_reason),
         attach: attached.flavour.name().to_string(),
         stopped_at: Some(stopped_at),
+        maps,
+        epoll_watch,
+        wakers: cfg.wakers,
         ..Default::default()
     };
     collected.threads = exited.into_inner();
     read_stats(attached, &mut collected.losses)?;
     read_rows(attached, &mut collected)?;
+    read_waiters(attached, &mut collected)?;
+    read_listeners(attached, &mut collected)?;
     close_open_threads(attached, cfg, &mut collected)?;
     add_unseen_threads(cfg, &mut collected);
     read_stacks(attached, &mut collected)?;
@@ -178,6 +209,8 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         kstacks_reused: s(wp_stat::WP_STAT_KSTACK_REUSED),
         kstacks_rechecked: s(wp_stat::WP_STAT_KSTACK_RECHECKED),
         kstacks_differed: s(wp_stat::WP_STAT_KSTACK_DIFFERED),
+        waiters_dropped: s(wp_stat::WP_STAT_WAITERS_FULL),
+        listeners_dropped: s(wp_stat::WP_STAT_LISTENERS_FULL),
         recursion_misses: attached.recursion_misses(),
     };
     Ok(())
@@ -218,9 +251,98 @@ fn read_rows(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
             count: val.count,
             blocked_ns: val.blocked_ns,
             runq_ns: val.runq_ns,
+            object: key.object,
+            waker: waker_of(&key.waker),
         });
     }
     Ok(())
+}
+
+fn read_waiters(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    let map = &attached.skel.maps.waiters;
+    for (key, ns) in read_map::<waiter_key, u64>(map, "the waiters of each object")? {
+        collected.waiters.push(Waiter {
+            kind: Kind::from_raw(key.kind),
+            object: key.object,
+            tid: key.tid,
+            ns,
+        });
+    }
+    Ok(())
+}
+
+fn read_listeners(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    let map = &attached.skel.maps.listeners;
+    for (inode, l) in read_map::<u64, wp_listener>(map, "the listening sockets")? {
+        collected.listeners.push(listener_of(inode, &l));
+    }
+    collected.listeners.sort_by_key(|l| l.inode);
+    Ok(())
+}
+
+fn listener_of(inode: u64, l: &wp_listener) -> Listener {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let addr = match i32::from(l.family) {
+        libc::AF_INET => {
+            let a: [u8; 4] = l.addr[..4].try_into().unwrap_or_default();
+            Some(IpAddr::V4(Ipv4Addr::from(a)))
+        }
+        libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(l.addr))),
+        _ => None,
+    };
+    Listener {
+        inode,
+        addr: addr.map(|a| SocketAddr::new(a, l.port)),
+        accepts: l.accepts,
+        qlen_sum: l.qlen_sum,
+        qlen_max: l.qlen_max,
+        at_limit: l.at_limit,
+        limit: l.limit,
+        drops: u64::from(l.drops_last.wrapping_sub(l.drops_first)),
+        drops_span: crate::model::DropsSpan::Accepts,
+    }
+}
+
+/// The target's memory maps, or None once it is gone.
+fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let maps: Vec<Mapping> = text.lines().filter_map(parse_mapping).collect();
+    (!maps.is_empty()).then_some(maps)
+}
+
+/// `start-end perms offset dev inode path` into a Mapping.
+fn parse_mapping(line: &str) -> Option<Mapping> {
+    let mut f = line.split_whitespace();
+    let (start, end) = f.next()?.split_once('-')?;
+    let offset = f.nth(1)?;
+    let path = f.nth(2).map(str::to_string).unwrap_or_default();
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path,
+    })
+}
+
+/// epoll fds of the target and how many fds each watches (`tfd:` lines of fdinfo).
+fn read_epoll_watch(pid: u32) -> HashMap<u32, usize> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let n = text.lines().filter(|l| l.starts_with("tfd:")).count();
+        let is_epoll = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|l| l.to_string_lossy().contains("eventpoll"));
+        if is_epoll {
+            out.insert(fd, n);
+        }
+    }
+    out
 }
 
 /// Splits the open off-CPU interval of a thread at the session's end, as the BPF
@@ -282,6 +404,20 @@ fn close_open_threads(
         } else {
             (ts.cur_ustack, ts.cur_kstack)
         };
+        // as switch_in would: the wakeup that ended the open interval, if it has one
+        let woken = !has(ts.flags, wp_thread_flag::WP_TF_RUNNABLE_OUT)
+            && ts.waking_ts != 0
+            && ts.waking_ts >= ts.in_ts;
+        let mut waker = if woken {
+            waker_of(&ts.waking)
+        } else if in_episode {
+            waker_of(&ts.ep_waker)
+        } else {
+            Waker::default()
+        };
+        if !cfg.per_thread {
+            waker.tid = 0;
+        }
         collected.rows.push(Row {
             tid: ts.tid,
             kind,
@@ -296,6 +432,8 @@ fn close_open_threads(
             count: 1,
             blocked_ns: blocked,
             runq_ns: runq,
+            object: if kind == Kind::Other { 0 } else { ts.object },
+            waker,
         });
     }
     Ok(())
@@ -346,7 +484,7 @@ fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
         }
         totals.blocked_ns = end - start;
         collected.threads.push(totals);
-        let (nr, arg2) = proc_syscall(&base);
+        let (nr, arg1, arg2) = proc_syscall(&base);
         let kind = nr
             .map(|nr| syscalls::kind_of(nr, arg2))
             .unwrap_or(Kind::Other);
@@ -374,6 +512,12 @@ fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
             count: 1,
             blocked_ns: end - start,
             runq_ns: 0,
+            object: match kind {
+                Kind::Futex => arg1,
+                Kind::Epoll => arg1 + 1,
+                Kind::Accept | Kind::Other => 0,
+            },
+            waker: Waker::default(),
         });
     }
 }
@@ -391,16 +535,20 @@ fn boottime_to_monotonic(mono_ns: u64) -> u64 {
     mono_ns + boot.saturating_sub(session::monotonic_ns())
 }
 
-/// The syscall a sleeping thread is in, and its second argument, from /proc/.../syscall.
-fn proc_syscall(base: &str) -> (Option<u32>, u64) {
+/// The syscall a sleeping thread is in, and its first two arguments, from
+/// /proc/.../syscall.
+fn proc_syscall(base: &str) -> (Option<u32>, u64, u64) {
     let text = std::fs::read_to_string(format!("{base}/syscall")).unwrap_or_default();
     let mut fields = text.split_whitespace();
     let nr = fields.next().and_then(|f| f.parse::<u32>().ok());
-    let arg2 = fields
-        .nth(1)
-        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
-        .unwrap_or(0);
-    (nr, arg2)
+    let mut arg = || {
+        fields
+            .next()
+            .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0)
+    };
+    let (arg1, arg2) = (arg(), arg());
+    (nr, arg1, arg2)
 }
 
 /// The kernel stack of a sleeping thread from /proc/.../stack, root first.
@@ -419,11 +567,8 @@ fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()>
     let ids: HashSet<u64> = collected
         .rows
         .iter()
-        .flat_map(|r| [r.ustack, r.kstack])
-        .filter_map(|s| match s {
-            StackRef::Id(id) => Some(id),
-            _ => None,
-        })
+        .flat_map(|r| [r.ustack, r.kstack, r.waker.ustack, r.waker.kstack])
+        .filter_map(StackRef::id)
         .collect();
     let map = &attached.skel.maps.stacks;
     let mut stacks = HashMap::new();

@@ -6,22 +6,43 @@
 //! run-queue part of a wait (woken, but no CPU yet) sits on top as `[run queue]`.
 //! Kernel frames carry the `_[k]` annotation and synthetic frames `_[i]` / `_[j]`, as
 //! perf-derived folded files do, so flame graph tools colour them apart.
+//!
+//! Three views of one profile: `Main` (above), `OffWake` (the blocked time only, each
+//! line continued past a `--` frame by the waker's stack upside down, leaf first, up to
+//! the waker's name, as offwaketime prints them; waker frames carry `_[w]`), and
+//! `RunQueue` (the run-queue wait only, topped by whether a wakeup or a preemption
+//! put the thread there).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::model::{Collected, Row, StackRef};
+use crate::analyze;
+use crate::model::{Collected, Row, StackRef, WakerCtx};
 use crate::symbolize::{Frames, Symbols};
 use crate::syscalls;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    #[default]
+    Main,
+    OffWake,
+    RunQueue,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct FoldOptions {
     pub per_thread: bool,
+    /// Leave idle blocked time out (see `analyze::WaitClass`); run-queue wait stays.
+    pub hide_idle: bool,
+    pub view: View,
 }
 
 pub const RUN_QUEUE_FRAME: &str = "[run queue]_[j]";
+/// Between the blocked stack and the waker's, as offwaketime has it; flame graph tools
+/// draw it dark grey.
+pub const WAKER_SEPARATOR: &str = "--";
 
 /// The folded file: one `stack value` line per distinct stack, values in microseconds,
 /// sorted frame by frame. Kept as the text itself: that is what is written and what
@@ -29,6 +50,8 @@ pub const RUN_QUEUE_FRAME: &str = "[run queue]_[j]";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Folded {
     text: String,
+    /// The waker frames that are kernel functions (off-wake view), to colour them apart.
+    waker_kernel_frames: Vec<String>,
 }
 
 impl Folded {
@@ -52,6 +75,10 @@ impl Folded {
     pub fn total_us(&self) -> u64 {
         self.lines().map(|(_, v)| v).sum()
     }
+
+    pub fn waker_kernel_frames(&self) -> &[String] {
+        &self.waker_kernel_frames
+    }
 }
 
 /// A frame name safe for the folded format: no separators, no line breaks.
@@ -66,6 +93,7 @@ struct Names {
     /// Keyed by the address of the shared name: user frames, then kernel frames.
     user: HashMap<usize, Arc<str>>,
     kernel: HashMap<usize, Arc<str>>,
+    waker: HashMap<usize, Arc<str>>,
     made: HashMap<String, Arc<str>>,
 }
 
@@ -84,6 +112,11 @@ impl Names {
 
     fn kernel(&mut self, name: &Arc<str>) -> Arc<str> {
         shared(&mut self.kernel, name, "_[k]")
+    }
+
+    /// A waker's frame, user or kernel: apart from the same function in the blocked part.
+    fn waker(&mut self, name: &Arc<str>) -> Arc<str> {
+        shared(&mut self.waker, name, "_[w]")
     }
 
     /// A synthetic or derived frame (`[futex]_[i]`, a thread name).
@@ -111,7 +144,9 @@ fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut 
         StackRef::Missing(errno) => {
             format!("[missed user stack: {}]", syscalls::errno_name(errno))
         }
-        StackRef::Proc(_) => "[missed user stack]".into(),
+        StackRef::Proc(_) | StackRef::InInterrupt | StackRef::KernelThread | StackRef::NoWaker => {
+            "[missed user stack]".into()
+        }
     };
     out.push(names.made(marker));
 }
@@ -138,7 +173,11 @@ fn kernel_frames(
             return;
         }
         StackRef::BeforeAttach => "[blocked before attach]".into(),
-        StackRef::NotCaptured | StackRef::NewThread => return,
+        StackRef::NotCaptured
+        | StackRef::NewThread
+        | StackRef::InInterrupt
+        | StackRef::KernelThread
+        | StackRef::NoWaker => return,
         StackRef::TableFull => "[stack table full]".into(),
         StackRef::Missing(errno) => {
             format!("[missed kernel stack: {}]", syscalls::errno_name(errno))
@@ -187,28 +226,85 @@ impl std::hash::Hash for Line {
     }
 }
 
-/// Frame by frame; frames shared between the two stacks compare by address first, so
-/// the long common roots of a large profile cost nothing.
+/// The order of the joined lines (`a;b;c 12`), which is what inferno checks, computed
+/// frame by frame: frames shared between the two stacks compare by address first, so
+/// the long common roots of a large profile cost nothing. Where one frame's name is a
+/// prefix of the other's, the byte after it decides: `;` before the next frame, or the
+/// space before the value.
 fn cmp_frames(a: &Frames, b: &Frames) -> Ordering {
-    for (x, y) in a.iter().zip(b) {
-        if Arc::ptr_eq(x, y) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if Arc::ptr_eq(x, y) || x == y {
             continue;
         }
-        match x.cmp(y) {
+        let (xb, yb) = (x.as_bytes(), y.as_bytes());
+        let n = xb.len().min(yb.len());
+        match xb[..n].cmp(&yb[..n]) {
             Ordering::Equal => {}
             o => return o,
         }
+        let after = |f: &[u8], frames: &Frames| match f.get(n) {
+            Some(&c) => c,
+            None if i + 1 < frames.len() => b';',
+            None => b' ',
+        };
+        return after(xb, a).cmp(&after(yb, b));
     }
+    // one stack is the other's root part: its space comes where the other has a `;`
     a.len().cmp(&b.len())
 }
 
-/// Folds every row of the profile.
+/// The waker's part of an off-wake line: its kernel stack, then its user stack, both
+/// leaf first (upside down, so that the two stacks meet where the wakeup happened), then
+/// its name. Returns the kernel frames' names, to colour them.
+fn waker_frames(
+    row: &Row,
+    collected: &Collected,
+    symbols: &Symbols,
+    names: &mut Names,
+    out: &mut Frames,
+) -> Vec<Arc<str>> {
+    let w = &row.waker;
+    let kernel: Vec<Arc<str>> = w
+        .kstack
+        .id()
+        .and_then(|id| symbols.kernel.get(&id))
+        .map(|f| f.iter().rev().map(|n| names.waker(n)).collect())
+        .unwrap_or_default();
+    out.extend(kernel.iter().cloned());
+    if analyze::waker_task_relevant(w, symbols) {
+        match w.ustack.id().and_then(|id| symbols.user.get(&id)) {
+            Some(f) => out.extend(f.iter().rev().map(|n| names.waker(n))),
+            None => out.push(names.made("[missed user stack]_[w]".to_string())),
+        }
+    }
+    let label = analyze::waker_label(w, collected.pid, symbols);
+    out.push(names.made(format!("[woken by {}]_[w]", clean(&label))));
+    kernel
+}
+
+/// Folds every row of the profile into one view.
 pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Folded {
     let mut names = Names::default();
     let process = names.made(clean(&collected.comm));
     let run_queue = names.made(RUN_QUEUE_FRAME.to_string());
+    let separator = names.made(WAKER_SEPARATOR.to_string());
+    let after_wakeup = names.made("[run queue after a wakeup]_[j]".to_string());
+    let after_preemption = names.made("[run queue after preemption]_[j]".to_string());
+    let mut waker_kernel: HashMap<usize, Arc<str>> = HashMap::new();
     let mut ns: HashMap<Line, u64> = HashMap::new();
     for row in &collected.rows {
+        let (weight, runq_weight) = match opts.view {
+            View::Main => {
+                let idle =
+                    opts.hide_idle && analyze::class_of(row, symbols) == analyze::WaitClass::Idle;
+                (if idle { 0 } else { row.blocked_ns }, row.runq_ns)
+            }
+            View::OffWake => (row.blocked_ns, 0),
+            View::RunQueue => (0, row.runq_ns),
+        };
+        if weight == 0 && runq_weight == 0 {
+            continue;
+        }
         let mut frames = vec![process.clone()];
         if opts.per_thread {
             frames.push(names.made(thread_name(collected, row.tid)));
@@ -216,13 +312,23 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         user_frames(row.ustack, symbols, &mut names, &mut frames);
         frames.push(names.made(format!("{}_[i]", syscall_frame(row))));
         kernel_frames(row.kstack, symbols, collected, &mut names, &mut frames);
-        if row.runq_ns > 0 {
+        if runq_weight > 0 {
             let mut runq = frames.clone();
-            runq.push(run_queue.clone());
-            *ns.entry(Line(runq)).or_default() += row.runq_ns;
+            runq.push(match opts.view {
+                View::RunQueue if row.waker.ctx == WakerCtx::None => after_preemption.clone(),
+                View::RunQueue => after_wakeup.clone(),
+                _ => run_queue.clone(),
+            });
+            *ns.entry(Line(runq)).or_default() += runq_weight;
         }
-        if row.blocked_ns > 0 {
-            *ns.entry(Line(frames)).or_default() += row.blocked_ns;
+        if weight > 0 {
+            if opts.view == View::OffWake {
+                frames.push(separator.clone());
+                for k in waker_frames(row, collected, symbols, &mut names, &mut frames) {
+                    waker_kernel.insert(Arc::as_ptr(&k) as *const u8 as usize, k);
+                }
+            }
+            *ns.entry(Line(frames)).or_default() += weight;
         }
     }
     let mut lines: Vec<(Frames, u64)> = ns.into_iter().map(|(l, ns)| (l.0, ns)).collect();
@@ -241,5 +347,36 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         }
         let _ = writeln!(text, " {us}");
     }
-    Folded { text }
+    let mut waker_kernel_frames: Vec<String> =
+        waker_kernel.values().map(|f| f.to_string()).collect();
+    waker_kernel_frames.sort_unstable();
+    Folded {
+        text,
+        waker_kernel_frames,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_sort_as_their_joined_text() {
+        let frames = |names: &[&str]| -> Frames { names.iter().map(|n| Arc::from(*n)).collect() };
+        let mut stacks = [
+            frames(&["p", "abc", "x"]),
+            frames(&["p", "abc-d", "y"]),
+            frames(&["p", "abc"]),
+            frames(&["p", "ab", "z"]),
+            frames(&["p", "abc", "x", "w"]),
+        ];
+        let text = |s: &Frames| {
+            let joined: Vec<&str> = s.iter().map(|f| &**f).collect();
+            format!("{} 1", joined.join(";"))
+        };
+        let mut want: Vec<String> = stacks.iter().map(text).collect();
+        want.sort();
+        stacks.sort_by(cmp_frames);
+        assert_eq!(stacks.iter().map(text).collect::<Vec<_>>(), want);
+    }
 }

@@ -7,6 +7,7 @@
 //! `symbolize` (blazesym) → `fold` (folded stacks) → `render` (inferno SVG) and
 //! `summary` (text).
 
+pub mod analyze;
 pub mod bpf;
 pub mod cli;
 pub mod collect;
@@ -71,13 +72,18 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         collected.rows.len()
     );
     let symbols = symbolizer.resolve(&collected)?;
-    let folded = fold::fold(
-        &collected,
-        &symbols,
-        &fold::FoldOptions {
-            per_thread: cfg.per_thread,
-        },
-    );
+    let fold_view = |view| {
+        fold::fold(
+            &collected,
+            &symbols,
+            &fold::FoldOptions {
+                per_thread: cfg.per_thread,
+                hide_idle: cfg.hide_idle,
+                view,
+            },
+        )
+    };
+    let folded = fold_view(fold::View::Main);
     eprint!(
         "{}",
         summary::render(&collected, &symbols, cfg.top, cfg.per_thread)
@@ -87,33 +93,75 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     }
     if folded.is_empty() {
         eprintln!(
-            "waitprof: nothing to draw: no thread of pid {} waited (off-CPU) during the session; no flame graph written",
-            collected.pid
+            "waitprof: nothing to draw: no thread of pid {} waited (off-CPU) during the session{}; no flame graph written",
+            collected.pid,
+            if cfg.hide_idle { " other than idly (--hide-idle)" } else { "" }
         );
         return Ok(ExitCode::from(EXIT_NOTHING_BLOCKED));
     }
     let session = collected.end_ns.saturating_sub(collected.start_ns);
-    let title = format!(
-        "waitprof: {} (pid {}), {:.1} s, off-CPU time",
-        collected.comm,
-        collected.pid,
-        session as f64 / 1e9
-    );
-    let subtitle = "user frames | [syscall] aqua | kernel orange | [run queue] green: woken, waiting for a CPU";
-    let svg = render::svg(&folded, &title, subtitle)?;
-    render::write_atomic(&paths.folded, folded.text().as_bytes())?;
-    if aborted() {
-        let _ = std::fs::remove_file(&paths.folded);
-        return Err(Interrupted("while writing the profile: no file was written").into());
+    let title = |what: &str| {
+        format!(
+            "waitprof: {} (pid {}), {:.1} s, {what}",
+            collected.comm,
+            collected.pid,
+            session as f64 / 1e9
+        )
+    };
+    let mut outputs = vec![(
+        paths.clone(),
+        render::svg(
+            &folded,
+            &title(if cfg.hide_idle { "off-CPU time without idle waiting" } else { "off-CPU time" }),
+            "user frames | [syscall] aqua | kernel orange | [run queue] green: woken, waiting for a CPU",
+        )?,
+        folded,
+    )];
+    for (view, what, subtitle) in [
+        (
+            fold::View::OffWake,
+            "blocked time by waker",
+            "blocked stack | -- | the waker's stack upside down, blue (kernel lighter), ending in who woke it",
+        ),
+        (
+            fold::View::RunQueue,
+            "run-queue wait",
+            "where each thread was when woken or preempted | then how long it waited for a CPU",
+        ),
+    ] {
+        if view == fold::View::OffWake && !cfg.wakers {
+            continue;
+        }
+        let folded = fold_view(view);
+        if folded.is_empty() || aborted() {
+            continue;
+        }
+        outputs.push((paths.of(view), render::svg(&folded, &title(what), subtitle)?, folded));
     }
-    render::write_atomic(&paths.svg, &svg)?;
+    let mut written = Vec::new();
+    for (p, svg, folded) in &outputs {
+        if aborted() {
+            for f in &written {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(Interrupted("while writing the profile: no file was written").into());
+        }
+        render::write_atomic(&p.folded, folded.text().as_bytes())?;
+        written.push(p.folded.clone());
+        render::write_atomic(&p.svg, svg)?;
+        written.push(p.svg.clone());
+    }
     eprintln!(
-        "waitprof: wrote {} and {} ({:.2} s after the session ended)",
-        paths.svg.display(),
-        paths.folded.display(),
+        "waitprof: wrote {} ({:.2} s after the session ended)",
+        outputs
+            .iter()
+            .map(|(p, _, _)| p.svg.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         collected
             .stopped_at
             .map_or(0.0, |t| t.elapsed().as_secs_f64())
     );
+    eprintln!("waitprof: each with its folded stacks beside it (.folded)");
     Ok(ExitCode::SUCCESS)
 }

@@ -109,6 +109,12 @@ pub enum StackRef {
     /// A kernel stack read from /proc for a thread the hooks never saw: an index into
     /// `Collected::proc_kstacks`.
     Proc(u32),
+    /// A waker's user stack when the wakeup ran in a hard interrupt.
+    InInterrupt,
+    /// A waker's user stack when the waker is a kernel thread.
+    KernelThread,
+    /// No waker: the thread was preempted, or wakers were not recorded.
+    NoWaker,
 }
 
 impl StackRef {
@@ -120,7 +126,70 @@ impl StackRef {
             r if r == u64::from(m::WP_STACK_NOT_CAPTURED.0) => StackRef::NotCaptured,
             r if r == u64::from(m::WP_STACK_TABLE_FULL.0) => StackRef::TableFull,
             r if r == u64::from(m::WP_STACK_NEW_THREAD.0) => StackRef::NewThread,
+            r if r == u64::from(m::WP_STACK_IN_INTERRUPT.0) => StackRef::InInterrupt,
+            r if r == u64::from(m::WP_STACK_KERNEL_THREAD.0) => StackRef::KernelThread,
+            r if r == u64::from(m::WP_STACK_NO_WAKER.0) => StackRef::NoWaker,
             errno => StackRef::Missing(errno as u32),
+        }
+    }
+
+    /// The stack table key, if this is a recorded stack.
+    pub fn id(self) -> Option<u64> {
+        match self {
+            StackRef::Id(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The context a wakeup ran in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WakerCtx {
+    /// Not woken: preempted, or never woke during the session, or wakers are off.
+    None,
+    /// A thread: in a syscall (with the softirqs it ran there), or a kernel thread.
+    Task,
+    /// An interrupt, or the softirqs run on its way out: whatever task it interrupted
+    /// had nothing to do with it.
+    Interrupt,
+    /// It woke, but no wakeup reached the hooks.
+    Unseen,
+}
+
+impl WakerCtx {
+    pub fn from_raw(raw: u8) -> WakerCtx {
+        use bpf::wp_waker_ctx as c;
+        match c(raw.into()) {
+            c::WP_WAKER_TASK => WakerCtx::Task,
+            c::WP_WAKER_INTERRUPT => WakerCtx::Interrupt,
+            c::WP_WAKER_UNSEEN => WakerCtx::Unseen,
+            _ => WakerCtx::None,
+        }
+    }
+}
+
+/// Who ended a blocked interval, as sched_waking saw it on the waker's CPU.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Waker {
+    pub ctx: WakerCtx,
+    /// The running task (its process and thread; the thread only with --per-thread).
+    /// Empty for an interrupt, which interrupts an unrelated task.
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub ustack: StackRef,
+    pub kstack: StackRef,
+}
+
+impl Default for Waker {
+    fn default() -> Waker {
+        Waker {
+            ctx: WakerCtx::None,
+            tgid: 0,
+            tid: 0,
+            comm: String::new(),
+            ustack: StackRef::NoWaker,
+            kstack: StackRef::NoWaker,
         }
     }
 }
@@ -139,6 +208,10 @@ pub struct Row {
     pub count: u64,
     pub blocked_ns: u64,
     pub runq_ns: u64,
+    /// What the wait was on: futex address, epoll fd + 1, listening socket inode; 0 = none.
+    pub object: u64,
+    /// Who woke it (for an episode: the wakeup that ended its last blocked interval).
+    pub waker: Waker,
 }
 
 /// Where one thread's time went during the session.
@@ -152,6 +225,10 @@ pub struct ThreadTotals {
     pub oncpu_ns: u64,
     pub blocked_ns: u64,
     pub runq_ns: u64,
+    /// The part of the run-queue wait that followed a wakeup (not a preemption).
+    pub runq_woken_ns: u64,
+    /// Run-queue waits, counted per log2 bucket of microseconds (slot 0: under 2 us).
+    pub runq_hist: Vec<u64>,
     pub exited: bool,
 }
 
@@ -190,6 +267,61 @@ pub struct Losses {
     pub kstacks_reused: u64,
     pub kstacks_rechecked: u64,
     pub kstacks_differed: u64,
+    /// (object, thread) pairs not counted because the waiter map was full.
+    pub waiters_dropped: u64,
+    /// Listening sockets not sampled because the listener map was full.
+    pub listeners_dropped: u64,
+}
+
+/// One thread's total wait on one object (futex, epoll fd, listening socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiter {
+    pub kind: Kind,
+    pub object: u64,
+    pub tid: u32,
+    pub ns: u64,
+}
+
+/// A listening socket the target accepted on, and its accept queue during the session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub inode: u64,
+    /// Local address (None for a non-IP socket).
+    pub addr: Option<std::net::SocketAddr>,
+    /// accept(2) returns sampled, connections and EAGAINs.
+    pub accepts: u64,
+    /// Queue length when an accept found it: sum (for the mean), maximum, and how many
+    /// calls found it at its limit.
+    pub qlen_sum: u64,
+    pub qlen_max: u32,
+    pub at_limit: u64,
+    /// The accept queue's limit (listen()'s backlog, capped by net.core.somaxconn).
+    pub limit: u32,
+    /// Connections the socket dropped during the session (sk_drops: accept-queue
+    /// overflows), and over which span that is known.
+    pub drops: u64,
+    pub drops_span: DropsSpan,
+}
+
+/// How much of the session a listener's drop count covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropsSpan {
+    /// The whole session: read at its start (or the socket is newer) and at its end.
+    #[default]
+    Session,
+    /// Only from the first to the last accept sampled: the socket could not be read at
+    /// the session's ends (closed before the end, or the socket iterator is unavailable).
+    Accepts,
+}
+
+/// One line of /proc/PID/maps, to say where a futex lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    /// The file or pseudo-file (`[heap]`, `[stack]`); empty for anonymous memory.
+    pub path: String,
 }
 
 /// Why collection ended.
@@ -219,4 +351,12 @@ pub struct Collected {
     pub attach: String,
     /// When the session stopped recording, to report how long the writing took.
     pub stopped_at: Option<std::time::Instant>,
+    pub waiters: Vec<Waiter>,
+    pub listeners: Vec<Listener>,
+    /// The target's memory maps (the last read while it was alive).
+    pub maps: Vec<Mapping>,
+    /// epoll fd -> how many fds it watched at the end (from /proc/PID/fdinfo).
+    pub epoll_watch: HashMap<u32, usize>,
+    /// Whether wakers were recorded (`--no-wakers` turns them off).
+    pub wakers: bool,
 }

@@ -7,18 +7,35 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use inferno::flamegraph::color::{MultiPalette, Palette};
+use inferno::flamegraph::color::{Color, MultiPalette, Palette, PaletteMap};
 use inferno::flamegraph::{self, Options};
 
-use crate::fold::Folded;
+use crate::fold::{Folded, View};
 
 pub const DEFAULT_DIR: &str = "flamegraphs";
 
-/// Where the SVG and the folded stacks go.
+/// Where the SVG and the folded stacks go (the main view's; see `OutputPaths::of`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputPaths {
     pub svg: PathBuf,
     pub folded: PathBuf,
+}
+
+impl OutputPaths {
+    /// The SVG and folded paths of one view: the main view's, or beside them with the
+    /// view's name before the extension (`x.offwake.svg`, `x.runq.folded`).
+    pub fn of(&self, view: View) -> OutputPaths {
+        let tag = match view {
+            View::Main => return self.clone(),
+            View::OffWake => "offwake",
+            View::RunQueue => "runq",
+        };
+        let svg = self.svg.with_extension(format!("{tag}.svg"));
+        OutputPaths {
+            folded: svg.with_extension("folded"),
+            svg,
+        }
+    }
 }
 
 /// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
@@ -82,10 +99,52 @@ pub fn svg(folded: &Folded, title: &str, subtitle: &str) -> Result<Vec<u8>> {
     opts.deterministic = true;
     // fold already sorted the lines frame by frame: a large profile skips a second sort
     opts.no_sort = true;
+    let mut wakers = waker_colours(folded);
+    if wakers.iter().next().is_some() {
+        opts.palette_map = Some(&mut wakers);
+    }
     let mut out = Vec::new();
     flamegraph::from_lines(&mut opts, folded.text().lines(), &mut out)
         .context("rendering the flame graph failed")?;
     Ok(out)
+}
+
+/// A shade of `base` that depends only on the name, as inferno's hashed palettes do.
+fn shade(name: &str, base: [u8; 3], spread: [u8; 3]) -> Color {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let v = (h % 1000) as f64 / 1000.0;
+    let c = |i: usize| base[i].saturating_add((f64::from(spread[i]) * v) as u8);
+    Color {
+        r: c(0),
+        g: c(1),
+        b: c(2),
+    }
+}
+
+/// Waker frames (`_[w]`, after the `--` of an off-wake line) in blue, their kernel
+/// frames lighter: the waker's part stands apart from the blocked part below it.
+fn waker_colours(folded: &Folded) -> PaletteMap {
+    let mut map = PaletteMap::default();
+    let kernel: std::collections::HashSet<&str> = folded
+        .waker_kernel_frames()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for (stack, _) in folded.lines() {
+        for f in stack.split(';').filter(|f| f.ends_with("_[w]")) {
+            if map.get(f).is_none() {
+                let colour = if kernel.contains(f) {
+                    shade(f, [140, 165, 230], [40, 40, 25])
+                } else {
+                    shade(f, [70, 90, 200], [60, 60, 50])
+                };
+                map.insert(f, colour);
+            }
+        }
+    }
+    map
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory.

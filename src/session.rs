@@ -28,6 +28,8 @@ const BTF_PATH_ENV: &str = "WAITPROF_KERNEL_BTF";
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// PF_KTHREAD in the flags field of /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// Listening sockets sampled at accept(2): a server has a handful.
+const MAX_LISTENERS: u32 = 1024;
 /// The exit records ring buffer: 2 MiB holds ~16k thread exits between two polls.
 const EXITS_RINGBUF_BYTES: u32 = 2 << 20;
 
@@ -341,11 +343,19 @@ fn configure(
     c.futex_wait_ops = syscalls::futex_wait_ops_mask();
     c.recapture_every = cfg.recapture_every;
     c.rows_per_thread = u32::from(cfg.per_thread);
+    c.wakers = u32::from(cfg.wakers);
+    let entry = interrupt_entry_text();
+    c.irq_entry_lo = entry.irq.start;
+    c.irq_entry_hi = entry.irq.end;
+    c.fault_entry_lo = entry.fault.start;
+    c.fault_entry_hi = entry.fault.end;
     c.sysclass = syscalls::class_table();
 
     open.maps.threads.set_max_entries(cfg.max_threads)?;
     open.maps.agg.set_max_entries(cfg.max_rows)?;
     open.maps.stacks.set_max_entries(cfg.stack_storage_size)?;
+    open.maps.waiters.set_max_entries(cfg.max_rows)?;
+    open.maps.listeners.set_max_entries(MAX_LISTENERS)?;
     open.maps.exits.set_max_entries(EXITS_RINGBUF_BYTES)?;
 
     let p = &mut open.progs;
@@ -366,6 +376,67 @@ fn configure(
         prog.set_autoload(f == flavour);
     }
     Ok(())
+}
+
+/// Where the kernel's interrupt entry code is: a waker whose kernel stack runs through it
+/// woke from an interrupt. Page faults enter through the same section but run for the
+/// faulting thread, so their entry is carved out.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct EntryText {
+    irq: std::ops::Range<u64>,
+    fault: std::ops::Range<u64>,
+}
+
+/// From /proc/kallsyms; all zero (wakers all count as threads) where it hides addresses.
+/// The kernel formats kallsyms slowly (about 150 ms for all of it), and these symbols
+/// are at the start of kernel text, near its top: the read stops once they are found.
+fn interrupt_entry_text() -> EntryText {
+    use std::io::BufRead;
+    let Ok(file) = File::open("/proc/kallsyms") else {
+        return EntryText::default();
+    };
+    let lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
+    entry_text_from(lines)
+}
+
+fn entry_text_from(kallsyms: impl Iterator<Item = String>) -> EntryText {
+    let addr = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+            .filter(|&a| a != 0)
+    };
+    let (mut lo, mut hi, mut fault_start, mut fault_end) = (None, None, None, None);
+    // only three names matter: match the line's end before parsing it
+    let mut lines = kallsyms;
+    while let Some(line) = lines.next() {
+        let line = line.as_str();
+        if line.ends_with(" __irqentry_text_start") {
+            lo = addr(line);
+        } else if line.ends_with(" __irqentry_text_end") {
+            hi = addr(line);
+        } else if line.ends_with(" asm_exc_page_fault") {
+            fault_start = addr(line);
+            // it ends where the next symbol starts: kallsyms lists kernel text in order
+            fault_end = lines
+                .by_ref()
+                .filter_map(|l| addr(&l))
+                .find(|&a| fault_start.is_some_and(|s| a > s));
+        }
+        if lo.is_some() && hi.is_some() && fault_end.is_some() {
+            break;
+        }
+    }
+    match (lo, hi) {
+        (Some(lo), Some(hi)) if hi > lo => EntryText {
+            irq: lo..hi,
+            fault: match (fault_start, fault_end) {
+                (Some(s), Some(e)) => s..e,
+                _ => 0..0,
+            },
+        },
+        _ => EntryText::default(),
+    }
 }
 
 /// The four programs of one flavour: sched_switch, sched_waking, sys_exit, process exit.
@@ -552,6 +623,30 @@ impl Attached<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interrupt_entry_is_found_in_kallsyms() {
+        let kallsyms = "\
+ffffffff81000080 T entry_SYSCALL_64
+ffffffff81000300 T __irqentry_text_start
+ffffffff81000c60 T asm_exc_page_fault
+ffffffff81000d40 T asm_common_interrupt
+ffffffff81000f70 T __irqentry_text_end
+ffffffff81360c10 T irq_exit_rcu
+";
+        let e = entry_text_from(kallsyms.lines().map(str::to_string));
+        assert_eq!(e.irq, 0xffffffff81000300..0xffffffff81000f70);
+        assert_eq!(e.fault, 0xffffffff81000c60..0xffffffff81000d40);
+        // hidden addresses (kptr_restrict) read as zeros
+        let hidden: String = kallsyms
+            .lines()
+            .map(|l| format!("{}{}\n", "0".repeat(16), &l[16..]))
+            .collect();
+        assert_eq!(
+            entry_text_from(hidden.lines().map(str::to_string)),
+            EntryText::default()
+        );
+    }
 
     #[test]
     fn stat_fields_survive_spaces_in_comm() {

@@ -5,18 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
+use crate::analyze::{self, secs, WaitClass};
 use crate::fold;
-use crate::model::{Collected, EndReason, Kind, Outcome, StackRef};
+use crate::model::{Collected, DropsSpan, EndReason, Kind, Outcome, StackRef};
 use crate::symbolize::Symbols;
 
-fn secs(ns: u64) -> String {
-    let s = ns as f64 / 1e9;
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else {
-        format!("{:.1} ms", s * 1e3)
-    }
-}
+/// How many wait objects, and threads with run-queue histograms, the summary lists.
+const TOP_OBJECTS: usize = 5;
+const TOP_RUNQ_THREADS: usize = 3;
 
 fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
@@ -133,6 +129,24 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         );
     }
 
+    let split = analyze::split(collected, symbols);
+    let off = split.idle + split.contended + split.other + split.runq;
+    let _ = writeln!(
+        out,
+        "  idle or costly (blocked time by class, then run-queue wait):"
+    );
+    for (label, v) in [
+        (WaitClass::Idle.describe(), split.idle),
+        (WaitClass::Contended.describe(), split.contended),
+        (WaitClass::Other.describe(), split.other),
+        ("run-queue wait (runnable, no CPU)", split.runq),
+    ] {
+        let _ = writeln!(out, "    {label:<36} {:>10}  {:5.1}%", secs(v), pct(v, off));
+    }
+    objects_section(&mut out, collected, symbols);
+    listeners_section(&mut out, collected);
+    runq_section(&mut out, collected, per_thread);
+
     match accounting_range(collected) {
         Some((min, max)) => {
             let _ = writeln!(
@@ -220,6 +234,13 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         l.switch_in_while_on_cpu,
         l.recursion_misses,
     );
+    if l.waiters_dropped + l.listeners_dropped > 0 {
+        let _ = writeln!(
+            out,
+            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full)",
+            l.waiters_dropped, l.listeners_dropped
+        );
+    }
     if l.kstacks_reused > 0 {
         let _ = writeln!(
             out,
@@ -235,5 +256,143 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             secs(l.below_min_block_ns)
         );
     }
+    let findings = analyze::findings(collected, symbols);
+    if findings.is_empty() {
+        let _ = writeln!(
+            out,
+            "findings: none (no lock, listener or CPU starvation stood out)"
+        );
+    } else {
+        let _ = writeln!(out, "findings (most important first):");
+        for (i, f) in findings.iter().take(8).enumerate() {
+            let _ = writeln!(out, "  {}. {f}", i + 1);
+        }
+    }
     out
+}
+
+/// The futexes, epoll fds and listening sockets waited on longest, with who waited
+/// and who woke them.
+fn objects_section(out: &mut String, collected: &Collected, symbols: &Symbols) {
+    let objects = analyze::objects(collected, symbols);
+    if objects.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  waited on (futex address, epoll fd, listening socket; heaviest first):"
+    );
+    let shares = |v: &analyze::Shares, whole: u64| {
+        v.iter()
+            .map(|(name, ns)| format!("{name} {:.0}%", pct(*ns, whole)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for r in objects.iter().take(TOP_OBJECTS) {
+        let _ = writeln!(
+            out,
+            "    {}: {}, {} waits by {} thread(s); {}",
+            analyze::object_name(r, collected, symbols),
+            secs(r.ns),
+            r.waits,
+            r.threads,
+            r.class.describe()
+        );
+        if !r.waiters.is_empty() {
+            let _ = writeln!(
+                out,
+                "      waiting in: {}",
+                shares(&r.waiters, r.blocked_ns)
+            );
+        }
+        if !r.wakers.is_empty() {
+            let _ = writeln!(out, "      woken by:   {}", shares(&r.wakers, r.blocked_ns));
+        }
+    }
+    if objects.len() > TOP_OBJECTS {
+        let _ = writeln!(out, "    ... and {} more", objects.len() - TOP_OBJECTS);
+    }
+}
+
+fn listeners_section(out: &mut String, collected: &Collected) {
+    if collected.listeners.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  listening sockets (accept queue when accept(2) found it):"
+    );
+    for l in &collected.listeners {
+        let mean = if l.accepts == 0 {
+            0.0
+        } else {
+            l.qlen_sum as f64 / l.accepts as f64
+        };
+        let _ = writeln!(
+            out,
+            "    {}: {} accepts; queue mean {mean:.1}, max {} of limit {}, at its limit in {} accepts; \
+             {} connections dropped (accept queue overflow) {}",
+            analyze::listener_name(l),
+            l.accepts,
+            l.qlen_max,
+            l.limit,
+            l.at_limit,
+            l.drops,
+            match l.drops_span {
+                DropsSpan::Session => "during the session",
+                DropsSpan::Accepts => "between the first and last accept",
+            }
+        );
+    }
+}
+
+/// Run-queue waits per thread with runqlat's histogram: the threads that waited most,
+/// or every thread with --per-thread.
+fn runq_section(out: &mut String, collected: &Collected, per_thread: bool) {
+    let threads = analyze::runq_threads(collected);
+    if threads.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  run-queue waits per thread (from a wakeup or preemption until it ran):"
+    );
+    let shown = if per_thread {
+        threads.len()
+    } else {
+        TOP_RUNQ_THREADS
+    };
+    for t in threads.iter().take(shown) {
+        let q = |p| analyze::quantile_ns(&t.hist, p).map_or("-".to_string(), secs);
+        let _ = writeln!(
+            out,
+            "    {}-{}: {} waits, {} ({} after a wakeup); p50 < {}, p99 < {}",
+            t.comm,
+            t.tid,
+            t.waits,
+            secs(t.ns),
+            secs(t.woken_ns),
+            q(0.5),
+            q(0.99)
+        );
+        histogram(out, &t.hist);
+    }
+    if threads.len() > shown {
+        let _ = writeln!(out, "    ... and {} more threads", threads.len() - shown);
+    }
+}
+
+/// A log2 histogram as runqlat prints it.
+fn histogram(out: &mut String, hist: &[u64]) {
+    let Some(last) = hist.iter().rposition(|&n| n > 0) else {
+        return;
+    };
+    let max = hist.iter().copied().max().unwrap_or(1).max(1);
+    let _ = writeln!(out, "      {:>21} : {:<8} distribution", "usecs", "count");
+    for (slot, &n) in hist.iter().enumerate().take(last + 1) {
+        let low = if slot == 0 { 0 } else { 1u64 << slot };
+        let high = (2u64 << slot) - 1;
+        let bar = "*".repeat((n * 40).div_ceil(max) as usize);
+        let _ = writeln!(out, "      {low:>10} -> {high:<8} : {n:<8} |{bar:<40}|");
+    }
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use blazesym::symbolize::cache;
-use blazesym::symbolize::source::{Kernel, Process, Source};
+use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
 use blazesym::symbolize::{Input, Symbolized};
 use blazesym::{MaybeDefault, Pid};
 
-use crate::model::{Collected, StackRef};
+use crate::model::{Collected, Kind, Mapping};
 
 /// Depth at which the kernel cut a stack (WP_MAX_STACK_DEPTH).
 const MAX_DEPTH: usize = 127;
@@ -36,6 +36,8 @@ pub struct Symbols {
     pub unknown_kernel_frames: usize,
     /// Stacks deeper than the kernel records: their root end is missing.
     pub truncated_stacks: usize,
+    /// Futex address -> where it lives: the variable's name, or the kind of memory.
+    pub objects: HashMap<u64, String>,
 }
 
 impl Symbolizer {
@@ -71,27 +73,41 @@ impl Symbolizer {
         })
     }
 
-    /// Names every stack the profile refers to.
+    /// Names every stack the profile refers to: the target's and its wakers' (which
+    /// may belong to other processes, named while those still run).
     pub fn resolve(&self, collected: &Collected) -> Result<Symbols> {
-        let mut user_ids = HashSet::new();
+        let mut user_ids: HashMap<u32, HashSet<u64>> = HashMap::new();
         let mut kernel_ids = HashSet::new();
         for row in &collected.rows {
-            if let StackRef::Id(id) = row.ustack {
-                user_ids.insert(id);
+            user_ids
+                .entry(collected.pid)
+                .or_default()
+                .extend(row.ustack.id());
+            kernel_ids.extend(row.kstack.id());
+            if let Some(id) = row.waker.ustack.id() {
+                user_ids.entry(row.waker.tgid).or_default().insert(id);
             }
-            if let StackRef::Id(id) = row.kstack {
-                kernel_ids.insert(id);
-            }
+            kernel_ids.extend(row.waker.kstack.id());
         }
         let mut symbols = Symbols::default();
-        let (user, unknown) = self.resolve_set(
-            &self.process_source(),
-            &user_ids,
-            collected,
-            &mut symbols.truncated_stacks,
-        )?;
-        symbols.user = user;
-        symbols.unknown_user_frames = unknown;
+        for (pid, ids) in &user_ids {
+            let (user, unknown) = if *pid == collected.pid {
+                self.resolve_set(
+                    &self.process_source(),
+                    ids,
+                    collected,
+                    &mut symbols.truncated_stacks,
+                )?
+            } else {
+                // another process's waker: best effort, it may have exited
+                let source = Source::Process(Process::new(Pid::from(*pid)));
+                self.resolve_set(&source, ids, collected, &mut symbols.truncated_stacks)
+                    .unwrap_or_default()
+            };
+            symbols.user.extend(user);
+            symbols.unknown_user_frames += unknown;
+        }
+        symbols.objects = self.name_futexes(collected);
         let (kernel, unknown) = self.resolve_set(
             &Self::kernel_source(),
             &kernel_ids,
@@ -162,14 +178,110 @@ impl Symbolizer {
     }
 }
 
-/// Kernel stacks are captured inside the scheduler's tracepoint, so their leaf end is the
-/// tracing machinery (bpf_trace_run*, the BPF program itself). The wait ends at
-/// `__schedule`: everything leafward of it is cut.
+/// Functions of the tracing machinery that runs the BPF program.
+const TRACING_PREFIXES: [&str; 7] = [
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__traceiter_",
+    "trace_call_bpf",
+    "perf_trace_",
+    "bpf_prog_",
+    "trace_event_raw_event_",
+];
+
+/// Kernel stacks are captured inside a tracepoint, so their leaf end is the tracing
+/// machinery (bpf_trace_run*, the BPF program itself): it is cut. A wait ends at
+/// `__schedule`, so a switch-out's stack is cut there too.
 pub fn trim_capture_frames(mut frames: Frames) -> Frames {
+    if let Some(i) = frames
+        .iter()
+        .position(|f| TRACING_PREFIXES.iter().any(|p| f.starts_with(p)))
+    {
+        frames.truncate(i);
+    }
     if let Some(i) = frames.iter().rposition(|f| &**f == "__schedule") {
         frames.truncate(i + 1);
     }
     frames
+}
+
+impl Symbolizer {
+    /// Where each futex the target waited on lives: the name of the variable (a static
+    /// in the binary or a library, found through the file's symbol table), or else the
+    /// kind of memory it is in.
+    fn name_futexes(&self, collected: &Collected) -> HashMap<u64, String> {
+        let addrs: HashSet<u64> = collected
+            .rows
+            .iter()
+            .filter(|r| r.kind == Kind::Futex && r.object != 0)
+            .map(|r| r.object)
+            .collect();
+        addrs
+            .into_iter()
+            .map(|a| (a, self.name_data(a, &collected.maps)))
+            .collect()
+    }
+
+    fn name_data(&self, addr: u64, maps: &[Mapping]) -> String {
+        let Some(i) = maps.iter().position(|m| m.start <= addr && addr < m.end) else {
+            return "unmapped".to_string();
+        };
+        let m = &maps[i];
+        // .bss past the file's end is anonymous memory right after the file's mappings
+        let file = if m.path.starts_with('/') {
+            Some(&m.path)
+        } else if m.path.is_empty() && i > 0 && maps[i - 1].end == m.start {
+            Some(&maps[i - 1].path).filter(|p| p.starts_with('/'))
+        } else {
+            None
+        };
+        let Some(file) = file else {
+            return match m.path.as_str() {
+                "[heap]" => "heap".to_string(),
+                "[stack]" => "main thread's stack".to_string(),
+                "" => "anonymous memory: heap arena, thread stack or mmap".to_string(),
+                other => other.to_string(),
+            };
+        };
+        // the file's load bias: where its first mapping (file offset 0) starts
+        let Some(base) = maps
+            .iter()
+            .find(|x| &x.path == file && x.offset == 0)
+            .map(|x| x.start)
+        else {
+            return file.clone();
+        };
+        // a position-independent file's symbols count from 0; a fixed-address one's are
+        // absolute (ELF e_type at byte 16: ET_EXEC = 2)
+        let fixed = elf_type(file) == Some(2);
+        let virt = if fixed { addr } else { addr - base };
+        let mut elf = Elf::new(file);
+        elf.debug_syms = false; // variables are in the symbol table, not in DWARF lookups
+        let name = self
+            .inner
+            .symbolize_single(&Source::Elf(elf), Input::VirtOffset(virt))
+            .ok()
+            .and_then(|s| match s {
+                Symbolized::Sym(sym) => Some(sym.name.to_string()),
+                Symbolized::Unknown(_) => None,
+            });
+        let file_name = file.rsplit('/').next().unwrap_or(file);
+        match name {
+            Some(n) => format!("{n} in {file_name}"),
+            None => format!("data of {file_name}"),
+        }
+    }
+}
+
+/// The ELF file type (e_type) of a file.
+fn elf_type(path: &str) -> Option<u16> {
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    Some(u16::from_le_bytes([header[16], header[17]]))
 }
 
 /// The function and the functions inlined into it at this address, outermost first.

@@ -23,7 +23,8 @@ fn class_of(sysno: Sysno) -> wp_sysclass {
     match sysno {
         Sysno::epoll_wait | Sysno::epoll_pwait | Sysno::epoll_pwait2 => wp_sysclass::WP_SYS_EPOLL,
         Sysno::futex => wp_sysclass::WP_SYS_FUTEX_OP,
-        Sysno::futex_wait | Sysno::futex_waitv => wp_sysclass::WP_SYS_FUTEX_WAIT,
+        Sysno::futex_wait => wp_sysclass::WP_SYS_FUTEX_WAIT,
+        Sysno::futex_waitv => wp_sysclass::WP_SYS_FUTEX_WAITV,
         Sysno::accept | Sysno::accept4 => wp_sysclass::WP_SYS_ACCEPT,
         _ => wp_sysclass::WP_SYS_OTHER,
     }
@@ -47,7 +48,7 @@ pub fn kind_of(nr: u32, arg2: u64) -> Kind {
     };
     match class_of(sysno) {
         wp_sysclass::WP_SYS_EPOLL => Kind::Epoll,
-        wp_sysclass::WP_SYS_FUTEX_WAIT => Kind::Futex,
+        wp_sysclass::WP_SYS_FUTEX_WAIT | wp_sysclass::WP_SYS_FUTEX_WAITV => Kind::Futex,
         wp_sysclass::WP_SYS_ACCEPT => Kind::Accept,
         wp_sysclass::WP_SYS_FUTEX_OP
             if FUTEX_WAIT_OPS.contains(&((arg2 & FUTEX_CMD_MASK) as u32)) =>
@@ -89,9 +90,15 @@ mod tests {
             wp_sysclass::WP_SYS_ACCEPT.0 as u8
         );
         assert_eq!(
-            t[Sysno::futex_waitv as usize],
+            t[Sysno::futex_wait as usize],
             wp_sysclass::WP_SYS_FUTEX_WAIT.0 as u8
         );
+        // futex_waitv waits on several futexes: the BPF side names it by the first
+        assert_eq!(
+            t[Sysno::futex_waitv as usize],
+            wp_sysclass::WP_SYS_FUTEX_WAITV.0 as u8
+        );
+        assert_eq!(kind_of(Sysno::futex_waitv as u32, 0), Kind::Futex);
         assert_eq!(t[Sysno::read as usize], wp_sysclass::WP_SYS_OTHER.0 as u8);
     }
 

@@ -57,8 +57,9 @@ fn thread_blocked_for_the_whole_session() {
 #[test]
 fn target_exits_mid_session() {
     let _s = root_session();
+    // 1.5 s of sleeps: attaching (up to a few hundred ms on a busy machine) takes part
     let mut child = Command::new(FIXTURE)
-        .args(["sleep", "8", "100"])
+        .args(["sleep", "15", "100"])
         .spawn()
         .expect("fixture");
     let pid = child.id().to_string();

@@ -296,8 +296,9 @@ pub fn loaded_waitprof_programs() -> Vec<String> {
         .collect()
 }
 
-/// Files left in `dir` by a run that wrote to `dir/out.svg`: a complete SVG and folded
-/// file after exit 0, and nothing at all (not even a temporary file) otherwise.
+/// Files left in `dir` by a run that wrote to `dir/out.svg`: after exit 0, a complete SVG
+/// and folded file for the main view and for each other view written (`out.offwake.*`,
+/// `out.runq.*`); and nothing at all (not even a temporary file) otherwise.
 pub fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what: &str) {
     let names: Vec<String> = std::fs::read_dir(dir)
         .expect("output dir")
@@ -306,10 +307,25 @@ pub fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what
         .collect();
     match code {
         Some(0) => {
-            let svg = std::fs::read_to_string(dir.join("out.svg")).expect("exit 0 writes the SVG");
-            assert!(svg.trim_end().ends_with("</svg>"), "{what}: truncated SVG");
-            assert!(dir.join("out.folded").exists(), "{what}: no folded file");
-            assert_eq!(names.len(), 2, "{what}: stray files {names:?}");
+            assert!(
+                names.contains(&"out.svg".to_string()),
+                "{what}: no SVG in {names:?}"
+            );
+            for name in &names {
+                let ok = match name.rsplit_once('.') {
+                    Some((stem, "svg")) => {
+                        let svg = std::fs::read_to_string(dir.join(name)).expect("svg");
+                        svg.trim_end().ends_with("</svg>")
+                            && names.contains(&format!("{stem}.folded"))
+                    }
+                    Some((stem, "folded")) => names.contains(&format!("{stem}.svg")),
+                    _ => false,
+                };
+                assert!(
+                    ok && name.starts_with("out."),
+                    "{what}: stray or partial {name} in {names:?}"
+                );
+            }
         }
         _ => assert!(
             names.is_empty(),

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use waitprof::fold::{self, FoldOptions};
-use waitprof::model::{Collected, EndReason, Kind, Losses, Outcome, Row, StackRef, ThreadTotals};
+use waitprof::fold::{self, FoldOptions, View};
+use waitprof::model::{Collected, EndReason, Kind, Listener, Losses, Outcome, Row, StackRef};
+use waitprof::model::{ThreadTotals, Waiter, Waker, WakerCtx};
 use waitprof::symbolize::Symbols;
 use waitprof::{render, summary};
 
@@ -31,6 +32,28 @@ fn row(
         count: 1,
         blocked_ns,
         runq_ns,
+        object: 0,
+        waker: Waker::default(),
+    }
+}
+
+/// `row` woken by `waker`, waiting on `object`.
+fn woken(row: Row, object: u64, waker: Waker) -> Row {
+    Row {
+        object,
+        waker,
+        ..row
+    }
+}
+
+fn waker(ctx: WakerCtx, comm: &str, stacks: (StackRef, StackRef)) -> Waker {
+    Waker {
+        ctx,
+        tgid: if comm.is_empty() { 0 } else { 100 },
+        tid: 0,
+        comm: comm.into(),
+        ustack: stacks.0,
+        kstack: stacks.1,
     }
 }
 
@@ -43,6 +66,9 @@ fn thread(tid: u32, comm: &str, oncpu: u64, blocked: u64, runq: u64) -> ThreadTo
         oncpu_ns: oncpu,
         blocked_ns: blocked,
         runq_ns: runq,
+        runq_woken_ns: runq / 2,
+        // half the waits under 2 us, a quarter in [8, 16) us, a quarter in [1, 2) ms
+        runq_hist: [[4u64, 0, 0, 2, 0, 0, 0, 0, 0, 0, 2].as_slice(), &[0; 17]].concat(),
         exited: false,
     }
 }
@@ -55,37 +81,69 @@ fn profile() -> (Collected, Symbols) {
         start_ns: 0,
         end_ns: 1000 * MS,
         rows: vec![
-            row(
-                101,
-                Kind::Accept,
-                Some(288),
-                Outcome::Ok,
-                (StackRef::Id(1), StackRef::Id(11)),
-                (900 * MS, 2 * MS),
+            woken(
+                row(
+                    101,
+                    Kind::Accept,
+                    Some(288),
+                    Outcome::Ok,
+                    (StackRef::Id(1), StackRef::Id(11)),
+                    (900 * MS, 2 * MS),
+                ),
+                7001,
+                waker(
+                    WakerCtx::Interrupt,
+                    "",
+                    (StackRef::InInterrupt, StackRef::Id(16)),
+                ),
             ),
-            row(
-                102,
-                Kind::Epoll,
-                Some(232),
-                Outcome::Timeout,
-                (StackRef::Id(2), StackRef::Id(12)),
-                (700 * MS, 0),
+            woken(
+                row(
+                    102,
+                    Kind::Epoll,
+                    Some(232),
+                    Outcome::Timeout,
+                    (StackRef::Id(2), StackRef::Id(12)),
+                    (700 * MS, 0),
+                ),
+                4,
+                waker(
+                    WakerCtx::Interrupt,
+                    "",
+                    (StackRef::InInterrupt, StackRef::Id(17)),
+                ),
             ),
-            row(
-                102,
-                Kind::Epoll,
-                Some(232),
-                Outcome::Ok,
-                (StackRef::Id(2), StackRef::Id(12)),
-                (100 * MS, 50 * MS),
+            woken(
+                row(
+                    102,
+                    Kind::Epoll,
+                    Some(232),
+                    Outcome::Ok,
+                    (StackRef::Id(2), StackRef::Id(12)),
+                    (100 * MS, 50 * MS),
+                ),
+                4,
+                waker(
+                    WakerCtx::Interrupt,
+                    "",
+                    (StackRef::InInterrupt, StackRef::Id(16)),
+                ),
             ),
-            row(
-                103,
-                Kind::Futex,
-                Some(202),
-                Outcome::Ok,
-                (StackRef::Id(3), StackRef::Id(13)),
-                (300 * MS, 100 * MS),
+            woken(
+                row(
+                    103,
+                    Kind::Futex,
+                    Some(202),
+                    Outcome::Ok,
+                    (StackRef::Id(3), StackRef::Id(13)),
+                    (300 * MS, 100 * MS),
+                ),
+                0x5000,
+                waker(
+                    WakerCtx::Task,
+                    "worker-0",
+                    (StackRef::Id(5), StackRef::Id(15)),
+                ),
             ),
             row(
                 103,
@@ -133,6 +191,40 @@ fn profile() -> (Collected, Symbols) {
         end_reason: Some(EndReason::Duration),
         attach: "tp_btf".into(),
         stopped_at: None,
+        waiters: vec![
+            Waiter {
+                kind: Kind::Futex,
+                object: 0x5000,
+                tid: 103,
+                ns: 400 * MS,
+            },
+            Waiter {
+                kind: Kind::Epoll,
+                object: 4,
+                tid: 102,
+                ns: 850 * MS,
+            },
+            Waiter {
+                kind: Kind::Accept,
+                object: 7001,
+                tid: 101,
+                ns: 902 * MS,
+            },
+        ],
+        listeners: vec![Listener {
+            inode: 7001,
+            addr: Some("0.0.0.0:8080".parse().expect("an address")),
+            accepts: 40,
+            qlen_sum: 100,
+            qlen_max: 9,
+            at_limit: 6,
+            limit: 8,
+            drops: 12,
+            drops_span: waitprof::model::DropsSpan::Accepts,
+        }],
+        maps: Vec::new(),
+        epoll_watch: HashMap::from([(3, 2)]),
+        wakers: true,
     };
     let frames = |names: &[&str]| {
         names
@@ -146,6 +238,15 @@ fn profile() -> (Collected, Symbols) {
             (2, frames(&["start_thread", "worker_loop", "poll;events"])),
             (3, frames(&["start_thread", "handle", "[unknown]"])),
             (4, frames(&["start_thread", "read_config"])),
+            (
+                5,
+                frames(&[
+                    "start_thread",
+                    "worker_loop",
+                    "release_job",
+                    "__lll_unlock_wake",
+                ]),
+            ),
         ]),
         kernel: HashMap::from([
             (
@@ -160,10 +261,36 @@ fn profile() -> (Collected, Symbols) {
                 13,
                 frames(&["do_syscall_64", "futex_wait", "schedule", "__schedule"]),
             ),
+            (
+                15,
+                frames(&["do_syscall_64", "futex_wake", "wake_up_q", "try_to_wake_up"]),
+            ),
+            (
+                16,
+                frames(&[
+                    "asm_common_interrupt",
+                    "irq_exit_rcu",
+                    "handle_softirqs",
+                    "net_rx_action",
+                    "tcp_v4_rcv",
+                    "sock_def_readable",
+                    "try_to_wake_up",
+                ]),
+            ),
+            (
+                17,
+                frames(&[
+                    "asm_sysvec_apic_timer_interrupt",
+                    "hrtimer_interrupt",
+                    "hrtimer_wakeup",
+                    "try_to_wake_up",
+                ]),
+            ),
         ]),
         unknown_user_frames: 1,
         unknown_kernel_frames: 0,
         truncated_stacks: 0,
+        objects: HashMap::from([(0x5000, "queue_lock in server".to_string())]),
     };
     (collected, symbols)
 }
@@ -187,10 +314,31 @@ fn golden(name: &str, actual: &str) {
 #[test]
 fn golden_folded() {
     let (collected, symbols) = profile();
-    let folded = fold::fold(&collected, &symbols, &FoldOptions { per_thread: false });
-    golden("server.folded", folded.text());
-    let per_thread = fold::fold(&collected, &symbols, &FoldOptions { per_thread: true });
-    golden("server-per-thread.folded", per_thread.text());
+    let view = |view, per_thread, hide_idle| {
+        let opts = FoldOptions {
+            per_thread,
+            hide_idle,
+            view,
+        };
+        fold::fold(&collected, &symbols, &opts)
+    };
+    golden("server.folded", view(View::Main, false, false).text());
+    golden(
+        "server-per-thread.folded",
+        view(View::Main, true, false).text(),
+    );
+    golden(
+        "server-hide-idle.folded",
+        view(View::Main, false, true).text(),
+    );
+    golden(
+        "server.offwake.folded",
+        view(View::OffWake, false, false).text(),
+    );
+    golden(
+        "server.runq.folded",
+        view(View::RunQueue, false, false).text(),
+    );
 }
 
 #[test]
@@ -206,10 +354,8 @@ fn folded_values_are_microseconds_and_sum_up() {
     assert_eq!(folded.total_us(), (total_ns - 400) / 1000);
     let lines: Vec<(&str, u64)> = folded.lines().collect();
     assert!(
-        lines
-            .windows(2)
-            .all(|w| w[0].0.split(';').lt(w[1].0.split(';'))),
-        "lines are sorted frame by frame"
+        lines.windows(2).all(|w| w[0].0 < w[1].0),
+        "lines are sorted as text, as inferno checks"
     );
     assert!(
         lines.iter().all(|(s, _)| !s.contains("poll;events")),

@@ -1,0 +1,646 @@
+//! Analysis: who made the threads wait, and whether it cost anything. Pure functions over
+//! the collected rows and their symbols, shared by `fold` and `summary`: each wait is
+//! classed idle, lock contention or other; each waker gets a name; futexes, epoll fds,
+//! listeners and run-queue waits get their tables; and the session's findings are put
+//! in plain words, ranked by time.
+//!
+//! The classes come from what the kernel saw (how the wait ended) and from the names of
+//! the waiting code (a lock acquisition versus a condition wait), so they hold for any
+//! program that uses the common lock and condition primitives (glibc, Rust std,
+//! parking_lot, Go's runtime). A futex wait in code that uses neither is "other".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::model::{Collected, DropsSpan, Kind, Outcome, Row, StackRef, Waker, WakerCtx};
+use crate::symbolize::Symbols;
+
+/// What a blocked interval meant for latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WaitClass {
+    /// Waiting for work: an event loop or accept loop whose wait timed out or is still
+    /// waiting, a worker parked on a condition, a timed wait nobody ended.
+    Idle,
+    /// Waiting for a lock another thread held.
+    Contended,
+    /// Everything else: events and connections that arrived, sleeps, I/O.
+    Other,
+}
+
+impl WaitClass {
+    pub fn describe(self) -> &'static str {
+        match self {
+            WaitClass::Idle => "idle (waiting for work)",
+            WaitClass::Contended => "lock contention",
+            WaitClass::Other => "other waits (events, I/O, sleeps)",
+        }
+    }
+}
+
+/// Frames of a lock acquisition's slow path (matched as substrings).
+const LOCK_FRAMES: [&str; 17] = [
+    "pthread_mutex_lock",
+    "Mutex::lock",
+    "Mutex<T>::lock",
+    "RwLock::read",
+    "RwLock::write",
+    "RwLock<T>::",
+    "pthread_mutex_timedlock",
+    "pthread_mutex_clocklock",
+    "__lll_lock_wait",
+    "pthread_rwlock_rdlock",
+    "pthread_rwlock_wrlock",
+    "lock_contended",
+    "read_contended",
+    "write_contended",
+    "RawMutex::lock_slow",
+    "RawRwLock::lock_",
+    "runtime.lock2",
+];
+
+/// Frames of a wait for a condition or for work: condition variables, thread parking,
+/// semaphores, Go's idle-M sleep.
+const PARK_FRAMES: [&str; 10] = [
+    "pthread_cond_wait",
+    "pthread_cond_timedwait",
+    "pthread_cond_clockwait",
+    "Condvar::wait",
+    "condvar::",
+    "thread::park",
+    "Parker::park",
+    "runtime.notesleep",
+    "runtime.notetsleep",
+    "sem_wait",
+];
+
+/// The class of a row's blocked time.
+pub fn class_of(row: &Row, symbols: &Symbols) -> WaitClass {
+    match (row.kind, row.outcome) {
+        (Kind::Epoll | Kind::Accept, Outcome::Timeout | Outcome::Unfinished) => WaitClass::Idle,
+        (Kind::Futex, Outcome::Timeout) => WaitClass::Idle,
+        (Kind::Futex, _) => futex_class(row.ustack, symbols),
+        _ => WaitClass::Other,
+    }
+}
+
+/// A futex wait's class from its user stack: the leaf-most lock or park frame decides
+/// (a condition wait that then retakes its mutex is waiting for the mutex).
+fn futex_class(ustack: StackRef, symbols: &Symbols) -> WaitClass {
+    let Some(frames) = ustack.id().and_then(|id| symbols.user.get(&id)) else {
+        return WaitClass::Other;
+    };
+    for f in frames.iter().rev() {
+        if LOCK_FRAMES.iter().any(|p| f.contains(p)) {
+            return WaitClass::Contended;
+        }
+        if PARK_FRAMES.iter().any(|p| f.contains(p)) {
+            return WaitClass::Idle;
+        }
+    }
+    WaitClass::Other
+}
+
+/// Frames of libraries and runtimes, skipped when naming the code behind a wait.
+const LIBRARY_PREFIXES: [&str; 20] = [
+    "std::",
+    "core::",
+    "alloc::",
+    "<",
+    "_",
+    "[",
+    "pthread",
+    "syscall",
+    "futex",
+    "runtime.",
+    "sync.",
+    "internal/",
+    "parking_lot",
+    "lock_api",
+    "start_thread",
+    "clone",
+    "epoll_",
+    "accept",
+    "sem_",
+    "libc",
+];
+
+/// The leaf-most frame of a user stack that belongs to the program itself, not to a
+/// library or runtime: the function a person would recognise.
+pub fn app_frame(frames: &[Arc<str>]) -> Option<&str> {
+    frames
+        .iter()
+        .rev()
+        .map(|f| &**f)
+        .find(|f| !LIBRARY_PREFIXES.iter().any(|p| f.starts_with(p)))
+}
+
+fn kernel_frames(stack: StackRef, symbols: &Symbols) -> &[Arc<str>] {
+    stack
+        .id()
+        .and_then(|id| symbols.kernel.get(&id))
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// What softirq work, if any, a waker's kernel stack shows.
+fn softirq_work(kframes: &[Arc<str>]) -> Option<&'static str> {
+    let has = |name: &str| kframes.iter().any(|f| f.contains(name));
+    if !has("handle_softirqs") && !has("__do_softirq") {
+        return None;
+    }
+    Some(if has("net_rx_action") {
+        "network receive"
+    } else if has("run_timer") || has("call_timer_fn") {
+        "timer"
+    } else if has("rcu_core") {
+        "RCU"
+    } else if has("blk_") {
+        "block I/O completion"
+    } else {
+        "softirq work"
+    })
+}
+
+/// Whether the waker's own task (its user stack and name) had anything to do with the
+/// wakeup: not in an interrupt, nor in softirq work that merely ran in its syscall,
+/// except network receive, which a sender on the loopback device runs itself.
+pub fn waker_task_relevant(w: &Waker, symbols: &Symbols) -> bool {
+    w.ctx == WakerCtx::Task
+        && matches!(
+            softirq_work(kernel_frames(w.kstack, symbols)),
+            None | Some("network receive")
+        )
+}
+
+fn who(w: &Waker, pid: u32) -> String {
+    let tid = if w.tid != 0 {
+        format!("-{}", w.tid)
+    } else {
+        String::new()
+    };
+    if w.ustack == StackRef::KernelThread {
+        format!("kernel thread {}", w.comm)
+    } else if w.tgid == pid {
+        format!("thread {}{tid}", w.comm)
+    } else {
+        format!("{}{tid} (pid {})", w.comm, w.tgid)
+    }
+}
+
+/// Who or what woke a thread, in words: `thread mutex-holder`, `network receive
+/// (softirq) in client (pid 42)`, `timer (hard interrupt)`.
+pub fn waker_label(w: &Waker, pid: u32, symbols: &Symbols) -> String {
+    let kframes = kernel_frames(w.kstack, symbols);
+    let softirq = softirq_work(kframes);
+    match (w.ctx, softirq) {
+        // an off-wake line only has blocked time, so a wait with no waker never ended
+        (WakerCtx::None, _) => "nobody: still waiting at the end".to_string(),
+        (WakerCtx::Unseen, _) => "wakeup not seen".to_string(),
+        (WakerCtx::Interrupt, Some(what)) => format!("{what} (softirq)"),
+        (WakerCtx::Interrupt, None) if kframes.iter().any(|f| f.contains("hrtimer")) => {
+            "timer (hard interrupt)".to_string()
+        }
+        (WakerCtx::Interrupt, None) => "hard interrupt".to_string(),
+        (WakerCtx::Task, Some(what)) if waker_task_relevant(w, symbols) => {
+            format!("{what} (softirq) in {}", who(w, pid))
+        }
+        (WakerCtx::Task, Some(what)) => format!("{what} (softirq)"),
+        (WakerCtx::Task, None) => who(w, pid),
+    }
+}
+
+/// The waker in the fewest words for a finding: the program's own function that woke
+/// the thread if there is one, else its label.
+pub fn waker_short(w: &Waker, pid: u32, symbols: &Symbols) -> String {
+    let frame = waker_task_relevant(w, symbols)
+        .then(|| w.ustack.id().and_then(|id| symbols.user.get(&id)))
+        .flatten()
+        .and_then(|f| app_frame(f));
+    let label = waker_label(w, pid, symbols);
+    match frame {
+        Some(f) if label.starts_with("thread ") => format!("`{f}` in {label}"),
+        Some(f) => format!("`{f}` via {label}"),
+        None => label,
+    }
+}
+
+/// Totals by class: blocked time idle, contended, other; and all run-queue wait.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Split {
+    pub idle: u64,
+    pub contended: u64,
+    pub other: u64,
+    pub runq: u64,
+}
+
+pub fn split(collected: &Collected, symbols: &Symbols) -> Split {
+    let mut s = Split::default();
+    for row in &collected.rows {
+        match class_of(row, symbols) {
+            WaitClass::Idle => s.idle += row.blocked_ns,
+            WaitClass::Contended => s.contended += row.blocked_ns,
+            WaitClass::Other => s.other += row.blocked_ns,
+        }
+        s.runq += row.runq_ns;
+    }
+    s
+}
+
+/// Named shares of a total, heaviest first.
+pub type Shares = Vec<(String, u64)>;
+
+fn top_shares(map: HashMap<String, u64>, n: usize) -> Shares {
+    let mut v: Shares = map.into_iter().filter(|(_, ns)| *ns > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+/// One wait object (a futex, an epoll fd, a listening socket) and who waited on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectReport {
+    pub kind: Kind,
+    pub object: u64,
+    /// Blocked + run-queue time of the waits on it.
+    pub ns: u64,
+    pub blocked_ns: u64,
+    pub waits: u64,
+    /// Distinct threads that waited on it.
+    pub threads: usize,
+    /// The heaviest class of its blocked time.
+    pub class: WaitClass,
+    pub outcomes: BTreeMap<Outcome, u64>,
+    /// Where the waiters waited (their own code), and who woke them, by blocked time.
+    pub waiters: Shares,
+    pub wakers: Shares,
+}
+
+/// Every futex, epoll fd and listening socket the target waited on, heaviest first.
+pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
+    #[derive(Default)]
+    struct Acc {
+        ns: u64,
+        blocked: u64,
+        waits: u64,
+        class: HashMap<WaitClass, u64>,
+        outcomes: BTreeMap<Outcome, u64>,
+        waiters: HashMap<String, u64>,
+        wakers: HashMap<String, u64>,
+    }
+    let mut acc: HashMap<(Kind, u64), Acc> = HashMap::new();
+    for row in collected.rows.iter().filter(|r| r.object != 0) {
+        let a = acc.entry((row.kind, row.object)).or_default();
+        a.ns += row.blocked_ns + row.runq_ns;
+        a.blocked += row.blocked_ns;
+        a.waits += row.count;
+        *a.class.entry(class_of(row, symbols)).or_default() += row.blocked_ns;
+        *a.outcomes.entry(row.outcome).or_default() += row.count;
+        let waiter = row
+            .ustack
+            .id()
+            .and_then(|id| symbols.user.get(&id))
+            .and_then(|f| app_frame(f))
+            .map(|f| format!("`{f}`"))
+            .unwrap_or_else(|| "[unknown code]".to_string());
+        *a.waiters.entry(waiter).or_default() += row.blocked_ns;
+        if row.blocked_ns > 0 && row.waker.ctx != WakerCtx::None {
+            *a.wakers
+                .entry(waker_short(&row.waker, collected.pid, symbols))
+                .or_default() += row.blocked_ns;
+        }
+    }
+    let mut threads: HashMap<(Kind, u64), HashSet<u32>> = HashMap::new();
+    for w in &collected.waiters {
+        threads.entry((w.kind, w.object)).or_default().insert(w.tid);
+    }
+    let mut out: Vec<ObjectReport> = acc
+        .into_iter()
+        .map(|((kind, object), a)| ObjectReport {
+            kind,
+            object,
+            ns: a.ns,
+            blocked_ns: a.blocked,
+            waits: a.waits,
+            threads: threads.get(&(kind, object)).map_or(0, HashSet::len),
+            class: a
+                .class
+                .into_iter()
+                .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+                .map_or(WaitClass::Other, |(c, _)| c),
+            outcomes: a.outcomes,
+            waiters: top_shares(a.waiters, 3),
+            wakers: top_shares(a.wakers, 3),
+        })
+        .collect();
+    out.sort_by(|a, b| b.ns.cmp(&a.ns).then(a.object.cmp(&b.object)));
+    out
+}
+
+/// How an object is named in the summary: `futex 0x7f.. (QUEUE_LOCK in server)`,
+/// `epoll fd 5 (watching 3 fds)`, `listener 127.0.0.1:8080`.
+pub fn object_name(r: &ObjectReport, collected: &Collected, symbols: &Symbols) -> String {
+    match r.kind {
+        Kind::Futex => match symbols.objects.get(&r.object) {
+            Some(place) => format!("futex {:#x} ({place})", r.object),
+            None => format!("futex {:#x}", r.object),
+        },
+        Kind::Epoll => {
+            let fd = r.object - 1;
+            match collected.epoll_watch.get(&(fd as u32)) {
+                Some(n) => format!("epoll fd {fd} (watching {n} fds at the end)"),
+                None => format!("epoll fd {fd}"),
+            }
+        }
+        Kind::Accept => match collected.listeners.iter().find(|l| l.inode == r.object) {
+            Some(l) => format!("listener {}", listener_name(l)),
+            None => format!("listening socket inode {}", r.object),
+        },
+        Kind::Other => format!("object {:#x}", r.object),
+    }
+}
+
+pub fn listener_name(l: &crate::model::Listener) -> String {
+    match l.addr {
+        Some(a) => a.to_string(),
+        None => format!("socket inode {}", l.inode),
+    }
+}
+
+/// One thread's run-queue waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunqReport {
+    pub tid: u32,
+    pub comm: String,
+    pub waits: u64,
+    pub ns: u64,
+    pub woken_ns: u64,
+    pub hist: Vec<u64>,
+}
+
+/// Threads by run-queue wait, heaviest first.
+pub fn runq_threads(collected: &Collected) -> Vec<RunqReport> {
+    let mut out: Vec<RunqReport> = collected
+        .threads
+        .iter()
+        .filter(|t| t.runq_ns > 0)
+        .map(|t| RunqReport {
+            tid: t.tid,
+            comm: t.comm.clone(),
+            waits: t.runq_hist.iter().sum(),
+            ns: t.runq_ns,
+            woken_ns: t.runq_woken_ns,
+            hist: t.runq_hist.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| b.ns.cmp(&a.ns).then(a.tid.cmp(&b.tid)));
+    out
+}
+
+/// The upper bound of log2 bucket `slot` in ns (slot 0 holds 0 and 1 us).
+pub fn slot_upper_ns(slot: usize) -> u64 {
+    (2u64 << slot) * 1000
+}
+
+/// The bucket upper bound below which a fraction `q` of the waits fall, in ns.
+pub fn quantile_ns(hist: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let want = (total as f64 * q).ceil() as u64;
+    let mut seen = 0;
+    for (slot, n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return Some(slot_upper_ns(slot));
+        }
+    }
+    Some(slot_upper_ns(hist.len() - 1))
+}
+
+pub fn secs(ns: u64) -> String {
+    let s = ns as f64 / 1e9;
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 1e-3 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{:.0} us", s * 1e6)
+    }
+}
+
+fn pct(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        0
+    } else {
+        (part as f64 * 100.0 / whole as f64).round() as u64
+    }
+}
+
+/// Listener problems rank above any time: a dropped connection is a failed request.
+const RANK_DROPS: u64 = u64::MAX;
+
+fn threads(n: usize) -> String {
+    if n == 1 {
+        "1 thread".to_string()
+    } else {
+        format!("{n} threads")
+    }
+}
+
+/// A finding about time needs at least this much of it: 1 ms, and 1% of all off-CPU time.
+fn worth_a_finding(ns: u64, off_cpu: u64) -> bool {
+    ns >= 1_000_000 && ns * 100 >= off_cpu
+}
+
+/// The session's findings in plain words, most important first.
+pub fn findings(collected: &Collected, symbols: &Symbols) -> Vec<String> {
+    let mut found: Vec<(u64, String)> = Vec::new();
+    let off_cpu: u64 = collected
+        .rows
+        .iter()
+        .map(|r| r.blocked_ns + r.runq_ns)
+        .sum();
+    for l in &collected.listeners {
+        if l.drops == 0 && l.at_limit == 0 {
+            continue;
+        }
+        let span = match l.drops_span {
+            DropsSpan::Session => "during the session",
+            DropsSpan::Accepts => "between its first and last accept",
+        };
+        found.push((
+            RANK_DROPS,
+            format!(
+                "listener {}: the accept queue reached its limit of {} in {} of {} accepts; \
+                 {} connections dropped (accept queue overflow) {span}",
+                listener_name(l),
+                l.limit,
+                l.at_limit,
+                l.accepts,
+                l.drops
+            ),
+        ));
+    }
+    for r in objects(collected, symbols) {
+        if !worth_a_finding(r.ns, off_cpu) {
+            continue;
+        }
+        let name = object_name(&r, collected, symbols);
+        let woken = match r.wakers.first() {
+            Some((w, ns)) => format!(", mostly woken by {w} ({}%)", pct(*ns, r.blocked_ns)),
+            None => String::new(),
+        };
+        let text = match (r.kind, r.class) {
+            (Kind::Futex, WaitClass::Contended) => format!(
+                "{name}: lock contention, {} waited by {} in {} waits{woken}",
+                secs(r.ns),
+                threads(r.threads),
+                r.waits
+            ),
+            (_, WaitClass::Idle) => format!(
+                "{name}: idle, {} waited by {} with nothing to do ({}); not a latency cost",
+                secs(r.ns),
+                threads(r.threads),
+                outcome_words(&r)
+            ),
+            _ => format!(
+                "{name}: {} waited by {} ({}){woken}",
+                secs(r.ns),
+                threads(r.threads),
+                outcome_words(&r)
+            ),
+        };
+        found.push((r.blocked_ns, text));
+    }
+    let runq = runq_threads(collected);
+    let total: u64 = runq.iter().map(|r| r.ns).sum();
+    if worth_a_finding(total, off_cpu) {
+        let woken: u64 = runq.iter().map(|r| r.woken_ns).sum();
+        let mut hist = vec![0u64; runq.first().map_or(0, |r| r.hist.len())];
+        for r in &runq {
+            for (a, b) in hist.iter_mut().zip(&r.hist) {
+                *a += b;
+            }
+        }
+        let p99 = quantile_ns(&hist, 0.99).map_or(String::new(), |ns| {
+            format!(
+                " (p99 of {} waits under {})",
+                hist.iter().sum::<u64>(),
+                secs(ns)
+            )
+        });
+        let worst = &runq[0];
+        found.push((
+            total,
+            format!(
+                "{} waited {} for a CPU: {} after a wakeup, {} after preemption{p99}; \
+                 most: {}-{} ({})",
+                threads(runq.len()),
+                secs(total),
+                secs(woken),
+                secs(total - woken.min(total)),
+                worst.comm,
+                worst.tid,
+                secs(worst.ns)
+            ),
+        ));
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    found.into_iter().map(|(_, t)| t).collect()
+}
+
+fn outcome_words(r: &ObjectReport) -> String {
+    r.outcomes
+        .iter()
+        .filter(|(o, _)| !o.describe(r.kind).is_empty())
+        .map(|(o, n)| format!("{n} {}", o.describe(r.kind)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(names: &[&str]) -> Vec<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    fn futex_row(outcome: Outcome, stack: &[&str], symbols: &mut Symbols) -> Row {
+        let id = 5000 + symbols.user.len() as u64;
+        symbols.user.insert(id, frames(stack));
+        Row {
+            tid: 1,
+            kind: Kind::Futex,
+            syscall: Some(202),
+            outcome,
+            ustack: StackRef::Id(id),
+            kstack: StackRef::NoWaker,
+            count: 1,
+            blocked_ns: 1,
+            runq_ns: 0,
+            object: 0x1000,
+            waker: Waker::default(),
+        }
+    }
+
+    #[test]
+    fn futex_waits_are_classed_by_their_leaf_most_lock_or_park_frame() {
+        let mut s = Symbols::default();
+        let lock = futex_row(
+            Outcome::Ok,
+            &["main", "worker", "pthread_mutex_lock", "__lll_lock_wait"],
+            &mut s,
+        );
+        let cond = futex_row(
+            Outcome::Ok,
+            &[
+                "main",
+                "pool",
+                "pthread_cond_wait",
+                "__futex_abstimed_wait_common",
+            ],
+            &mut s,
+        );
+        // a condition wait that, once woken, waits to retake its mutex
+        let retake = futex_row(
+            Outcome::Ok,
+            &["main", "Condvar::wait", "lock_contended", "futex_wait"],
+            &mut s,
+        );
+        let timed_out = futex_row(Outcome::Timeout, &["main", "lock_contended"], &mut s);
+        let unknown = futex_row(Outcome::Ok, &["main", "my_futex_loop", "syscall"], &mut s);
+        assert_eq!(class_of(&lock, &s), WaitClass::Contended);
+        assert_eq!(class_of(&cond, &s), WaitClass::Idle);
+        assert_eq!(class_of(&retake, &s), WaitClass::Contended);
+        assert_eq!(class_of(&timed_out, &s), WaitClass::Idle);
+        assert_eq!(class_of(&unknown, &s), WaitClass::Other);
+    }
+
+    #[test]
+    fn the_app_frame_skips_libraries_and_runtimes() {
+        let f = frames(&[
+            "_start",
+            "main",
+            "server::release_job",
+            "std::sync::Mutex::unlock",
+            "syscall",
+        ]);
+        assert_eq!(app_frame(&f), Some("server::release_job"));
+        assert_eq!(app_frame(&frames(&["_start", "__libc_start_main"])), None);
+    }
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds() {
+        // 98 waits under 2 us, one in [4, 8) ms, one in [8, 16) ms
+        let mut hist = vec![0u64; 28];
+        hist[0] = 98;
+        hist[12] = 1;
+        hist[13] = 1;
+        assert_eq!(quantile_ns(&hist, 0.5), Some(2_000));
+        assert_eq!(quantile_ns(&hist, 0.99), Some(8_192_000));
+        assert_eq!(quantile_ns(&hist, 1.0), Some(16_384_000));
+        assert_eq!(quantile_ns(&[0; 28], 0.99), None);
+    }
+}

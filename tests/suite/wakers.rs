@@ -1,0 +1,344 @@
+//! Who made them wait: fixtures with known wakers (a lock holder, a loopback sender),
+//! a listener whose queue overflows, and a woken thread starved of CPU. The off-wake
+//! and run-queue views, the object tables and the findings must name them, and the
+//! times must match what the fixture (or the kernel's own counter) measured.
+
+use super::common::*;
+
+/// The folded lines of a view written beside the main one (`out.offwake.folded`).
+fn view(run: &Run, name: &str) -> Vec<(String, u64)> {
+    assert_eq!(run.code(), Some(0), "waitprof failed:\n{}", run.stderr());
+    let path = run.folded_path.with_extension(format!("{name}.folded"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} was not written:\n{}", path.display(), run.stderr()));
+    parse_folded(&text)
+}
+
+/// The waker's part of an off-wake line: the frames after `--`.
+fn waker_part(stack: &str) -> &str {
+    stack.split(";--;").nth(1).unwrap_or("")
+}
+
+/// The numbered findings of the summary.
+fn findings(run: &Run) -> Vec<String> {
+    run.stderr()
+        .lines()
+        .skip_while(|l| !l.starts_with("findings"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn lock_holder_is_named_as_the_waker() {
+    let _s = root_session();
+    let run = profile_fixture(&[], &["lock", "20", "20"]);
+    let folded = run.folded();
+    // the workers' own measurement of their waits for QUEUE_LOCK
+    let under = attributed_us(&folded, &["take_job", "[futex]"]);
+    assert_close(
+        "lock 20 20 (workers)",
+        under * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+
+    // the lock has a name, three waiters, and is lock contention
+    let stderr = run.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("QUEUE_LOCK") && l.contains(" waits by "))
+        .unwrap_or_else(|| panic!("no QUEUE_LOCK in the objects table:\n{stderr}"));
+    assert!(line.contains("lock contention"), "{line}");
+    assert!(line.contains("by 3 thread(s)"), "{line}");
+
+    // the waker stacks of the workers' waits name the holder's function, in order
+    let offwake = view(&run, "offwake");
+    let waits: Vec<&(String, u64)> = offwake
+        .iter()
+        .filter(|(s, _)| in_order(s, &["take_job", "[futex]", "--"]))
+        .collect();
+    let total: u64 = waits.iter().map(|(_, v)| v).sum();
+    let by_holder: u64 = waits
+        .iter()
+        .filter(|(s, _)| {
+            in_order(
+                waker_part(s),
+                &[
+                    "try_to_wake_up_[w]",
+                    "futex_wake_[w]",
+                    "release_job_[w]",
+                    "[woken by thread dispatcher]_[w]",
+                ],
+            )
+        })
+        .map(|(_, v)| v)
+        .sum();
+    eprintln!("woken by release_job: {by_holder} of {total} us");
+    // the dispatcher's unlock ends about one wait per round; each woken worker's
+    // unlock hands the lock on to the next (take_job in another worker)
+    assert!(
+        by_holder as f64 >= 0.2 * total as f64,
+        "release_job woke {by_holder} of {total} us"
+    );
+    let by_workers: u64 = waits
+        .iter()
+        .filter(|(s, _)| in_order(waker_part(s), &["take_job_[w]", "[woken by thread worker-"]))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        by_holder + by_workers >= total * 99 / 100,
+        "other wakers: {total} - {by_holder} - {by_workers} us"
+    );
+    // ... and the blocked time there is all of the workers' blocked futex time
+    let blocked: u64 = folded
+        .iter()
+        .filter(|(s, _)| in_order(s, &["take_job", "[futex]"]) && !s.ends_with("[run queue]_[j]"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        total.abs_diff(blocked) <= blocked / 100 + 2,
+        "off-wake {total} us vs blocked {blocked} us"
+    );
+
+    let f = findings(&run);
+    assert!(
+        f.first().is_some_and(|l| l.contains("QUEUE_LOCK")
+            && l.contains("lock contention")
+            && l.contains("mostly woken by `waitprof_fixture::release_job`")),
+        "findings: {f:#?}"
+    );
+}
+
+#[test]
+fn epoll_woken_by_loopback_traffic() {
+    let _s = root_session();
+    let run = profile_fixture(&[], &["loopback", "20", "20"]);
+    let folded = run.folded();
+    let under = attributed_us(&folded, &["loopback_waiter", "[epoll_wait]"]);
+    assert_close("loopback 20 20", under * 1000, run.measured_ns(), TOLERANCE);
+    let epoll = run.kind_line("epoll");
+    assert!(epoll.contains("20 returned events"), "{epoll}");
+
+    // the client's send runs the receive softirq that wakes the waiter
+    let offwake = view(&run, "offwake");
+    let waits: Vec<&(String, u64)> = offwake
+        .iter()
+        .filter(|(s, _)| in_order(s, &["loopback_waiter", "[epoll_wait]", "--"]))
+        .collect();
+    let total: u64 = waits.iter().map(|(_, v)| v).sum();
+    let by_network: u64 = waits
+        .iter()
+        .filter(|(s, _)| {
+            in_order(
+                waker_part(s),
+                &[
+                    "try_to_wake_up_[w]",
+                    "ep_poll_callback_[w]",
+                    "tcp_v4_rcv_[w]",
+                    "net_rx_action_[w]",
+                    "tcp_sendmsg_[w]",
+                    "[woken by network receive (softirq) in thread client]_[w]",
+                ],
+            )
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        by_network as f64 >= 0.95 * total as f64,
+        "network receive woke {by_network} of {total} us:\n{offwake:#?}"
+    );
+    let stderr = run.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("woken by:   network receive (softirq) in thread client 100%")),
+        "{stderr}"
+    );
+}
+
+/// TcpExt counters of this network namespace: (ListenOverflows, ListenDrops).
+fn listen_counters() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let mut tcp_ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next().unwrap_or(""), tcp_ext.next().unwrap_or(""));
+    let get = |name: &str| {
+        let i = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no {name} in /proc/net/netstat"));
+        values
+            .split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .expect("a counter value")
+    };
+    (get("ListenOverflows"), get("ListenDrops"))
+}
+
+#[test]
+fn listener_overflows_match_the_kernel_counter() {
+    let _s = root_session();
+    let before = listen_counters();
+    let run = profile_fixture(&[], &["backlog", "30", "100"]);
+    let after = listen_counters();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    let (overflows, drops) = (after.0 - before.0, after.1 - before.1);
+    let stderr = run.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| {
+            l.contains("connections dropped (accept queue overflow)") && l.contains(" accepts; ")
+        })
+        .unwrap_or_else(|| panic!("no listener line:\n{stderr}"));
+    let field = |after: &str| -> u64 {
+        line.split(after)
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number before {after:?} in {line}"))
+    };
+    let reported = field(" connections dropped");
+    eprintln!(
+        "listener: waitprof {reported} dropped; kernel ListenOverflows +{overflows}, ListenDrops +{drops}"
+    );
+    assert!(overflows > 0, "the fixture did not overflow its listener");
+    // every drop of this listener was an overflow, between its first and last accept;
+    // another listener on the machine overflowing at the same time could add to the
+    // kernel's count, never to ours
+    assert!(
+        reported <= drops && drops - reported <= 2,
+        "waitprof counted {reported}, the kernel {drops} listen drops ({overflows} overflows)"
+    );
+    assert_eq!(field(" accepts;"), 30, "{line}");
+    assert!(line.contains("of limit 1"), "backlog 1: {line}");
+    let at_limit = line
+        .split("at its limit in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(at_limit > 0, "{line}");
+    let f = findings(&run);
+    assert!(
+        f.first()
+            .is_some_and(|l| l.starts_with("1. listener 127.0.0.1:")
+                && l.contains(&format!("{reported} connections dropped"))),
+        "findings: {f:#?}"
+    );
+}
+
+#[test]
+fn woken_thread_starved_of_cpu() {
+    let _s = root_session();
+    let run = profile_fixture(&["--per-thread"], &["starve", "100", "10"]);
+    let runq = view(&run, "runq");
+    let starved: Vec<&(String, u64)> = runq
+        .iter()
+        .filter(|(s, _)| {
+            s.split(';')
+                .nth(1)
+                .is_some_and(|t| t.starts_with("starved-"))
+        })
+        .collect();
+    let total: u64 = starved.iter().map(|(_, v)| v).sum();
+    assert_close(
+        "starve 100 10 (run-queue wait after wakeup)",
+        total * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    let after_wakeup: u64 = starved
+        .iter()
+        .filter(|(s, _)| in_order(s, &["starved_wait", "[read]", "[run queue after a wakeup]"]))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        after_wakeup as f64 >= 0.95 * total as f64,
+        "{after_wakeup} of {total} us after a wakeup, in starved_wait's read"
+    );
+    // a runqlat-style histogram for the starved thread, with its 100 wakeups
+    let stderr = run.stderr();
+    let at = stderr
+        .find("    starved-")
+        .unwrap_or_else(|| panic!("no run-queue line for the starved thread:\n{stderr}"));
+    // its line, then its histogram (indented further)
+    let mut lines = stderr[at..].lines();
+    let section: Vec<&str> = lines
+        .next()
+        .into_iter()
+        .chain(lines.take_while(|l| l.starts_with("      ")))
+        .collect();
+    let waits: u64 = section[0]
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(" waits").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}", section[0]));
+    assert!((100..=110).contains(&waits), "{}", section[0]);
+    let counted: u64 = section
+        .iter()
+        .filter(|l| l.contains(" -> "))
+        .filter_map(|l| {
+            l.split(" : ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(
+        counted,
+        waits,
+        "the histogram holds every wait:\n{}",
+        section.join("\n")
+    );
+    assert!(
+        findings(&run).iter().any(|l| l.contains("for a CPU")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hide_idle_leaves_timed_out_waits_out_of_the_graph() {
+    let _s = root_session();
+    let run = profile_fixture(&["--hide-idle"], &["epoll", "10", "50"]);
+    let folded = run.folded();
+    let idle_us: u64 = folded
+        .iter()
+        .filter(|(s, _)| s.contains("epoll_waiter") && !s.ends_with("[run queue]_[j]"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(idle_us, 0, "timed-out epoll waits are idle: {folded:#?}");
+    // the summary still counts them, as idle
+    let stderr = run.stderr();
+    let idle = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("idle (waiting for work)"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let secs: f64 = idle
+        .split(")")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{idle}"));
+    let unit = if idle.contains(" ms ") { 1e-3 } else { 1.0 };
+    assert_close(
+        "idle epoll",
+        (secs * unit * 1e9) as u64,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+}
+
+#[test]
+fn no_wakers_writes_no_offwake_graph() {
+    let _s = root_session();
+    let run = profile_fixture(&["--no-wakers"], &["condvar", "5", "20"]);
+    let folded = run.folded();
+    assert!(attributed_us(&folded, &["condvar_waiter", "[futex]"]) > 0);
+    assert!(!run.folded_path.with_extension("offwake.folded").exists());
+    assert!(!run.svg.with_extension("offwake.svg").exists());
+}
