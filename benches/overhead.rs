@@ -38,7 +38,9 @@ fn median(v: &[f64]) -> f64 {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tool {
     None,
+    /// The default: wakers recorded.
     Waitprof,
+    WaitprofNoWakers,
     Offcputime,
 }
 
@@ -47,6 +49,7 @@ impl Tool {
         match self {
             Tool::None => "no profiler",
             Tool::Waitprof => "waitprof",
+            Tool::WaitprofNoWakers => "waitprof --no-wakers",
             Tool::Offcputime => "offcputime",
         }
     }
@@ -79,9 +82,10 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
     let t = Instant::now();
     let mut child = match tool {
         Tool::None => return Ok(None),
-        Tool::Waitprof => Command::new(WAITPROF)
+        Tool::Waitprof | Tool::WaitprofNoWakers => Command::new(WAITPROF)
             .args(["-p", &pid.to_string(), "-o"])
             .arg(dir.join("bench.svg"))
+            .args((tool == Tool::WaitprofNoWakers).then_some("--no-wakers"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -256,9 +260,14 @@ impl Drop for Parked {
     }
 }
 
-const TOOLS: [Tool; 3] = [Tool::None, Tool::Waitprof, Tool::Offcputime];
+const TOOLS: [Tool; 4] = [
+    Tool::None,
+    Tool::Waitprof,
+    Tool::WaitprofNoWakers,
+    Tool::Offcputime,
+];
 
-/// Alternates the three tools for `rounds` rounds; `measure` runs one round.
+/// Alternates the tools for `rounds` rounds; `measure` runs one round.
 fn compare(
     rounds: usize,
     target_pid: u32,
@@ -436,7 +445,7 @@ fn per_event(report: &mut String, dir: &Path) -> Res<()> {
         );
         let _ = writeln!(report, "|---|---|---:|---:|---:|");
         let mut pp = PingPong::start(None)?;
-        for tool in [Tool::Waitprof, Tool::Offcputime] {
+        for tool in [Tool::Waitprof, Tool::WaitprofNoWakers, Tool::Offcputime] {
             let a = attach(tool, pp.pid(), dir)?.ok_or("no tool")?;
             let rate = pp.round(ROUND_MS)?;
             let progs: Vec<_> = ProgInfoIter::default()
