@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::model::{Collected, DropsSpan, Kind, Outcome, Row, StackRef, Waker, WakerCtx};
+use crate::model::{Collected, Kind, Outcome, Row, StackRef, Waker, WakerCtx};
 use crate::symbolize::Symbols;
 
 /// What a blocked interval meant for latency.
@@ -465,15 +465,11 @@ pub fn findings(collected: &Collected, symbols: &Symbols) -> Vec<String> {
         if l.drops == 0 && l.at_limit == 0 {
             continue;
         }
-        let span = match l.drops_span {
-            DropsSpan::Session => "during the session",
-            DropsSpan::Accepts => "between its first and last accept",
-        };
         found.push((
             RANK_DROPS,
             format!(
                 "listener {}: the accept queue reached its limit of {} in {} of {} accepts; \
-                 {} connections dropped (accept queue overflow) {span}",
+                 {} connections dropped (accept queue overflow) between its first and last accept",
                 listener_name(l),
                 l.limit,
                 l.at_limit,

@@ -299,7 +299,6 @@ fn listener_of(inode: u64, l: &wp_listener) -> Listener {
         at_limit: l.at_limit,
         limit: l.limit,
         drops: u64::from(l.drops_last.wrapping_sub(l.drops_first)),
-        drops_span: crate::model::DropsSpan::Accepts,
     }
 }
 

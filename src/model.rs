@@ -297,21 +297,9 @@ pub struct Listener {
     pub at_limit: u64,
     /// The accept queue's limit (listen()'s backlog, capped by net.core.somaxconn).
     pub limit: u32,
-    /// Connections the socket dropped during the session (sk_drops: accept-queue
-    /// overflows), and over which span that is known.
+    /// Connections the socket dropped (its sk_drops: accept-queue overflows) between the
+    /// first and the last accept of the session: the counter is read at accept returns.
     pub drops: u64,
-    pub drops_span: DropsSpan,
-}
-
-/// How much of the session a listener's drop count covers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DropsSpan {
-    /// The whole session: read at its start (or the socket is newer) and at its end.
-    #[default]
-    Session,
-    /// Only from the first to the last accept sampled: the socket could not be read at
-    /// the session's ends (closed before the end, or the socket iterator is unavailable).
-    Accepts,
 }
 
 /// One line of /proc/PID/maps, to say where a futex lives.
@@ -357,6 +345,7 @@ pub struct Collected {
     pub maps: Vec<Mapping>,
     /// epoll fd -> how many fds it watched at the end (from /proc/PID/fdinfo).
     pub epoll_watch: HashMap<u32, usize>,
-    /// Whether wakers were recorded (`--no-wakers` turns them off).
+    /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no
+    /// wait says who ended it.
     pub wakers: bool,
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::analyze::{self, secs, WaitClass};
 use crate::fold;
-use crate::model::{Collected, DropsSpan, EndReason, Kind, Outcome, StackRef};
+use crate::model::{Collected, EndReason, Kind, Outcome, StackRef};
 use crate::symbolize::Symbols;
 
 /// How many wait objects, and threads with run-queue histograms, the summary lists.
@@ -234,6 +234,12 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         l.switch_in_while_on_cpu,
         l.recursion_misses,
     );
+    if !collected.wakers {
+        let _ = writeln!(
+            out,
+            "  wakers: not recorded (--no-wakers): no wait says who ended it"
+        );
+    }
     if l.waiters_dropped + l.listeners_dropped > 0 {
         let _ = writeln!(
             out,
@@ -331,17 +337,13 @@ fn listeners_section(out: &mut String, collected: &Collected) {
         let _ = writeln!(
             out,
             "    {}: {} accepts; queue mean {mean:.1}, max {} of limit {}, at its limit in {} accepts; \
-             {} connections dropped (accept queue overflow) {}",
+             {} connections dropped (accept queue overflow) between the first and last accept",
             analyze::listener_name(l),
             l.accepts,
             l.qlen_max,
             l.limit,
             l.at_limit,
             l.drops,
-            match l.drops_span {
-                DropsSpan::Session => "during the session",
-                DropsSpan::Accepts => "between the first and last accept",
-            }
         );
     }
 }

@@ -341,4 +341,9 @@ fn no_wakers_writes_no_offwake_graph() {
     assert!(attributed_us(&folded, &["condvar_waiter", "[futex]"]) > 0);
     assert!(!run.folded_path.with_extension("offwake.folded").exists());
     assert!(!run.svg.with_extension("offwake.svg").exists());
+    assert!(
+        run.stderr().contains("wakers: not recorded (--no-wakers)"),
+        "{}",
+        run.stderr()
+    );
 }
