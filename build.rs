@@ -1,11 +1,16 @@
-//! Compiles the BPF program and generates its Rust skeleton into OUT_DIR.
+//! Compiles the BPF programs and generates their Rust skeletons into OUT_DIR.
 
 use std::env;
 use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const SRC: &str = "bpf/waitprof.bpf.c";
+/// Each object and the skeleton generated from it: the profiler, and the socket iterator
+/// (apart, so a kernel without it still runs the profiler).
+const OBJECTS: [(&str, &str); 2] = [
+    ("bpf/waitprof.bpf.c", "waitprof.skel.rs"),
+    ("bpf/sockets.bpf.c", "sockets.skel.rs"),
+];
 
 fn main() {
     // the program reads the syscall number from x86-64's pt_regs, and vmlinux.h is x86-64's
@@ -13,20 +18,22 @@ fn main() {
     if arch != "x86_64" {
         panic!("waitprof supports x86_64 only for now (target architecture: {arch})");
     }
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"))
-        .join("waitprof.skel.rs");
-    SkeletonBuilder::new()
-        .source(SRC)
-        .clang_args([
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-Wno-unused-parameter",
-            "-Ibpf",
-        ])
-        .build_and_generate(&out)
-        .expect("building the BPF program failed (needs clang; see README)");
-    for f in ["bpf/waitprof.bpf.c", "bpf/waitprof.h", "bpf/vmlinux.h"] {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    for (src, skel) in OBJECTS {
+        SkeletonBuilder::new()
+            .source(src)
+            .clang_args([
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wno-unused-parameter",
+                "-Ibpf",
+            ])
+            .build_and_generate(out_dir.join(skel))
+            .unwrap_or_else(|e| panic!("building {src} failed (needs clang; see README): {e}"));
+        println!("cargo:rerun-if-changed={src}");
+    }
+    for f in ["bpf/waitprof.h", "bpf/sock.h", "bpf/vmlinux.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
 }

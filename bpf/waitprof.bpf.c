@@ -18,6 +18,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "waitprof.h"
+#include "sock.h"
 
 #define PF_EXITING 0x00000004
 #define PF_KTHREAD 0x00200000
@@ -39,7 +40,6 @@
 
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
-#define TCP_LISTEN 10
 
 /* Kernels before 5.14 called task_struct.__state "state". */
 struct task_struct___o {
@@ -787,18 +787,6 @@ static __always_inline int on_waking(void *ctx, __u32 tid, __u32 tgid, bool tgid
 	if (cfg.wakers)
 		capture_waker(ctx, &ts->waking);
 	return 0;
-}
-
-/* The socket's drop counter (sk_drops_read(): per-NUMA counters where a socket has them). */
-static __always_inline __u32 sock_drops(struct sock *sk)
-{
-	struct numa_drop_counters *ndc = 0;
-
-	if (bpf_core_field_exists(sk->sk_drop_counters))
-		ndc = BPF_CORE_READ(sk, sk_drop_counters);
-	if (ndc)
-		return BPF_CORE_READ(ndc, drops0.counter) + BPF_CORE_READ(ndc, drops1.counter);
-	return BPF_CORE_READ(sk, sk_drops.counter);
 }
 
 /* Samples the listening socket an accept(2) returned from: its queue and drops. */

@@ -214,6 +214,16 @@ struct wp_listener {
 };
 _Static_assert(sizeof(struct wp_listener) == 64, "wp_listener layout changed");
 
+/* One listening TCP socket, as sockets.bpf.c's iterator reports it. */
+struct wp_listen_sample {
+	__u64 inode;
+	__u32 drops; /* sk_drops */
+	__u32 qlen;  /* sk_ack_backlog */
+	__u32 limit; /* sk_max_ack_backlog */
+	__u32 __pad;
+};
+_Static_assert(sizeof(struct wp_listen_sample) == 24, "wp_listen_sample layout changed");
+
 /* What the program could not record, counted instead of lost silently. */
 enum wp_stat {
 	WP_STAT_AGG_FULL = 0,      /* aggregation map full: a row was dropped */

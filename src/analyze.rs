@@ -469,12 +469,13 @@ pub fn findings(collected: &Collected, symbols: &Symbols) -> Vec<String> {
             RANK_DROPS,
             format!(
                 "listener {}: the accept queue reached its limit of {} in {} of {} accepts; \
-                 {} connections dropped (accept queue overflow) between its first and last accept",
+                 {} connections dropped (accept queue overflow) {}",
                 listener_name(l),
                 l.limit,
                 l.at_limit,
                 l.accepts,
-                l.drops
+                l.drops,
+                l.drops_span.describe()
             ),
         ));
     }

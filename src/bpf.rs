@@ -1,5 +1,6 @@
-//! The generated BPF skeleton (from `bpf/waitprof.bpf.c`, built by `build.rs`), and the
-//! `plain` impls that let user space read the shared types out of maps and ring buffers.
+//! The generated BPF skeletons (from `bpf/waitprof.bpf.c` and, in `sockets`, from
+//! `bpf/sockets.bpf.c`; built by `build.rs`), and the `plain` impls that let user space
+//! read the shared types out of maps, ring buffers and iterators.
 #![allow(
     clippy::all,
     missing_docs,
@@ -19,3 +20,20 @@ unsafe impl plain::Plain for types::agg_val {}
 unsafe impl plain::Plain for types::thread_state {}
 unsafe impl plain::Plain for types::waiter_key {}
 unsafe impl plain::Plain for types::wp_listener {}
+
+/// The socket iterator's skeleton.
+pub mod sockets {
+    #![allow(
+        clippy::all,
+        missing_docs,
+        non_camel_case_types,
+        non_snake_case,
+        unused_imports
+    )]
+    include!(concat!(env!("OUT_DIR"), "/sockets.skel.rs"));
+
+    pub use types::wp_listen_sample;
+
+    // SAFETY: plain-old-data generated from BTF, valid for any bit pattern.
+    unsafe impl plain::Plain for types::wp_listen_sample {}
+}

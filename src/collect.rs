@@ -6,16 +6,20 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
+use crate::bpf::sockets::{wp_listen_sample, SocketsSkel, SocketsSkelBuilder};
 use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_stat};
 use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::Config;
-use crate::model::{Collected, EndReason, Kind, Listener, Losses, Mapping, Outcome, Row};
+use crate::model::Row;
+use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Mapping, Outcome};
 use crate::model::{StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
@@ -96,6 +100,14 @@ pub fn run(
         .build()
         .context("setting up the exit-record ring buffer failed")?;
 
+    // listeners' drop counters at the start, to count drops over the whole session
+    let mut sockets_storage = MaybeUninit::uninit();
+    let sockets = ListeningSockets::open(&mut sockets_storage)
+        .map_err(|e| {
+            eprintln!("waitprof: listeners' drops will be counted between accepts only: {e:#}")
+        })
+        .ok();
+    let sockets_at_start = sockets.as_ref().and_then(|s| s.read().ok());
     let start_ns = attached.start()?;
     target.release()?;
     let started = Instant::now();
@@ -150,6 +162,7 @@ pub fn run(
     };
     let end_ns = attached.stop()?;
     let stopped_at = Instant::now();
+    let sockets_at_end = sockets.as_ref().and_then(|s| s.read().ok());
     let maps = read_maps(target.pid).or(maps).unwrap_or_default();
     let epoll_watch = read_epoll_watch(target.pid);
     if progress {
@@ -178,6 +191,9 @@ pub fn run(
     read_rows(attached, &mut collected)?;
     read_waiters(attached, &mut collected)?;
     read_listeners(attached, &mut collected)?;
+    if let (Some(start), Some(end)) = (sockets_at_start, sockets_at_end) {
+        drops_over_the_session(&mut collected.listeners, &start, &end);
+    }
     close_open_threads(attached, cfg, &mut collected)?;
     add_unseen_threads(cfg, &mut collected);
     read_stacks(attached, &mut collected)?;
@@ -280,6 +296,63 @@ fn read_listeners(attached: &Attached<'_>, collected: &mut Collected) -> Result<
     Ok(())
 }
 
+/// The listening TCP sockets of the whole machine (its network namespace), read through
+/// the `iter/tcp` program of bpf/sockets.bpf.c: inode -> (drops, queue, limit).
+struct ListeningSockets<'obj> {
+    _skel: SocketsSkel<'obj>,
+    link: Link,
+}
+
+impl<'obj> ListeningSockets<'obj> {
+    fn open(storage: &'obj mut MaybeUninit<OpenObject>) -> Result<ListeningSockets<'obj>> {
+        let open = SocketsSkelBuilder::default()
+            .open(storage)
+            .context("opening the socket iterator failed")?;
+        let skel = open
+            .load()
+            .context("this kernel refused the TCP socket iterator (iter/tcp)")?;
+        let link = skel
+            .progs
+            .listening_sockets
+            .attach()
+            .context("attaching the TCP socket iterator failed")?;
+        Ok(ListeningSockets { _skel: skel, link })
+    }
+
+    fn read(&self) -> Result<HashMap<u64, wp_listen_sample>> {
+        let mut bytes = Vec::new();
+        libbpf_rs::Iter::new(&self.link)
+            .context("starting the TCP socket iterator failed")?
+            .read_to_end(&mut bytes)
+            .context("reading the TCP socket iterator failed")?;
+        let size = std::mem::size_of::<wp_listen_sample>();
+        Ok(bytes
+            .chunks_exact(size)
+            .filter_map(|chunk| {
+                let mut s = wp_listen_sample::default();
+                plain::copy_from_bytes(&mut s, chunk).ok()?;
+                Some((s.inode, s))
+            })
+            .collect())
+    }
+}
+
+/// Listeners still there at the end get their drops over the whole session: the end's
+/// counter minus the start's (0 for a socket created during the session).
+fn drops_over_the_session(
+    listeners: &mut [Listener],
+    start: &HashMap<u64, wp_listen_sample>,
+    end: &HashMap<u64, wp_listen_sample>,
+) {
+    for l in listeners {
+        if let Some(e) = end.get(&l.inode) {
+            let before = start.get(&l.inode).map_or(0, |s| s.drops);
+            l.drops = u64::from(e.drops.wrapping_sub(before));
+            l.drops_span = DropsSpan::Session;
+        }
+    }
+}
+
 fn listener_of(inode: u64, l: &wp_listener) -> Listener {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let addr = match i32::from(l.family) {
@@ -299,6 +372,7 @@ fn listener_of(inode: u64, l: &wp_listener) -> Listener {
         at_limit: l.at_limit,
         limit: l.limit,
         drops: u64::from(l.drops_last.wrapping_sub(l.drops_first)),
+        drops_span: DropsSpan::Accepts,
     }
 }
 

@@ -297,9 +297,30 @@ pub struct Listener {
     pub at_limit: u64,
     /// The accept queue's limit (listen()'s backlog, capped by net.core.somaxconn).
     pub limit: u32,
-    /// Connections the socket dropped (its sk_drops: accept-queue overflows) between the
-    /// first and the last accept of the session: the counter is read at accept returns.
+    /// Connections the socket dropped (its sk_drops: accept-queue overflows), and over
+    /// which span that is known.
     pub drops: u64,
+    pub drops_span: DropsSpan,
+}
+
+/// How much of the session a listener's drop count covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropsSpan {
+    /// The whole session: read at its start (or the socket is newer) and at its end.
+    #[default]
+    Session,
+    /// From the first to the last accept of the session, where the counter was read: the
+    /// socket was gone at the end, or the kernel has no TCP socket iterator.
+    Accepts,
+}
+
+impl DropsSpan {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DropsSpan::Session => "during the session",
+            DropsSpan::Accepts => "between the first and last accept",
+        }
+    }
 }
 
 /// One line of /proc/PID/maps, to say where a futex lives.

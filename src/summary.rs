@@ -337,13 +337,14 @@ fn listeners_section(out: &mut String, collected: &Collected) {
         let _ = writeln!(
             out,
             "    {}: {} accepts; queue mean {mean:.1}, max {} of limit {}, at its limit in {} accepts; \
-             {} connections dropped (accept queue overflow) between the first and last accept",
+             {} connections dropped (accept queue overflow) {}",
             analyze::listener_name(l),
             l.accepts,
             l.qlen_max,
             l.limit,
             l.at_limit,
             l.drops,
+            l.drops_span.describe()
         );
     }
 }

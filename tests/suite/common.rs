@@ -289,6 +289,7 @@ pub fn loaded_waitprof_programs() -> Vec<String> {
                 "btf_sys_exit",
                 "raw_sys_exit",
                 "tp_sys_exit",
+                "listening_socke",
             ]
             .iter()
             .any(|p| n.starts_with(p))

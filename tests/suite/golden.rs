@@ -220,6 +220,7 @@ fn profile() -> (Collected, Symbols) {
             at_limit: 6,
             limit: 8,
             drops: 12,
+            drops_span: waitprof::model::DropsSpan::Accepts,
         }],
         maps: Vec::new(),
         epoll_watch: HashMap::from([(3, 2)]),
