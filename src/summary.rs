@@ -349,8 +349,8 @@ fn listeners_section(out: &mut String, collected: &Collected) {
     }
 }
 
-/// Run-queue waits per thread with runqlat's histogram: the threads that waited most,
-/// or every thread with --per-thread.
+/// Run-queue waits per thread: the threads that waited most, runqlat's histogram for the
+/// first; with --per-thread, every thread and every histogram.
 fn runq_section(out: &mut String, collected: &Collected, per_thread: bool) {
     let threads = analyze::runq_threads(collected);
     if threads.is_empty() {
@@ -365,7 +365,7 @@ fn runq_section(out: &mut String, collected: &Collected, per_thread: bool) {
     } else {
         TOP_RUNQ_THREADS
     };
-    for t in threads.iter().take(shown) {
+    for (i, t) in threads.iter().take(shown).enumerate() {
         let q = |p| analyze::quantile_ns(&t.hist, p).map_or("-".to_string(), secs);
         let _ = writeln!(
             out,
@@ -378,7 +378,9 @@ fn runq_section(out: &mut String, collected: &Collected, per_thread: bool) {
             q(0.5),
             q(0.99)
         );
-        histogram(out, &t.hist);
+        if i == 0 || per_thread {
+            histogram(out, &t.hist);
+        }
     }
     if threads.len() > shown {
         let _ = writeln!(out, "    ... and {} more threads", threads.len() - shown);
