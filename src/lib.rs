@@ -138,18 +138,33 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         }
         outputs.push((paths.of(view), render::svg(&folded, &title(what), subtitle)?, folded));
     }
+    // all the files or none: an interruption or a failed write removes what was written
     let mut written = Vec::new();
-    for (p, svg, folded) in &outputs {
-        if aborted() {
-            for f in &written {
-                let _ = std::fs::remove_file(f);
+    let result = (|| -> Result<()> {
+        for (p, svg, folded) in &outputs {
+            if aborted() {
+                return Err(Interrupted("while writing the profile: no file was written").into());
             }
-            return Err(Interrupted("while writing the profile: no file was written").into());
+            render::write_atomic(&p.folded, folded.text().as_bytes())?;
+            written.push(p.folded.clone());
+            render::write_atomic(&p.svg, svg)?;
+            written.push(p.svg.clone());
         }
-        render::write_atomic(&p.folded, folded.text().as_bytes())?;
-        written.push(p.folded.clone());
-        render::write_atomic(&p.svg, svg)?;
-        written.push(p.svg.clone());
+        Ok(())
+    })();
+    if result.is_err() {
+        for f in &written {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    result?;
+    // a view not drawn this time must not leave an older run's file beside the new ones
+    for view in [fold::View::OffWake, fold::View::RunQueue] {
+        let p = paths.of(view);
+        if !outputs.iter().any(|(o, _, _)| o.svg == p.svg) {
+            let _ = std::fs::remove_file(&p.svg);
+            let _ = std::fs::remove_file(&p.folded);
+        }
     }
     eprintln!(
         "waitprof: wrote {} ({:.2} s after the session ended)",

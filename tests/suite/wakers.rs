@@ -335,17 +335,37 @@ fn hide_idle_leaves_timed_out_waits_out_of_the_graph() {
     );
 }
 
+/// `--no-wakers` draws no off-wake graph, and removes one an earlier run left at the same
+/// path, so the files beside the new SVG are all from this run.
 #[test]
 fn no_wakers_writes_no_offwake_graph() {
     let _s = root_session();
-    let run = profile_fixture(&["--no-wakers"], &["condvar", "5", "20"]);
-    let folded = run.folded();
-    assert!(attributed_us(&folded, &["condvar_waiter", "[futex]"]) > 0);
-    assert!(!run.folded_path.with_extension("offwake.folded").exists());
-    assert!(!run.svg.with_extension("offwake.svg").exists());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("out.svg");
+    let session = |extra: &[&str]| {
+        let out = std::process::Command::new(WAITPROF)
+            .arg("-o")
+            .arg(&svg)
+            .args(extra)
+            .args(["--", FIXTURE, "condvar", "5", "20"])
+            .output()
+            .expect("running waitprof");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    session(&[]);
     assert!(
-        run.stderr().contains("wakers: not recorded (--no-wakers)"),
-        "{}",
-        run.stderr()
+        svg.with_extension("offwake.svg").exists(),
+        "the first run draws wakers"
     );
+    let stderr = session(&["--no-wakers"]);
+    assert!(!svg.with_extension("offwake.svg").exists(), "{stderr}");
+    assert!(!svg.with_extension("offwake.folded").exists(), "{stderr}");
+    assert!(
+        stderr.contains("wakers: not recorded (--no-wakers)"),
+        "{stderr}"
+    );
+    let folded = std::fs::read_to_string(svg.with_extension("folded")).expect("folded");
+    assert!(attributed_us(&parse_folded(&folded), &["condvar_waiter", "[futex]"]) > 0);
+    assert_complete_or_nothing(dir.path(), Some(0), "--no-wakers after a run with wakers");
 }
