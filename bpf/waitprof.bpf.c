@@ -134,6 +134,18 @@ static __always_inline void stat_add(enum wp_stat which, __u64 v)
 		__sync_fetch_and_add(&stats[which], v);
 }
 
+/* The value under `key`, inserted as `init` if missing; NULL when the map is full. */
+static __always_inline void *lookup_or_init(void *map, const void *key, const void *init)
+{
+	void *val = bpf_map_lookup_elem(map, key);
+
+	if (val)
+		return val;
+	/* an -EEXIST here means another CPU inserted it first: the lookup finds it */
+	bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
+}
+
 static __always_inline bool recording(void)
 {
 	return session_start_ns && !session_end_ns;
@@ -356,16 +368,11 @@ static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __u
 		stat_add(WP_STAT_BELOW_MIN_NS, blocked + runq);
 		return;
 	}
-	val = bpf_map_lookup_elem(&agg, &key);
+	val = lookup_or_init(&agg, &key, &init);
 	if (!val) {
-		/* an -EEXIST here means another CPU inserted it first: the lookup finds it */
-		bpf_map_update_elem(&agg, &key, &init, BPF_NOEXIST);
-		val = bpf_map_lookup_elem(&agg, &key);
-		if (!val) {
-			stat_add(WP_STAT_AGG_FULL, 1);
-			stat_add(WP_STAT_AGG_FULL_NS, blocked + runq);
-			return;
-		}
+		stat_add(WP_STAT_AGG_FULL, 1);
+		stat_add(WP_STAT_AGG_FULL_NS, blocked + runq);
+		return;
 	}
 	__sync_fetch_and_add(&val->count, count);
 	__sync_fetch_and_add(&val->blocked_ns, blocked);
@@ -395,14 +402,10 @@ static __noinline void add_waiter(struct thread_state *ts, __u64 ns)
 
 	if (!key.object || !kind_enabled(ts->kind))
 		return;
-	val = bpf_map_lookup_elem(&waiters, &key);
+	val = lookup_or_init(&waiters, &key, &zero);
 	if (!val) {
-		bpf_map_update_elem(&waiters, &key, &zero, BPF_NOEXIST);
-		val = bpf_map_lookup_elem(&waiters, &key);
-		if (!val) {
-			stat_add(WP_STAT_WAITERS_FULL, 1);
-			return;
-		}
+		stat_add(WP_STAT_WAITERS_FULL, 1);
+		return;
 	}
 	__sync_fetch_and_add(val, ns);
 }
@@ -813,8 +816,8 @@ static __always_inline void sample_listener(struct pt_regs *regs, long ret)
 		else if (init.family == 10 /* AF_INET6 */)
 			bpf_probe_read_kernel(init.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		init.drops_first = sock_drops(sk);
-		bpf_map_update_elem(&listeners, &ino, &init, BPF_NOEXIST);
-		l = bpf_map_lookup_elem(&listeners, &ino);
+		/* the socket is read for init only when it is new: not on every accept */
+		l = lookup_or_init(&listeners, &ino, &init);
 		if (!l) {
 			stat_add(WP_STAT_LISTENERS_FULL, 1);
 			return;

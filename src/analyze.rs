@@ -429,11 +429,12 @@ pub fn secs(ns: u64) -> String {
     }
 }
 
-fn pct(part: u64, whole: u64) -> u64 {
+/// `part` as a percentage of `whole` (0 when there is no whole).
+pub fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
-        0
+        0.0
     } else {
-        (part as f64 * 100.0 / whole as f64).round() as u64
+        part as f64 * 100.0 / whole as f64
     }
 }
 
@@ -453,8 +454,14 @@ fn worth_a_finding(ns: u64, off_cpu: u64) -> bool {
     ns >= 1_000_000 && ns * 100 >= off_cpu
 }
 
-/// The session's findings in plain words, most important first.
-pub fn findings(collected: &Collected, symbols: &Symbols) -> Vec<String> {
+/// The session's findings in plain words, most important first, from the session's
+/// `objects` and `runq` threads (as `objects` and `runq_threads` give them).
+pub fn findings(
+    collected: &Collected,
+    symbols: &Symbols,
+    objects: &[ObjectReport],
+    runq: &[RunqReport],
+) -> Vec<String> {
     let mut found: Vec<(u64, String)> = Vec::new();
     let off_cpu: u64 = collected
         .rows
@@ -479,13 +486,13 @@ pub fn findings(collected: &Collected, symbols: &Symbols) -> Vec<String> {
             ),
         ));
     }
-    for r in objects(collected, symbols) {
+    for r in objects {
         if !worth_a_finding(r.ns, off_cpu) {
             continue;
         }
-        let name = object_name(&r, collected, symbols);
+        let name = object_name(r, collected, symbols);
         let woken = match r.wakers.first() {
-            Some((w, ns)) => format!(", mostly woken by {w} ({}%)", pct(*ns, r.blocked_ns)),
+            Some((w, ns)) => format!(", mostly woken by {w} ({:.0}%)", pct(*ns, r.blocked_ns)),
             None => String::new(),
         };
         let text = match (r.kind, r.class) {
@@ -499,23 +506,22 @@ pub fn findings(collected: &Collected, symbols: &Symbols) -> Vec<String> {
                 "{name}: idle, {} waited by {} with nothing to do ({}); not a latency cost",
                 secs(r.ns),
                 threads(r.threads),
-                outcome_words(&r)
+                outcome_words(r)
             ),
             _ => format!(
                 "{name}: {} waited by {} ({}){woken}",
                 secs(r.ns),
                 threads(r.threads),
-                outcome_words(&r)
+                outcome_words(r)
             ),
         };
         found.push((r.blocked_ns, text));
     }
-    let runq = runq_threads(collected);
     let total: u64 = runq.iter().map(|r| r.ns).sum();
     if worth_a_finding(total, off_cpu) {
         let woken: u64 = runq.iter().map(|r| r.woken_ns).sum();
         let mut hist = vec![0u64; runq.first().map_or(0, |r| r.hist.len())];
-        for r in &runq {
+        for r in runq {
             for (a, b) in hist.iter_mut().zip(&r.hist) {
                 *a += b;
             }

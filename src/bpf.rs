@@ -22,14 +22,8 @@ unsafe impl plain::Plain for types::waiter_key {}
 unsafe impl plain::Plain for types::wp_listener {}
 
 /// The socket iterator's skeleton.
+/// (The lints allowed above cover it too.)
 pub mod sockets {
-    #![allow(
-        clippy::all,
-        missing_docs,
-        non_camel_case_types,
-        non_snake_case,
-        unused_imports
-    )]
     include!(concat!(env!("OUT_DIR"), "/sockets.skel.rs"));
 
     pub use types::wp_listen_sample;

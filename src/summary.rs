@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-use crate::analyze::{self, secs, WaitClass};
+use crate::analyze::{self, pct, secs, ObjectReport, RunqReport, WaitClass};
 use crate::fold;
 use crate::model::{Collected, EndReason, Kind, Outcome, StackRef};
 use crate::symbolize::Symbols;
@@ -13,14 +13,6 @@ use crate::symbolize::Symbols;
 /// How many wait objects, and threads with run-queue histograms, the summary lists.
 const TOP_OBJECTS: usize = 5;
 const TOP_RUNQ_THREADS: usize = 3;
-
-fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
-}
 
 /// Per kind: blocked, run-queue, count, and the count per outcome.
 #[derive(Default)]
@@ -143,9 +135,12 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     ] {
         let _ = writeln!(out, "    {label:<36} {:>10}  {:5.1}%", secs(v), pct(v, off));
     }
-    objects_section(&mut out, collected, symbols);
+    // built once, for their sections and for the findings
+    let objects = analyze::objects(collected, symbols);
+    let runq = analyze::runq_threads(collected);
+    objects_section(&mut out, &objects, collected, symbols);
     listeners_section(&mut out, collected);
-    runq_section(&mut out, collected, per_thread);
+    runq_section(&mut out, &runq, per_thread);
 
     match accounting_range(collected) {
         Some((min, max)) => {
@@ -262,7 +257,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             secs(l.below_min_block_ns)
         );
     }
-    let findings = analyze::findings(collected, symbols);
+    let findings = analyze::findings(collected, symbols, &objects, &runq);
     if findings.is_empty() {
         let _ = writeln!(
             out,
@@ -279,8 +274,12 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
 
 /// The futexes, epoll fds and listening sockets waited on longest, with who waited
 /// and who woke them.
-fn objects_section(out: &mut String, collected: &Collected, symbols: &Symbols) {
-    let objects = analyze::objects(collected, symbols);
+fn objects_section(
+    out: &mut String,
+    objects: &[ObjectReport],
+    collected: &Collected,
+    symbols: &Symbols,
+) {
     if objects.is_empty() {
         return;
     }
@@ -351,8 +350,7 @@ fn listeners_section(out: &mut String, collected: &Collected) {
 
 /// Run-queue waits per thread: the threads that waited most, runqlat's histogram for the
 /// first; with --per-thread, every thread and every histogram.
-fn runq_section(out: &mut String, collected: &Collected, per_thread: bool) {
-    let threads = analyze::runq_threads(collected);
+fn runq_section(out: &mut String, threads: &[RunqReport], per_thread: bool) {
     if threads.is_empty() {
         return;
     }

@@ -19,6 +19,28 @@ fn waker_part(stack: &str) -> &str {
     stack.split(";--;").nth(1).unwrap_or("")
 }
 
+/// Of the off-wake lines whose blocked part holds `blocked` in order: their total µs,
+/// and the µs of those whose waker part holds each of `wakers` in order.
+fn woken_by(offwake: &[(String, u64)], blocked: &[&str], wakers: &[&[&str]]) -> (u64, Vec<u64>) {
+    let blocked: Vec<&str> = blocked.iter().copied().chain(["--"]).collect();
+    let waits: Vec<&(String, u64)> = offwake
+        .iter()
+        .filter(|(s, _)| in_order(s, &blocked))
+        .collect();
+    let total = waits.iter().map(|(_, v)| v).sum();
+    let by = wakers
+        .iter()
+        .map(|w| {
+            waits
+                .iter()
+                .filter(|(s, _)| in_order(waker_part(s), w))
+                .map(|(_, v)| v)
+                .sum()
+        })
+        .collect();
+    (total, by)
+}
+
 /// The numbered findings of the summary.
 fn findings(run: &Run) -> Vec<String> {
     run.stderr()
@@ -54,27 +76,20 @@ fn lock_holder_is_named_as_the_waker() {
     assert!(line.contains("by 3 thread(s)"), "{line}");
 
     // the waker stacks of the workers' waits name the holder's function, in order
-    let offwake = view(&run, "offwake");
-    let waits: Vec<&(String, u64)> = offwake
-        .iter()
-        .filter(|(s, _)| in_order(s, &["take_job", "[futex]", "--"]))
-        .collect();
-    let total: u64 = waits.iter().map(|(_, v)| v).sum();
-    let by_holder: u64 = waits
-        .iter()
-        .filter(|(s, _)| {
-            in_order(
-                waker_part(s),
-                &[
-                    "try_to_wake_up_[w]",
-                    "futex_wake_[w]",
-                    "release_job_[w]",
-                    "[woken by thread dispatcher]_[w]",
-                ],
-            )
-        })
-        .map(|(_, v)| v)
-        .sum();
+    let (total, by) = woken_by(
+        &view(&run, "offwake"),
+        &["take_job", "[futex]"],
+        &[
+            &[
+                "try_to_wake_up_[w]",
+                "futex_wake_[w]",
+                "release_job_[w]",
+                "[woken by thread dispatcher]_[w]",
+            ],
+            &["take_job_[w]", "[woken by thread worker-"],
+        ],
+    );
+    let (by_holder, by_workers) = (by[0], by[1]);
     eprintln!("woken by release_job: {by_holder} of {total} us");
     // the dispatcher's unlock ends about one wait per round; each woken worker's
     // unlock hands the lock on to the next (take_job in another worker)
@@ -82,11 +97,6 @@ fn lock_holder_is_named_as_the_waker() {
         by_holder as f64 >= 0.2 * total as f64,
         "release_job woke {by_holder} of {total} us"
     );
-    let by_workers: u64 = waits
-        .iter()
-        .filter(|(s, _)| in_order(waker_part(s), &["take_job_[w]", "[woken by thread worker-"]))
-        .map(|(_, v)| v)
-        .sum();
     assert!(
         by_holder + by_workers >= total * 99 / 100,
         "other wakers: {total} - {by_holder} - {by_workers} us"
@@ -123,28 +133,19 @@ fn epoll_woken_by_loopback_traffic() {
 
     // the client's send runs the receive softirq that wakes the waiter
     let offwake = view(&run, "offwake");
-    let waits: Vec<&(String, u64)> = offwake
-        .iter()
-        .filter(|(s, _)| in_order(s, &["loopback_waiter", "[epoll_wait]", "--"]))
-        .collect();
-    let total: u64 = waits.iter().map(|(_, v)| v).sum();
-    let by_network: u64 = waits
-        .iter()
-        .filter(|(s, _)| {
-            in_order(
-                waker_part(s),
-                &[
-                    "try_to_wake_up_[w]",
-                    "ep_poll_callback_[w]",
-                    "tcp_v4_rcv_[w]",
-                    "net_rx_action_[w]",
-                    "tcp_sendmsg_[w]",
-                    "[woken by network receive (softirq) in thread client]_[w]",
-                ],
-            )
-        })
-        .map(|(_, v)| v)
-        .sum();
+    let (total, by) = woken_by(
+        &offwake,
+        &["loopback_waiter", "[epoll_wait]"],
+        &[&[
+            "try_to_wake_up_[w]",
+            "ep_poll_callback_[w]",
+            "tcp_v4_rcv_[w]",
+            "net_rx_action_[w]",
+            "tcp_sendmsg_[w]",
+            "[woken by network receive (softirq) in thread client]_[w]",
+        ]],
+    );
+    let by_network = by[0];
     assert!(
         by_network as f64 >= 0.95 * total as f64,
         "network receive woke {by_network} of {total} us:\n{offwake:#?}"
