@@ -9,7 +9,7 @@
 //! program that uses the common lock and condition primitives (glibc, Rust std,
 //! parking_lot, Go's runtime). A futex wait in code that uses neither is "other".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::{Collected, Kind, Outcome, Row, StackRef, Waker, WakerCtx};
@@ -209,18 +209,36 @@ pub fn waker_label(w: &Waker, pid: u32, symbols: &Symbols) -> String {
     }
 }
 
-/// The waker in the fewest words for a finding: the program's own function that woke
-/// the thread if there is one, else its label.
-pub fn waker_short(w: &Waker, pid: u32, symbols: &Symbols) -> String {
+/// The waker as the objects table groups it: what woke (the program's own function
+/// that did, else the context in words) and, when a thread of the target ran it, that
+/// thread's name apart, so one function run by many threads adds up as one waker.
+fn waker_group(w: &Waker, pid: u32, symbols: &Symbols) -> (String, Option<String>) {
     let frame = waker_task_relevant(w, symbols)
         .then(|| w.ustack.id().and_then(|id| symbols.user.get(&id)))
         .flatten()
         .and_then(|f| app_frame(f));
     let label = waker_label(w, pid, symbols);
-    match frame {
-        Some(f) if label.starts_with("thread ") => format!("`{f}` in {label}"),
-        Some(f) => format!("`{f}` via {label}"),
-        None => label,
+    let thread = label.strip_prefix("thread ").map(str::to_string);
+    match (frame, thread) {
+        (Some(f), thread @ Some(_)) => (format!("`{f}`"), thread),
+        (Some(f), None) => (format!("`{f}` via {label}"), None),
+        (None, thread @ Some(_)) => (String::new(), thread),
+        (None, None) => (label, None),
+    }
+}
+
+/// A waker group in words: `` `release_job` in thread dispatcher ``, `` `take_job` in 3
+/// threads ``, `thread worker-0`, `timer (hard interrupt)`.
+fn waker_words(what: &str, threads: &BTreeSet<String>) -> String {
+    let by = match threads.len() {
+        0 => return what.to_string(),
+        1 => format!("thread {}", threads.first().map_or("", String::as_str)),
+        n => format!("{n} threads"),
+    };
+    if what.is_empty() {
+        by
+    } else {
+        format!("{what} in {by}")
     }
 }
 
@@ -285,7 +303,7 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
         class: HashMap<WaitClass, u64>,
         outcomes: BTreeMap<Outcome, u64>,
         waiters: HashMap<String, u64>,
-        wakers: HashMap<String, u64>,
+        wakers: HashMap<String, (u64, BTreeSet<String>)>,
     }
     let mut acc: HashMap<(Kind, u64), Acc> = HashMap::new();
     for row in collected.rows.iter().filter(|r| r.object != 0) {
@@ -304,9 +322,10 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
             .unwrap_or_else(|| "[unknown code]".to_string());
         *a.waiters.entry(waiter).or_default() += row.blocked_ns;
         if row.blocked_ns > 0 && row.waker.ctx != WakerCtx::None {
-            *a.wakers
-                .entry(waker_short(&row.waker, collected.pid, symbols))
-                .or_default() += row.blocked_ns;
+            let (what, thread) = waker_group(&row.waker, collected.pid, symbols);
+            let w = a.wakers.entry(what).or_default();
+            w.0 += row.blocked_ns;
+            w.1.extend(thread);
         }
     }
     let mut threads: HashMap<(Kind, u64), HashSet<u32>> = HashMap::new();
@@ -329,7 +348,13 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
                 .map_or(WaitClass::Other, |(c, _)| c),
             outcomes: a.outcomes,
             waiters: top_shares(a.waiters, 3),
-            wakers: top_shares(a.wakers, 3),
+            wakers: top_shares(
+                a.wakers
+                    .into_iter()
+                    .map(|(what, (ns, threads))| (waker_words(&what, &threads), ns))
+                    .collect(),
+                3,
+            ),
         })
         .collect();
     out.sort_by(|a, b| b.ns.cmp(&a.ns).then(a.object.cmp(&b.object)));
@@ -449,6 +474,20 @@ fn threads(n: usize) -> String {
     }
 }
 
+/// Who woke an object's waits, for a finding: the heaviest waker, and the next one as
+/// well when it ended a fifth of the blocked time or more (a lock's holder and the
+/// waiters handing it on, say).
+fn woken_words(wakers: &Shares, blocked_ns: u64) -> String {
+    let share = |(w, ns): &(String, u64)| format!("{w} ({:.0}%)", pct(*ns, blocked_ns));
+    match wakers.as_slice() {
+        [] => String::new(),
+        [first, second, ..] if second.1 * 5 >= blocked_ns => {
+            format!(", woken by {} and {}", share(first), share(second))
+        }
+        [first, ..] => format!(", mostly woken by {}", share(first)),
+    }
+}
+
 /// A finding about time needs at least this much of it: 1 ms, and 1% of all off-CPU time.
 fn worth_a_finding(ns: u64, off_cpu: u64) -> bool {
     ns >= 1_000_000 && ns * 100 >= off_cpu
@@ -491,10 +530,7 @@ pub fn findings(
             continue;
         }
         let name = object_name(r, collected, symbols);
-        let woken = match r.wakers.first() {
-            Some((w, ns)) => format!(", mostly woken by {w} ({:.0}%)", pct(*ns, r.blocked_ns)),
-            None => String::new(),
-        };
+        let woken = woken_words(&r.wakers, r.blocked_ns);
         let text = match (r.kind, r.class) {
             (Kind::Futex, WaitClass::Contended) => format!(
                 "{name}: lock contention, {} waited by {} in {} waits{woken}",
@@ -565,6 +601,34 @@ fn outcome_words(r: &ObjectReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waker_run_by_many_threads_adds_up_and_a_second_waker_is_named() {
+        let threads = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            waker_words("`take_job`", &threads(&["worker-0", "worker-1"])),
+            "`take_job` in 2 threads"
+        );
+        assert_eq!(
+            waker_words("`release_job`", &threads(&["dispatcher"])),
+            "`release_job` in thread dispatcher"
+        );
+        assert_eq!(waker_words("", &threads(&["w"])), "thread w");
+        assert_eq!(waker_words("timer", &BTreeSet::new()), "timer");
+        let shares = |v: &[(&str, u64)]| -> Shares {
+            v.iter().map(|(w, ns)| (w.to_string(), *ns)).collect()
+        };
+        // the second waker is named from a fifth of the blocked time on
+        assert_eq!(
+            woken_words(&shares(&[("a", 67), ("b", 33)]), 100),
+            ", woken by a (67%) and b (33%)"
+        );
+        assert_eq!(
+            woken_words(&shares(&[("a", 81), ("b", 19)]), 100),
+            ", mostly woken by a (81%)"
+        );
+        assert_eq!(woken_words(&Vec::new(), 100), "");
+    }
 
     fn frames(names: &[&str]) -> Vec<Arc<str>> {
         names.iter().map(|n| Arc::from(*n)).collect()

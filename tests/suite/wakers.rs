@@ -116,7 +116,7 @@ fn lock_holder_is_named_as_the_waker() {
     assert!(
         f.first().is_some_and(|l| l.contains("QUEUE_LOCK")
             && l.contains("lock contention")
-            && l.contains("mostly woken by `waitprof_fixture::release_job`")),
+            && l.contains("`waitprof_fixture::release_job` in thread dispatcher (")),
         "findings: {f:#?}"
     );
 }
@@ -209,9 +209,11 @@ fn listener_overflows_match_the_kernel_counter() {
     );
     assert!(overflows > 0, "the fixture did not overflow its listener");
     // waitprof stops the fixture right after the session: a retry dropped in between, or
-    // another listener on the machine overflowing meanwhile, adds to the kernel's count
+    // another listener on the machine overflowing meanwhile, adds to the kernel's count;
+    // the socket's own counter (what waitprof reads) also counts, rarely, a handshake
+    // packet the listener discarded without a listen drop (1 more in 2 of 22 runs)
     assert!(
-        reported <= drops && drops - reported <= 2,
+        reported.abs_diff(drops) <= 2,
         "waitprof counted {reported}, the kernel {drops} listen drops ({overflows} overflows)"
     );
     assert_eq!(field(" accepts;"), 30, "{line}");
@@ -235,7 +237,9 @@ fn listener_overflows_match_the_kernel_counter() {
 #[test]
 fn woken_thread_starved_of_cpu() {
     let _s = root_session();
-    let run = profile_fixture(&["--per-thread"], &["starve", "100", "10"]);
+    // each of 100 wakeups lands while a real-time hog holds the starved thread's CPU
+    // for 2 ms: about 200 ms in the run queue, whatever the fair scheduler would decide
+    let run = profile_fixture(&["--per-thread"], &["starve", "100", "2"]);
     let runq = view(&run, "runq");
     let starved: Vec<&(String, u64)> = runq
         .iter()
@@ -247,7 +251,7 @@ fn woken_thread_starved_of_cpu() {
         .collect();
     let total: u64 = starved.iter().map(|(_, v)| v).sum();
     assert_close(
-        "starve 100 10 (run-queue wait after wakeup)",
+        "starve 100 2 (run-queue wait after wakeup)",
         total * 1000,
         run.measured_ns(),
         TOLERANCE,
