@@ -33,7 +33,12 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {src} failed (needs clang; see README): {e}"));
         println!("cargo:rerun-if-changed={src}");
     }
-    for f in ["bpf/waitprof.h", "bpf/sock.h", "bpf/vmlinux.h"] {
+    for f in [
+        "bpf/waitprof.h",
+        "bpf/unwind.h",
+        "bpf/sock.h",
+        "bpf/vmlinux.h",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
 }

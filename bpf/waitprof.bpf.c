@@ -223,6 +223,8 @@ static __always_inline bool interrupt_entry(__u64 ip)
 	       !(ip >= cfg.fault_entry_lo && ip < cfg.fault_entry_hi);
 }
 
+#include "unwind.h"
+
 /*
  * Captures the current stack into the stack table and returns its reference (see
  * enum wp_stack_marker). `slot` keeps a sys_exit capture, which may be preempted, apart
@@ -236,6 +238,7 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, boo
 	__u64 hash = FNV64_OFFSET;
 	long len, err;
 	int i, n;
+	__u64 k;
 	bool cut = false;
 
 	if (!buf)
@@ -245,8 +248,21 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, boo
 	 * inlined copy of this function runs: skip that frame, or one stack gets several hashes.
 	 * The tracing frames below it are the same every time and are trimmed for display.
 	 */
-	len = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips),
-			    user ? BPF_F_USER_STACK : (1 & BPF_F_SKIP_FIELD_MASK));
+	len = user ? unwind_user(slot) : -1;
+	if (len >= 0) {
+		len = len > WP_MAX_STACK_DEPTH ? sizeof(buf->ips) : len * sizeof(__u64);
+	} else {
+		len = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips),
+				    user ? BPF_F_USER_STACK : (1 & BPF_F_SKIP_FIELD_MASK));
+		/* the target's stack, walked by frame pointer only while its tables load */
+		k = len / sizeof(__u64);
+		asm volatile("" : "+r"(k)); /* keep the bound check on k itself */
+		if (user && cfg.dwarf && len > 0 && k < WP_MAX_STACK_DEPTH &&
+		    bpf_get_current_pid_tgid() >> 32 == cfg.tgid) {
+			buf->ips[k] = WP_UNW_PENDING;
+			len += sizeof(__u64);
+		}
+	}
 	if (len <= 0) {
 		stat_add(user ? WP_STAT_USTACK_ERR : WP_STAT_KSTACK_ERR, 1);
 		return len < 0 ? (__u64)-len : 61 /* ENODATA */;

@@ -244,6 +244,8 @@ enum wp_stat {
 	WP_STAT_KSTACK_DIFFERED,   /* ... and found different: the reuse there had been wrong */
 	WP_STAT_WAITERS_FULL,      /* waiter map full: a (object, thread) pair was not counted */
 	WP_STAT_LISTENERS_FULL,    /* listener map full: a listening socket was not sampled */
+	WP_STAT_UNWIND_DWARF,      /* user stacks unwound with the target's unwind tables */
+	WP_STAT_UNWIND_NOT_MAPPED, /* ... that reached code no table covers (walked by frame pointer) */
 	WP_STAT_COUNT,
 };
 
@@ -261,7 +263,8 @@ struct wp_config {
 	__u32 rows_per_thread;
 	/* 1 = capture the waker (stacks, thread, context) at every wakeup of the target */
 	__u32 wakers;
-	__u32 __pad;
+	/* 1 = unwind the target's user stacks with its unwind tables where they are loaded */
+	__u32 dwarf;
 	/*
 	 * A kernel return address in [irq_entry_lo, irq_entry_hi) but not in the page-fault
 	 * entry [fault_entry_lo, fault_entry_hi) means the stack runs through an interrupt
@@ -272,6 +275,65 @@ struct wp_config {
 	__u64 fault_entry_lo;
 	__u64 fault_entry_hi;
 	__u8 sysclass[WP_MAX_SYSCALL_NR]; /* enum wp_sysclass per syscall number */
+};
+
+/*
+ * DWARF unwinding (src/unwind.rs prepares the tables). Every executable file the target
+ * maps has its .eh_frame compiled into rows sorted by address, all files' rows in one
+ * array: a row says, from its pc up to the next row's, how to find the canonical frame
+ * address (CFA: the caller's stack pointer) and where the caller's rbp was saved. The
+ * return address is always at CFA - 8 (x86-64). A process's executable mappings, sorted
+ * by address, say which rows cover each.
+ */
+#define WP_UNWIND_MAPS 128
+
+enum wp_cfa {
+	WP_CFA_NONE = 0,        /* no FDE covers this pc */
+	WP_CFA_RSP = 1,         /* CFA = rsp + cfa_off */
+	WP_CFA_RBP = 2,         /* CFA = rbp + cfa_off */
+	WP_CFA_END = 3,         /* the return address is undefined: the outermost frame */
+	WP_CFA_UNSUPPORTED = 4, /* a DWARF expression or another register: not followed */
+};
+
+enum wp_rbp {
+	WP_RBP_SAME = 0, /* the caller's rbp is this frame's */
+	WP_RBP_AT = 1,   /* saved at CFA + rbp_off */
+};
+
+struct wp_unwind_row {
+	__u32 pc; /* the file's virtual address, where this rule starts */
+	__s16 cfa_off;
+	__s16 rbp_off;
+	__u8 cfa; /* enum wp_cfa */
+	__u8 rbp; /* enum wp_rbp */
+	__u16 __pad;
+};
+
+struct wp_unwind_map {
+	__u64 start, end; /* the mapping's addresses */
+	__u64 bias;       /* address - bias = the file's virtual address */
+	__u32 row_lo, row_hi; /* its file's rows; row_lo == row_hi: none */
+};
+
+struct wp_unwind_proc {
+	__u32 n; /* mappings in use, sorted by start */
+	__u32 __pad;
+	struct wp_unwind_map m[WP_UNWIND_MAPS];
+};
+
+/*
+ * A user stack unwound with the tables that stops short of its outermost frame ends in one
+ * of these pseudo-addresses (no code lives below 64 KiB), so that stacks cut for different
+ * reasons stay apart and user space can say why.
+ */
+enum wp_unwind_stop {
+	WP_UNW_TRUNCATED = 1,   /* deeper than WP_MAX_STACK_DEPTH */
+	WP_UNW_NO_INFO = 2,     /* the file has no unwind entry for this address */
+	WP_UNW_UNREADABLE = 3,  /* the stack memory could not be read (paged out) */
+	WP_UNW_UNSUPPORTED = 4, /* an unwind rule waitprof does not follow (a DWARF expression) */
+	WP_UNW_NOT_MAPPED = 5,  /* code no table covers, and its frame pointer led nowhere */
+	WP_UNW_PENDING = 6,     /* walked by frame pointer: the tables were not loaded yet */
+	WP_UNW_STOP_MAX = 15,
 };
 
 /*
@@ -286,6 +348,9 @@ struct wp_enums {
 	enum wp_stack_marker stack_marker;
 	enum wp_thread_flag thread_flag;
 	enum wp_waker_ctx waker_ctx;
+	enum wp_cfa cfa;
+	enum wp_rbp rbp;
+	enum wp_unwind_stop unwind_stop;
 };
 
 #endif /* __WAITPROF_H */

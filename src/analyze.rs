@@ -242,6 +242,63 @@ fn waker_words(what: &str, threads: &BTreeSet<String>) -> String {
     }
 }
 
+/// Functions a thread starts in: a user stack that reaches one is complete.
+const ENTRY_FRAMES: [&str; 9] = [
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "main",
+    "start_thread",
+    "clone3",
+    "__clone3",
+    "runtime.goexit",
+    "runtime.mstart",
+];
+
+/// How complete the user stacks of the blocked time are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Blocked time with a user stack.
+    pub blocked_ns: u64,
+    /// Blocked time whose user stack reaches its thread's entry (ENTRY_FRAMES).
+    pub complete_ns: u64,
+    /// The median user stack depth, in frames, weighted by blocked time.
+    pub median_depth: usize,
+}
+
+/// Whether a user stack (root first) reaches its thread's entry.
+pub fn reaches_entry(frames: &[Arc<str>]) -> bool {
+    frames.iter().any(|f| ENTRY_FRAMES.contains(&&**f))
+}
+
+pub fn coverage(collected: &Collected, symbols: &Symbols) -> Coverage {
+    let mut c = Coverage::default();
+    let mut depths: Vec<(usize, u64)> = Vec::new();
+    // waits whose stack was never taken (blocked since before the session) say nothing
+    // of how complete stacks are
+    for row in collected.rows.iter().filter(|r| r.blocked_ns > 0) {
+        let Some(frames) = row.ustack.id().and_then(|id| symbols.user.get(&id)) else {
+            continue;
+        };
+        c.blocked_ns += row.blocked_ns;
+        if reaches_entry(frames) {
+            c.complete_ns += row.blocked_ns;
+        }
+        let known = frames.iter().filter(|f| !f.starts_with("[unknown")).count();
+        depths.push((known, row.blocked_ns));
+    }
+    depths.sort_unstable();
+    let mut seen = 0;
+    for (depth, ns) in depths {
+        seen += ns;
+        if seen * 2 >= c.blocked_ns {
+            c.median_depth = depth;
+            break;
+        }
+    }
+    c
+}
+
 /// Totals by class: blocked time idle, contended, other; and all run-queue wait.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Split {

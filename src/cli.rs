@@ -71,6 +71,18 @@ pub struct Args {
     #[arg(long)]
     pub no_wakers: bool,
 
+    /// How to walk user stacks. dwarf: with the unwind tables (.eh_frame) of every file
+    /// the target maps, so code built without frame pointers (Debian's glibc, nginx,
+    /// redis) unwinds completely; code without tables (Go, JIT) by frame pointer. fp:
+    /// frame pointers only, as offcputime and perf do (cheaper, see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
+    pub unwind: Unwind,
+
+    /// Number of unwind-table rows the kernel can hold (12 bytes each), for all the
+    /// target's files together: glibc takes about 60000, a large C++ server millions.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub unwind_rows: u32,
+
     /// How to attach to the scheduler and syscall hooks. auto tries tp_btf, then raw_tp,
     /// then classic tracepoints.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
@@ -115,6 +127,12 @@ pub enum AttachMode {
     Tracepoint,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Unwind {
+    Dwarf,
+    Fp,
+}
+
 /// What to profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -135,6 +153,8 @@ pub struct Config {
     pub hide_idle: bool,
     pub wakers: bool,
     pub attach: AttachMode,
+    pub unwind: Unwind,
+    pub unwind_rows: u32,
     pub stack_storage_size: u32,
     pub max_rows: u32,
     pub max_threads: u32,
@@ -208,6 +228,7 @@ impl Config {
             ("--max-rows", args.max_rows),
             ("--max-threads", args.max_threads),
             ("--recapture-every", args.recapture_every),
+            ("--unwind-rows", args.unwind_rows),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
@@ -224,6 +245,8 @@ impl Config {
             hide_idle: args.hide_idle,
             wakers: !args.no_wakers,
             attach: args.attach,
+            unwind: args.unwind,
+            unwind_rows: args.unwind_rows,
             stack_storage_size: args.stack_storage_size,
             max_rows: args.max_rows,
             max_threads: args.max_threads,

@@ -4,7 +4,7 @@
 //! now, an unfinished syscall, a thread that never woke at all) is closed here, so no
 //! time inside the session goes missing.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Read, Write};
 use std::mem::MaybeUninit;
@@ -17,7 +17,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 use crate::bpf::sockets::{wp_listen_sample, SocketsSkel, SocketsSkelBuilder};
 use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_stat};
 use crate::bpf::{wp_thread_flag, wp_waker};
-use crate::cli::Config;
+use crate::cli::{Config, Target, Unwind};
 use crate::model::Row;
 use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Mapping, Outcome};
 use crate::model::{StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
@@ -25,6 +25,7 @@ use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
 use crate::symbolize::Symbolizer;
 use crate::syscalls;
+use crate::unwind;
 
 const POLL: Duration = Duration::from_millis(100);
 /// The target's memory maps are re-read so that what it maps during the session (a
@@ -88,6 +89,7 @@ pub fn run(
     symbolizer: &Symbolizer,
 ) -> Result<Collected> {
     let exited: RefCell<Vec<ThreadTotals>> = RefCell::new(Vec::new());
+    let unwind_wanted = Cell::new(false);
     let mut builder = RingBufferBuilder::new();
     builder.add(&attached.skel.maps.exits, |data: &[u8]| {
         let mut ts = thread_state::default();
@@ -96,9 +98,23 @@ pub fn run(
         }
         0
     })?;
+    // the kernel asks for the target's unwind tables when its code runs where they
+    // have no mapping (the command has exec'd, a library was loaded)
+    builder.add(&attached.skel.maps.unwind_wanted, |_: &[u8]| {
+        unwind_wanted.set(true);
+        0
+    })?;
     let ringbuf = builder
         .build()
         .context("setting up the exit-record ring buffer failed")?;
+    let mut tables =
+        (cfg.unwind == Unwind::Dwarf).then(|| unwind::Tables::new(target.pid, cfg.unwind_rows));
+    // a command's code is known only once it has exec'd: its first stacks ask for it
+    if let (Some(t), Target::Pid(_)) = (tables.as_mut(), &cfg.target) {
+        let maps = &attached.skel.maps;
+        t.refresh(&maps.unwind_rows, &maps.unwind_procs)
+            .context("loading the target's unwind tables failed")?;
+    }
 
     // listeners' drop counters at the start, to count drops over the whole session
     let mut sockets_storage = MaybeUninit::uninit();
@@ -112,7 +128,11 @@ pub fn run(
     target.release()?;
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
-    let _ = symbolizer.cache_target();
+    // a command is still a copy of waitprof until its exec: its maps come at the timer,
+    // and its first stacks' request for unwind tables is served first
+    if let Target::Pid(_) = cfg.target {
+        let _ = symbolizer.cache_target();
+    }
     let mut maps = read_maps(target.pid);
     let mut recache_every = RECACHE_FIRST;
     let mut next_cache = Instant::now() + recache_every;
@@ -137,6 +157,11 @@ pub fn run(
         }
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break EndReason::Duration;
+        }
+        if let Some(t) = tables.as_mut().filter(|_| unwind_wanted.replace(false)) {
+            // best effort: the target may be exiting; its stacks then say what was missing
+            let maps = &attached.skel.maps;
+            let _ = t.refresh(&maps.unwind_rows, &maps.unwind_procs);
         }
         if Instant::now() >= next_cache {
             // best effort: a failure here only matters if the target later exits
@@ -184,6 +209,7 @@ pub fn run(
         maps,
         epoll_watch,
         wakers: cfg.wakers,
+        unwind: tables.map(|t| t.report),
         ..Default::default()
     };
     collected.threads = exited.into_inner();
@@ -227,6 +253,8 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         kstacks_differed: s(wp_stat::WP_STAT_KSTACK_DIFFERED),
         waiters_dropped: s(wp_stat::WP_STAT_WAITERS_FULL),
         listeners_dropped: s(wp_stat::WP_STAT_LISTENERS_FULL),
+        ustacks_unwound: s(wp_stat::WP_STAT_UNWIND_DWARF),
+        ustacks_through_unmapped: s(wp_stat::WP_STAT_UNWIND_NOT_MAPPED),
         recursion_misses: attached.recursion_misses(),
     };
     Ok(())

@@ -19,6 +19,7 @@ pub mod signals;
 pub mod summary;
 pub mod symbolize;
 pub mod syscalls;
+pub mod unwind;
 
 use std::process::ExitCode;
 

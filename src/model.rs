@@ -271,6 +271,10 @@ pub struct Losses {
     pub waiters_dropped: u64,
     /// Listening sockets not sampled because the listener map was full.
     pub listeners_dropped: u64,
+    /// User stacks unwound with the unwind tables, and those of them that ran through
+    /// code no table covered (walked on by frame pointer).
+    pub ustacks_unwound: u64,
+    pub ustacks_through_unmapped: u64,
 }
 
 /// One thread's total wait on one object (futex, epoll fd, listening socket).
@@ -369,4 +373,6 @@ pub struct Collected {
     /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no
     /// wait says who ended it.
     pub wakers: bool,
+    /// What the unwind tables covered; None = frame pointers only (`--unwind fp`).
+    pub unwind: Option<crate::unwind::UnwindReport>,
 }

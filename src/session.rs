@@ -344,6 +344,7 @@ fn configure(
     c.recapture_every = cfg.recapture_every;
     c.rows_per_thread = u32::from(cfg.per_thread);
     c.wakers = u32::from(cfg.wakers);
+    c.dwarf = u32::from(cfg.unwind == crate::cli::Unwind::Dwarf);
     let entry = interrupt_entry_text();
     c.irq_entry_lo = entry.irq.start;
     c.irq_entry_hi = entry.irq.end;
@@ -357,6 +358,10 @@ fn configure(
     open.maps.waiters.set_max_entries(cfg.max_rows)?;
     open.maps.listeners.set_max_entries(MAX_LISTENERS)?;
     open.maps.exits.set_max_entries(EXITS_RINGBUF_BYTES)?;
+    open.maps.unwind_rows.set_max_entries(match cfg.unwind {
+        crate::cli::Unwind::Dwarf => cfg.unwind_rows,
+        crate::cli::Unwind::Fp => 1,
+    })?;
 
     let p = &mut open.progs;
     for (prog, f) in [

@@ -235,6 +235,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             "  wakers: not recorded (--no-wakers): no wait says who ended it"
         );
     }
+    write_unwinding(&mut out, collected, symbols);
     if l.waiters_dropped + l.listeners_dropped > 0 {
         let _ = writeln!(
             out,
@@ -397,5 +398,61 @@ fn histogram(out: &mut String, hist: &[u64]) {
         let high = (2u64 << slot) - 1;
         let bar = "*".repeat((n * 40).div_ceil(max) as usize);
         let _ = writeln!(out, "      {low:>10} -> {high:<8} : {n:<8} |{bar:<40}|");
+    }
+}
+
+/// How the user stacks were walked, how complete they are, and why frames are missing.
+fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
+    let c = analyze::coverage(collected, symbols);
+    let how = match &collected.unwind {
+        None => "frame pointers only (--unwind fp)".to_string(),
+        Some(u) => format!(
+            "unwind tables of {} files ({} of {} rows, built in {:.0} ms{}), frame pointers \
+             where none cover the code",
+            u.files,
+            u.rows,
+            u.capacity,
+            u.build_time.as_secs_f64() * 1e3,
+            match u.refreshes {
+                0 => String::new(),
+                n => format!("; reloaded {n}x for new code"),
+            }
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "  user stacks: {how}; {:.1}% of blocked time with a stack reaches its thread's \
+         entry (main, start_thread, clone3); median depth {} frames",
+        pct(c.complete_ns, c.blocked_ns),
+        c.median_depth
+    );
+    if let Some(u) = &collected.unwind {
+        if !u.without.is_empty() {
+            let list: Vec<String> = u
+                .without
+                .iter()
+                .take(5)
+                .map(|(path, why)| format!("{path} ({why})"))
+                .collect();
+            let more = u.without.len().saturating_sub(5);
+            let _ = writeln!(
+                out,
+                "    no unwind table: {}{}",
+                list.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if !symbols.unknown_why.is_empty() {
+        let list: Vec<String> = symbols
+            .unknown_why
+            .iter()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        let _ = writeln!(out, "    unknown user frames: {}", list.join(", "));
     }
 }

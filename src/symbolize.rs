@@ -1,15 +1,16 @@
 //! Symbolization: instruction pointers from the stack table into function names, with
 //! blazesym. User stacks resolve against the target's memory maps, cached at the start
 //! and while it runs so a target that exits mid-session still symbolizes; kernel stacks
-//! against kallsyms. Frames that cannot be named are kept as `[unknown]` and counted.
+//! against kallsyms. Frames that cannot be named are kept as `[unknown: REASON]` and
+//! counted by reason.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use blazesym::symbolize::cache;
 use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
-use blazesym::symbolize::{Input, Symbolized};
+use blazesym::symbolize::{Input, Reason, Symbolized};
 use blazesym::{MaybeDefault, Pid};
 
 use crate::model::{Collected, Kind, Mapping};
@@ -36,6 +37,9 @@ pub struct Symbols {
     pub unknown_kernel_frames: usize,
     /// Stacks deeper than the kernel records: their root end is missing.
     pub truncated_stacks: usize,
+    /// User frames that could not be named, by why: distinct addresses blazesym could
+    /// not name, and stacks the unwinder stopped short (`[unknown: REASON]` frames).
+    pub unknown_why: BTreeMap<&'static str, usize>,
     /// Futex address -> where it lives: the variable's name, or the kind of memory.
     pub objects: HashMap<u64, String>,
 }
@@ -97,11 +101,13 @@ impl Symbolizer {
                     ids,
                     collected,
                     &mut symbols.truncated_stacks,
+                    &mut symbols.unknown_why,
                 )?
             } else {
                 // another process's waker: best effort, it may have exited
                 let source = Source::Process(Process::new(Pid::from(*pid)));
-                self.resolve_set(&source, ids, collected, &mut symbols.truncated_stacks)
+                let (mut truncated, mut why) = (0, BTreeMap::new());
+                self.resolve_set(&source, ids, collected, &mut truncated, &mut why)
                     .unwrap_or_default()
             };
             symbols.user.extend(user);
@@ -113,6 +119,7 @@ impl Symbolizer {
             &kernel_ids,
             collected,
             &mut symbols.truncated_stacks,
+            &mut BTreeMap::new(),
         )?;
         symbols.kernel = kernel
             .into_iter()
@@ -128,6 +135,7 @@ impl Symbolizer {
         ids: &HashSet<u64>,
         collected: &Collected,
         truncated: &mut usize,
+        unknown_why: &mut BTreeMap<&'static str, usize>,
     ) -> Result<(HashMap<u64, Frames>, usize)> {
         // The first address of a stack is where the thread stopped; the others are return
         // addresses, which point after the call: look up addr - 1 to land inside it.
@@ -136,11 +144,12 @@ impl Symbolizer {
             .iter()
             .filter_map(|id| collected.stacks.get(id))
             .flat_map(|ips| ips.iter().enumerate().map(|(i, &ip)| lookup_addr(i, ip)))
+            .filter(|&ip| unwind_stop(ip).is_none())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         addrs.sort_unstable();
-        let names: HashMap<u64, Frames> = if addrs.is_empty() {
+        let names: HashMap<u64, Result<Frames, &'static str>> = if addrs.is_empty() {
             HashMap::new()
         } else {
             let results = self
@@ -153,9 +162,12 @@ impl Symbolizer {
                 .zip(results.into_iter().map(frame_names))
                 .collect()
         };
-        let unknown = names.values().filter(|n| n.is_empty()).count();
-        let (unknown_frame, truncated_frame): (Arc<str>, Arc<str>) =
-            (Arc::from("[unknown]"), Arc::from("[truncated]"));
+        let unknown = names.values().filter(|n| n.is_err()).count();
+        for why in names.values().filter_map(|n| n.as_ref().err()) {
+            *unknown_why.entry(why).or_default() += 1;
+        }
+        let label = |why: &str| -> Arc<str> { Arc::from(format!("[unknown: {why}]")) };
+        let truncated_frame = label("truncated");
         let mut out = HashMap::new();
         for &id in ids {
             let Some(ips) = collected.stacks.get(&id) else {
@@ -167,9 +179,16 @@ impl Symbolizer {
                 frames.push(truncated_frame.clone());
             }
             for (i, &ip) in ips.iter().enumerate().rev() {
+                if let Some(why) = unwind_stop(ip) {
+                    *truncated += usize::from(why == "truncated");
+                    *unknown_why.entry(why).or_default() += 1;
+                    frames.push(label(why));
+                    continue;
+                }
                 match names.get(&lookup_addr(i, ip)) {
-                    Some(n) if !n.is_empty() => frames.extend(n.iter().cloned()),
-                    _ => frames.push(unknown_frame.clone()),
+                    Some(Ok(n)) => frames.extend(n.iter().cloned()),
+                    Some(Err(why)) => frames.push(label(why)),
+                    None => frames.push(label("not symbolized")),
                 }
             }
             out.insert(id, frames);
@@ -285,11 +304,37 @@ fn elf_type(path: &str) -> Option<u16> {
 }
 
 /// The function and the functions inlined into it at this address, outermost first.
-fn frame_names(sym: Symbolized<'_>) -> Frames {
+/// A symbol's names (itself, then what is inlined into it), or why it has none.
+fn frame_names(sym: Symbolized<'_>) -> Result<Frames, &'static str> {
     match sym {
-        Symbolized::Sym(sym) => std::iter::once(Arc::from(&*sym.name))
+        Symbolized::Sym(sym) => Ok(std::iter::once(Arc::from(&*sym.name))
             .chain(sym.inlined.iter().map(|f| Arc::from(&*f.name)))
-            .collect(),
-        Symbolized::Unknown(_) => Vec::new(),
+            .collect()),
+        Symbolized::Unknown(reason) => Err(match reason {
+            Reason::Unmapped => "not mapped",
+            Reason::InvalidFileOffset => "not in the file",
+            Reason::MissingComponent => "anonymous memory",
+            Reason::MissingSyms => "stripped",
+            Reason::Unsupported => "unsupported file",
+            Reason::UnknownAddr => "no symbol",
+            _ => "symbolization error",
+        }),
     }
+}
+
+/// Why an unwound user stack stops short of its outermost frame, from the marker the
+/// kernel's unwinder leaves in place of the next address (enum wp_unwind_stop).
+fn unwind_stop(ip: u64) -> Option<&'static str> {
+    use crate::bpf::types::wp_unwind_stop as S;
+    let stop = |s: S| u64::from(s.0);
+    Some(match ip {
+        _ if ip == stop(S::WP_UNW_TRUNCATED) => "truncated",
+        _ if ip == stop(S::WP_UNW_NO_INFO) => "no unwind info",
+        _ if ip == stop(S::WP_UNW_UNREADABLE) => "stack unreadable",
+        _ if ip == stop(S::WP_UNW_UNSUPPORTED) => "unwind rule not followed",
+        _ if ip == stop(S::WP_UNW_NOT_MAPPED) => "no frame pointer",
+        _ if ip == stop(S::WP_UNW_PENDING) => "frame pointers only, unwind tables not loaded yet",
+        _ if ip <= stop(S::WP_UNW_STOP_MAX) => "unwinder stopped",
+        _ => return None,
+    })
 }

@@ -1,13 +1,14 @@
 //! Folding, rendering and the summary are pure: a hand-made profile must always give the
 //! same text, byte for byte. `WAITPROF_BLESS=1 cargo test golden` rewrites the files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use waitprof::fold::{self, FoldOptions, View};
 use waitprof::model::{Collected, EndReason, Kind, Listener, Losses, Outcome, Row, StackRef};
 use waitprof::model::{ThreadTotals, Waiter, Waker, WakerCtx};
 use waitprof::symbolize::Symbols;
+use waitprof::unwind::UnwindReport;
 use waitprof::{render, summary};
 
 const MS: u64 = 1_000_000;
@@ -225,6 +226,14 @@ fn profile() -> (Collected, Symbols) {
         maps: Vec::new(),
         epoll_watch: HashMap::from([(3, 2)]),
         wakers: true,
+        unwind: Some(UnwindReport {
+            files: 3,
+            rows: 41_000,
+            capacity: 1 << 20,
+            without: vec![("/usr/lib/server/plugin.so".into(), "no .eh_frame".into())],
+            build_time: std::time::Duration::from_millis(12),
+            refreshes: 1,
+        }),
     };
     let frames = |names: &[&str]| {
         names
@@ -236,7 +245,10 @@ fn profile() -> (Collected, Symbols) {
         user: HashMap::from([
             (1, frames(&["main", "serve", "accept_loop"])),
             (2, frames(&["start_thread", "worker_loop", "poll;events"])),
-            (3, frames(&["start_thread", "handle", "[unknown]"])),
+            (
+                3,
+                frames(&["start_thread", "handle", "[unknown: stripped]"]),
+            ),
             (4, frames(&["start_thread", "read_config"])),
             (
                 5,
@@ -290,6 +302,7 @@ fn profile() -> (Collected, Symbols) {
         unknown_user_frames: 1,
         unknown_kernel_frames: 0,
         truncated_stacks: 0,
+        unknown_why: BTreeMap::from([("stripped", 1)]),
         objects: HashMap::from([(0x5000, "queue_lock in server".to_string())]),
     };
     (collected, symbols)

@@ -5,4 +5,5 @@ mod errors;
 mod golden;
 mod options;
 mod reliability;
+mod unwind;
 mod wakers;

@@ -1,0 +1,242 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The user-stack unwinder: walks the current task's user stack with the unwind tables
+ * user space compiled from its files' .eh_frame (src/unwind.rs, layout in waitprof.h), so
+ * code built without frame pointers (Debian's glibc, nginx, redis) unwinds completely and
+ * the caller of a frameless syscall wrapper is not lost. Code no table covers (a Go
+ * binary, JIT code) is walked by frame pointer from there on. Included by waitprof.bpf.c.
+ */
+#ifndef __WAITPROF_UNWIND_H
+#define __WAITPROF_UNWIND_H
+
+/* Sizes are set by user space before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wp_unwind_row);
+} unwind_rows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u32); /* tgid */
+	__type(value, struct wp_unwind_proc);
+} unwind_procs SEC(".maps");
+
+/* tgids whose tables miss an address their code ran at: user space rereads their maps */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} unwind_wanted SEC(".maps");
+
+/* when the last request went out: at most one per 5 ms, so a stale table costs nothing */
+__u64 unwind_wanted_ns = 0;
+
+struct wp_unwind_state {
+	__u64 ip, sp, bp;
+	struct wp_stack *buf;
+	struct wp_unwind_proc *proc;
+	__u32 tgid;
+	__u32 n;         /* frames stored */
+	__u32 stop;      /* enum wp_unwind_stop, 0 = reached the outermost frame */
+	bool not_mapped; /* some frame was outside every mapping the tables know */
+};
+
+static __always_inline void unwind_request(__u32 tgid)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 *msg;
+
+	if (now - unwind_wanted_ns < 5000000)
+		return;
+	unwind_wanted_ns = now;
+	msg = bpf_ringbuf_reserve(&unwind_wanted, sizeof(*msg), 0);
+	if (!msg)
+		return;
+	*msg = tgid;
+	bpf_ringbuf_submit(msg, BPF_RB_FORCE_WAKEUP);
+}
+
+/*
+ * The index of the mapping of tgid's table that holds addr, by binary search over the
+ * sorted mappings, or -1. A global function: the verifier checks it once, on its own,
+ * rather than at every frame of every caller.
+ */
+__noinline int unwind_map_index(__u32 tgid, __u64 addr)
+{
+	struct wp_unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
+	__u32 lo = 0, hi, mid;
+	struct wp_unwind_map *m;
+
+	if (!proc)
+		return -1;
+	hi = proc->n;
+	if (hi > WP_UNWIND_MAPS)
+		hi = WP_UNWIND_MAPS;
+	for (int k = 0; k < 8; k++) {
+		if (lo >= hi)
+			break;
+		mid = (lo + hi) / 2;
+		m = &proc->m[mid & (WP_UNWIND_MAPS - 1)];
+		if (addr < m->start)
+			hi = mid;
+		else if (addr >= m->end)
+			lo = mid + 1;
+		else
+			return mid & (WP_UNWIND_MAPS - 1);
+	}
+	return -1;
+}
+
+/*
+ * The index of the row in force at file address pc among rows [lo, hi): the last at or
+ * below it, or -1. Global, as above.
+ */
+__noinline int unwind_row_index(__u32 lo, __u32 hi, __u64 pc)
+{
+	struct wp_unwind_row *r;
+	__u32 mid;
+
+	if (lo >= hi || pc > 0xffffffffULL)
+		return -1;
+	/* the answer is in [lo, hi) */
+	for (int k = 0; k < 24; k++) {
+		if (hi - lo <= 1)
+			break;
+		mid = lo + (hi - lo) / 2;
+		r = bpf_map_lookup_elem(&unwind_rows, &mid);
+		if (!r)
+			return -1;
+		if (r->pc <= pc)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	r = bpf_map_lookup_elem(&unwind_rows, &lo);
+	return r && r->pc <= pc ? (int)lo : -1;
+}
+
+/* One frame: store st->ip, then find the caller's ip, sp and bp. 1 = stop. */
+static long unwind_step(__u32 i, void *data)
+{
+	struct wp_unwind_state *st = data;
+	struct wp_unwind_map *m = 0;
+	struct wp_unwind_row *r = 0;
+	__u64 lookup, cfa, ra = 0, bp;
+	__u32 idx;
+	int at;
+
+	if (!st->buf || !st->proc)
+		return 1;
+	if (i >= WP_MAX_STACK_DEPTH - 1) {
+		st->stop = WP_UNW_TRUNCATED;
+		return 1;
+	}
+	st->buf->ips[i] = st->ip;
+	st->n = i + 1;
+	/* a return address points after its call, maybe past its function's end */
+	lookup = i ? st->ip - 1 : st->ip;
+	at = unwind_map_index(st->tgid, lookup);
+	if (at >= 0)
+		m = &st->proc->m[at & (WP_UNWIND_MAPS - 1)];
+	if (m && m->row_lo < m->row_hi) {
+		at = unwind_row_index(m->row_lo, m->row_hi, lookup - m->bias);
+		idx = at;
+		r = at >= 0 ? bpf_map_lookup_elem(&unwind_rows, &idx) : 0;
+	}
+	if (!m || m->row_lo == m->row_hi) {
+		/* no table: a frame-pointer step, as a frame-pointer walk would take it */
+		if (!m)
+			st->not_mapped = true;
+		if (!st->bp) /* the outermost frame of frame-pointer code */
+			return 1;
+		if (st->bp < st->sp || (st->bp & 7) ||
+		    bpf_probe_read_user(&ra, sizeof(ra), (void *)(st->bp + 8)) ||
+		    bpf_probe_read_user(&bp, sizeof(bp), (void *)st->bp)) {
+			st->stop = WP_UNW_NOT_MAPPED;
+			return 1;
+		}
+		st->sp = st->bp + 16;
+		st->bp = bp;
+		st->ip = ra;
+		return ra ? 0 : 1;
+	}
+	if (!r || r->cfa == WP_CFA_NONE) {
+		st->stop = WP_UNW_NO_INFO;
+		return 1;
+	}
+	switch (r->cfa) {
+	case WP_CFA_RSP:
+		cfa = st->sp + r->cfa_off;
+		break;
+	case WP_CFA_RBP:
+		cfa = st->bp + r->cfa_off;
+		break;
+	case WP_CFA_END:
+		return 1;
+	default:
+		st->stop = WP_UNW_UNSUPPORTED;
+		return 1;
+	}
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
+		st->stop = WP_UNW_UNREADABLE;
+		return 1;
+	}
+	if (r->rbp == WP_RBP_AT &&
+	    bpf_probe_read_user(&st->bp, sizeof(st->bp), (void *)(cfa + r->rbp_off))) {
+		st->stop = WP_UNW_UNREADABLE;
+		return 1;
+	}
+	st->sp = cfa;
+	st->ip = ra;
+	return ra ? 0 : 1;
+}
+
+/*
+ * Unwinds the current task's user stack into stack_scratch[slot] with its process's
+ * tables. Returns the number of addresses stored (the last may be an enum wp_unwind_stop
+ * marker), or -1 when the process has no tables (the caller walks frame pointers
+ * instead). Global, so the verifier checks it once rather than inside every caller.
+ */
+__noinline int unwind_user(__u32 slot)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct wp_unwind_state st = {};
+	struct pt_regs *regs;
+
+	if (!cfg.dwarf)
+		return -1;
+	st.buf = bpf_map_lookup_elem(&stack_scratch, &slot);
+	st.proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
+	if (!st.buf)
+		return -1;
+	if (!st.proc) {
+		if (tgid == cfg.tgid)
+			unwind_request(tgid);
+		return -1;
+	}
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	st.ip = BPF_CORE_READ(regs, ip);
+	st.sp = BPF_CORE_READ(regs, sp);
+	st.bp = BPF_CORE_READ(regs, bp);
+	st.tgid = tgid;
+	bpf_loop(WP_MAX_STACK_DEPTH, unwind_step, &st, 0);
+	stat_add(WP_STAT_UNWIND_DWARF, 1);
+	if (st.not_mapped) {
+		stat_add(WP_STAT_UNWIND_NOT_MAPPED, 1);
+		unwind_request(tgid);
+	}
+	if (st.stop && st.n < WP_MAX_STACK_DEPTH) {
+		st.buf->ips[st.n] = st.stop;
+		st.n++;
+	}
+	/* clear what an earlier, deeper stack left past the end */
+	for (__u32 j = 0; j < WP_MAX_STACK_DEPTH; j++) {
+		if (j >= st.n)
+			st.buf->ips[j] = 0;
+	}
+	return st.n;
+}
+
+#endif /* __WAITPROF_UNWIND_H */

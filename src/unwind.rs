@@ -1,0 +1,456 @@
+//! Unwind tables for the kernel-side unwinder (`bpf/unwind.h`): every executable file
+//! the target maps has its `.eh_frame` compiled into rows the BPF program binary-searches
+//! (from this address on: how to find the caller's stack pointer, and where the caller's
+//! rbp was saved), and the process's executable mappings say which rows cover each
+//! address. Part of the session: loaded before the gate opens and refreshed when the
+//! target maps new code (exec, dlopen), which the BPF side reports.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, EhFrame, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+use libbpf_rs::{MapCore, MapFlags};
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::bpf::types::{wp_cfa, wp_rbp, wp_unwind_map, wp_unwind_proc, wp_unwind_row};
+
+/// Mappings a process's table can list (WP_UNWIND_MAPS).
+const MAX_MAPS: usize = 128;
+
+/// One executable file-backed mapping of /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ExecMapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    /// dev:inode, which names the file across paths and processes.
+    file: String,
+    path: String,
+}
+
+fn exec_mappings(pid: u32) -> Result<Vec<ExecMapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading the memory maps of pid {pid} failed"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms), Some(offset), Some(dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.collect::<Vec<_>>().join(" ");
+        if !perms.contains('x') || !path.starts_with('/') || inode == "0" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(offset)) = (
+            u64::from_str_radix(start, 16),
+            u64::from_str_radix(end, 16),
+            u64::from_str_radix(offset, 16),
+        ) else {
+            continue;
+        };
+        out.push(ExecMapping {
+            start,
+            end,
+            offset,
+            file: format!("{dev}:{inode}"),
+            path,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether pid runs its own program: a command waitprof launched is a copy of waitprof
+/// until its exec, and waitprof's own tables would be of no use to it.
+fn exec_done(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    id(&format!("/proc/{pid}/exe")) != id("/proc/self/exe")
+}
+
+/// A rule of one row, before it is placed in the kernel's array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rule {
+    cfa: u8,
+    cfa_off: i16,
+    rbp: u8,
+    rbp_off: i16,
+}
+
+impl Rule {
+    const NONE: Rule = Rule {
+        cfa: wp_cfa::WP_CFA_NONE.0 as u8,
+        cfa_off: 0,
+        rbp: wp_rbp::WP_RBP_SAME.0 as u8,
+        rbp_off: 0,
+    };
+    const UNSUPPORTED: Rule = Rule {
+        cfa: wp_cfa::WP_CFA_UNSUPPORTED.0 as u8,
+        ..Rule::NONE
+    };
+}
+
+/// Why a file has no rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoTable {
+    NoEhFrame,
+    Unreadable(String),
+    Above4G,
+}
+
+impl std::fmt::Display for NoTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoTable::NoEhFrame => write!(f, "no .eh_frame"),
+            NoTable::Unreadable(e) => write!(f, "{e}"),
+            NoTable::Above4G => write!(f, "code above 4 GiB"),
+        }
+    }
+}
+
+fn rule_of<R: gimli::Reader>(row: &gimli::UnwindTableRow<R::Offset>) -> Rule {
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Undefined) => {
+            return Rule {
+                cfa: wp_cfa::WP_CFA_END.0 as u8,
+                ..Rule::NONE
+            }
+        }
+        None | Some(RegisterRule::Offset(-8)) | Some(RegisterRule::SameValue) => {}
+        _ => return Rule::UNSUPPORTED,
+    }
+    let (cfa, cfa_off) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            let Ok(off) = i16::try_from(*offset) else {
+                return Rule::UNSUPPORTED;
+            };
+            match *register {
+                X86_64::RSP => (wp_cfa::WP_CFA_RSP.0 as u8, off),
+                X86_64::RBP => (wp_cfa::WP_CFA_RBP.0 as u8, off),
+                _ => return Rule::UNSUPPORTED,
+            }
+        }
+        CfaRule::Expression(_) => return Rule::UNSUPPORTED,
+    };
+    let (rbp, rbp_off) = match row.register(X86_64::RBP) {
+        Some(RegisterRule::Offset(n)) => match i16::try_from(n) {
+            Ok(n) => (wp_rbp::WP_RBP_AT.0 as u8, n),
+            Err(_) => return Rule::UNSUPPORTED,
+        },
+        _ => (wp_rbp::WP_RBP_SAME.0 as u8, 0),
+    };
+    Rule {
+        cfa,
+        cfa_off,
+        rbp,
+        rbp_off,
+    }
+}
+
+/// Compiles an ELF file's .eh_frame into rows sorted by address: where each rule starts,
+/// with a NONE row where an FDE ends and no other begins. Adjacent equal rules merge.
+fn compile(data: &[u8]) -> Result<Vec<(u32, Rule)>, NoTable> {
+    let file = object::File::parse(data).map_err(|e| NoTable::Unreadable(e.to_string()))?;
+    let section = file
+        .section_by_name(".eh_frame")
+        .ok_or(NoTable::NoEhFrame)?;
+    let bytes = section
+        .data()
+        .map_err(|e| NoTable::Unreadable(e.to_string()))?;
+    let eh = EhFrame::new(bytes, LittleEndian);
+    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    if let Some(got) = file.section_by_name(".got") {
+        bases = bases.set_got(got.address());
+    }
+    let mut ctx = UnwindContext::new();
+    let mut rows: Vec<(u64, bool, Rule)> = Vec::new();
+    let mut entries = eh.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(|s, b, o| s.cie_from_offset(b, o)) else {
+            continue;
+        };
+        let Ok(mut table) = fde.rows(&eh, &bases, &mut ctx) else {
+            continue;
+        };
+        while let Ok(Some(row)) = table.next_row() {
+            rows.push((
+                row.start_address(),
+                true,
+                rule_of::<gimli::EndianSlice<LittleEndian>>(row),
+            ));
+        }
+        rows.push((fde.end_address(), false, Rule::NONE));
+    }
+    // at one address, an FDE's start beats another's end
+    rows.sort_by_key(|&(pc, real, _)| (pc, real));
+    let mut out: Vec<(u32, Rule)> = Vec::with_capacity(rows.len());
+    for (pc, _, rule) in rows {
+        let pc = u32::try_from(pc).map_err(|_| NoTable::Above4G)?;
+        match out.last_mut() {
+            Some(last) if last.0 == pc => last.1 = rule,
+            Some(last) if last.1 == rule => {}
+            _ => out.push((pc, rule)),
+        }
+    }
+    Ok(out)
+}
+
+/// The offset to subtract from an address in `m` to get the file's virtual address: from
+/// the loadable segment holding the mapping's file offset. Segments start mid-page and
+/// are mapped from the page below, so two can hold the same page: the later one, whose
+/// mapping starts there, is the one.
+fn bias_of(data: &[u8], m: &ExecMapping) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let file = object::File::parse(data).ok()?;
+    file.segments()
+        .filter_map(|seg| {
+            let (off, size) = seg.file_range();
+            let page_off = off & !(PAGE - 1);
+            (m.offset >= page_off && m.offset < off + size.max(1)).then(|| {
+                let vaddr = (seg.address() & !(PAGE - 1)) + (m.offset - page_off);
+                (page_off, m.start.wrapping_sub(vaddr))
+            })
+        })
+        .max_by_key(|&(page_off, _)| page_off)
+        .map(|(_, bias)| bias)
+}
+
+/// Where a file's rows are in the kernel's array, or why it has none.
+#[derive(Clone, Debug)]
+struct Placed {
+    rows: Result<(u32, u32), NoTable>,
+    bias_data: Vec<(u64, u64)>, // (mapping offset, bias) seen, to skip rereads
+}
+
+/// What the tables cover, for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct UnwindReport {
+    /// Files with tables, and the rows they take.
+    pub files: usize,
+    pub rows: u32,
+    pub capacity: u32,
+    /// Files mapped executable that have no table, with the reason.
+    pub without: Vec<(String, String)>,
+    /// Time spent compiling tables.
+    pub build_time: Duration,
+    /// Refreshes after the start (new code mapped).
+    pub refreshes: usize,
+}
+
+/// The target's unwind tables, as loaded into the kernel.
+pub struct Tables {
+    pid: u32,
+    files: HashMap<String, Placed>,
+    next_row: u32,
+    capacity: u32,
+    loaded: Vec<ExecMapping>,
+    pub report: UnwindReport,
+}
+
+impl Tables {
+    pub fn new(pid: u32, capacity: u32) -> Tables {
+        Tables {
+            pid,
+            files: HashMap::new(),
+            next_row: 0,
+            capacity,
+            loaded: Vec::new(),
+            report: UnwindReport {
+                capacity,
+                ..UnwindReport::default()
+            },
+        }
+    }
+
+    /// Rereads the target's mappings and, if its code changed, compiles the new files
+    /// and replaces its mapping list in the kernel. Returns whether anything changed.
+    pub fn refresh(&mut self, rows_map: &impl MapCore, procs_map: &impl MapCore) -> Result<bool> {
+        if !exec_done(self.pid) {
+            return Ok(false);
+        }
+        let mappings = exec_mappings(self.pid)?;
+        if mappings == self.loaded {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let mut proc_ = wp_unwind_proc::default();
+        let mut n = 0usize;
+        for m in &mappings {
+            if n == MAX_MAPS {
+                self.report.without.push((
+                    m.path.clone(),
+                    format!("over {MAX_MAPS} executable mappings"),
+                ));
+                break;
+            }
+            let (rows, bias) = self.place(m, rows_map);
+            let Some(bias) = bias else {
+                continue;
+            };
+            let (lo, hi) = rows.unwrap_or((0, 0));
+            proc_.m[n] = wp_unwind_map {
+                start: m.start,
+                end: m.end,
+                bias,
+                row_lo: lo,
+                row_hi: hi,
+            };
+            n += 1;
+        }
+        proc_.m[..n].sort_by_key(|m| m.start);
+        proc_.n = n as u32;
+        // SAFETY: wp_unwind_proc is plain data with explicit padding, zero-initialised.
+        let value = unsafe { plain::as_bytes(&proc_) };
+        procs_map
+            .update(&self.pid.to_ne_bytes(), value, MapFlags::ANY)
+            .context("loading the target's unwind mappings failed")?;
+        if !self.loaded.is_empty() {
+            self.report.refreshes += 1;
+        }
+        self.loaded = mappings;
+        self.report.build_time += started.elapsed();
+        Ok(true)
+    }
+
+    /// The rows of m's file (compiled and loaded the first time it is seen) and m's bias.
+    fn place(
+        &mut self,
+        m: &ExecMapping,
+        rows_map: &impl MapCore,
+    ) -> (Result<(u32, u32), NoTable>, Option<u64>) {
+        if let Some(p) = self.files.get(&m.file) {
+            if let Some(&(_, bias)) = p.bias_data.iter().find(|(off, _)| *off == m.offset) {
+                return (p.rows.clone(), Some(bias));
+            }
+        }
+        // map_files names the very file mapped, even deleted or in another mount namespace
+        let via = format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end);
+        let data = match std::fs::read(&via).or_else(|_| std::fs::read(&m.path)) {
+            Ok(d) => d,
+            Err(e) => {
+                let rows = Err(NoTable::Unreadable(e.to_string()));
+                self.note_without(m, &rows);
+                return (rows, None);
+            }
+        };
+        let bias = bias_of(&data, m);
+        let rows = match self.files.get(&m.file) {
+            Some(p) => p.rows.clone(),
+            None => {
+                let rows = compile(&data).and_then(|rows| self.load(&rows, rows_map));
+                self.note_without(m, &rows);
+                if rows.is_ok() {
+                    self.report.files += 1;
+                }
+                rows
+            }
+        };
+        let placed = self.files.entry(m.file.clone()).or_insert(Placed {
+            rows: rows.clone(),
+            bias_data: Vec::new(),
+        });
+        if let Some(b) = bias {
+            placed.bias_data.push((m.offset, b));
+        }
+        (rows, bias)
+    }
+
+    fn note_without(&mut self, m: &ExecMapping, rows: &Result<(u32, u32), NoTable>) {
+        if let Err(why) = rows {
+            if !self.report.without.iter().any(|(p, _)| *p == m.path) {
+                self.report.without.push((m.path.clone(), why.to_string()));
+            }
+        }
+    }
+
+    /// Appends rows to the kernel's array; returns their range.
+    fn load(
+        &mut self,
+        rows: &[(u32, Rule)],
+        rows_map: &impl MapCore,
+    ) -> Result<(u32, u32), NoTable> {
+        let lo = self.next_row;
+        let hi = lo
+            .checked_add(rows.len() as u32)
+            .filter(|&hi| hi <= self.capacity)
+            .ok_or_else(|| {
+                NoTable::Unreadable(format!(
+                    "the unwind-row table is full ({} rows; raise --unwind-rows)",
+                    self.capacity
+                ))
+            })?;
+        let mut keys = Vec::with_capacity(rows.len() * 4);
+        let mut values = Vec::with_capacity(rows.len() * std::mem::size_of::<wp_unwind_row>());
+        for (i, &(pc, r)) in rows.iter().enumerate() {
+            keys.extend_from_slice(&(lo + i as u32).to_ne_bytes());
+            let row = wp_unwind_row {
+                pc,
+                cfa_off: r.cfa_off,
+                rbp_off: r.rbp_off,
+                cfa: r.cfa,
+                rbp: r.rbp,
+                ..wp_unwind_row::default()
+            };
+            // SAFETY: wp_unwind_row is plain data with explicit padding, zero-initialised.
+            values.extend_from_slice(unsafe { plain::as_bytes(&row) });
+        }
+        for (k, v) in keys
+            .chunks(4 * 65536)
+            .zip(values.chunks(std::mem::size_of::<wp_unwind_row>() * 65536))
+        {
+            rows_map
+                .update_batch(k, v, (k.len() / 4) as u32, MapFlags::ANY, MapFlags::ANY)
+                .map_err(|e| NoTable::Unreadable(format!("loading its rows failed: {e}")))?;
+        }
+        self.next_row = hi;
+        self.report.rows = hi;
+        Ok((lo, hi))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_compiles_to_sorted_rows_covering_its_functions() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let rows = compile(&exe).unwrap();
+        assert!(rows.len() > 1000, "{} rows", rows.len());
+        assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
+        // at a function's first instruction the CFA is rsp + 8: only the return address
+        let f = this_test_binary_compiles_to_sorted_rows_covering_its_functions as fn() as usize;
+        let exe_maps = exec_mappings(std::process::id()).unwrap();
+        let m = exe_maps
+            .iter()
+            .find(|m| (m.start..m.end).contains(&(f as u64)))
+            .unwrap();
+        let bias = bias_of(&exe, m).unwrap();
+        let pc = (f as u64 - bias) as u32;
+        let at = rows.partition_point(|&(p, _)| p <= pc) - 1;
+        assert_eq!(rows[at].0, pc, "a row starts at the function");
+        assert_eq!(
+            rows[at].1,
+            Rule {
+                cfa: wp_cfa::WP_CFA_RSP.0 as u8,
+                cfa_off: 8,
+                rbp: wp_rbp::WP_RBP_SAME.0 as u8,
+                rbp_off: 0
+            }
+        );
+    }
+}

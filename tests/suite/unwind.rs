@@ -1,0 +1,216 @@
+//! Complete user stacks where frame pointers stop: fixtures built without them (C with
+//! gcc -fomit-frame-pointer, Rust with force-frame-pointers=no) block through known call
+//! chains in a futex, epoll_wait and accept4. With the unwind tables every chain appears
+//! whole, in order, from the thread's entry down to the syscall, with the time the
+//! fixture measured; with frame pointers only it does not (which shows the fixtures
+//! really are frameless).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::common::*;
+
+/// Builds a fixture once per test run, into cargo's temporary directory for tests.
+fn built(name: &str, cmd: impl FnOnce(&str) -> Command) -> String {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let out_s = out.to_string_lossy().into_owned();
+    let mut c = cmd(&out_s);
+    let result = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
+    assert!(
+        result.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out_s
+}
+
+fn c_fixture() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        built("nofp-c", |out| {
+            let mut c = Command::new("cc");
+            c.args(["-O2", "-g", "-fomit-frame-pointer", "-pthread", "-o", out])
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/nofp.c"
+                ));
+            c
+        })
+    })
+}
+
+fn rust_fixture() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        built("nofp-rust", |out| {
+            let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+            let mut c = Command::new(rustc);
+            c.args(["--edition", "2021", "-O", "-C", "force-frame-pointers=no"])
+                .args(["-C", "debuginfo=1", "-o", out])
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/nofp.rs"
+                ));
+            c
+        })
+    })
+}
+
+/// Profiles `fixture KIND 10 20` (10 waits of 20 ms) and checks that the blocked time
+/// under `chain` (root to leaf, in order) is what the fixture measured, ±5%.
+fn chain_is_whole(fixture: &str, kind: &str, name: &str, chain: &[&str]) {
+    let _s = root_session();
+    let run = waitprof(&["--", fixture, kind, "10", "20"]);
+    let folded = run.folded();
+    let us = attributed_us(&folded, chain);
+    assert_close(
+        &format!("{name} {kind} 10 20, whole chain"),
+        us * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("user stacks: unwind tables of "),
+        "no unwinding line:\n{stderr}"
+    );
+}
+
+#[test]
+fn c_without_frame_pointers_futex() {
+    chain_is_whole(
+        c_fixture(),
+        "futex",
+        "C",
+        &[
+            "_start",
+            "main",
+            "futex_outer",
+            "futex_middle",
+            "futex_inner",
+            "pthread_mutex_lock",
+            "__lll_lock_wait",
+            "[futex]",
+        ],
+    );
+}
+
+#[test]
+fn c_without_frame_pointers_epoll() {
+    chain_is_whole(
+        c_fixture(),
+        "epoll",
+        "C",
+        &[
+            "_start",
+            "main",
+            "epoll_outer",
+            "epoll_middle",
+            "epoll_inner",
+            "epoll_wait",
+            "[epoll_wait]",
+        ],
+    );
+}
+
+#[test]
+fn c_without_frame_pointers_accept() {
+    chain_is_whole(
+        c_fixture(),
+        "accept",
+        "C",
+        &[
+            "_start",
+            "main",
+            "accept_outer",
+            "accept_middle",
+            "accept_inner",
+            "accept4",
+            "[accept4]",
+        ],
+    );
+}
+
+#[test]
+fn rust_without_frame_pointers_futex() {
+    chain_is_whole(
+        rust_fixture(),
+        "futex",
+        "Rust",
+        &[
+            "_start",
+            "nofp::main",
+            "nofp::futex_outer",
+            "nofp::futex_middle",
+            "nofp::futex_inner",
+            "lock_contended",
+            "futex_wait",
+            "[futex]",
+        ],
+    );
+}
+
+#[test]
+fn rust_without_frame_pointers_epoll() {
+    chain_is_whole(
+        rust_fixture(),
+        "epoll",
+        "Rust",
+        &[
+            "_start",
+            "nofp::main",
+            "nofp::epoll_outer",
+            "nofp::epoll_middle",
+            "nofp::epoll_inner",
+            "[epoll_wait]",
+        ],
+    );
+}
+
+#[test]
+fn rust_without_frame_pointers_accept() {
+    chain_is_whole(
+        rust_fixture(),
+        "accept",
+        "Rust",
+        &[
+            "_start",
+            "nofp::main",
+            "nofp::accept_outer",
+            "nofp::accept_middle",
+            "nofp::accept_inner",
+            "TcpListener>::accept",
+            "[accept4]",
+        ],
+    );
+}
+
+/// Frame pointers alone lose the chain: glibc's lock wait has no frame pointer, so the
+/// walk cannot find who called it. This is what the tables recover.
+#[test]
+fn frame_pointers_alone_lose_the_chain() {
+    let _s = root_session();
+    let run = waitprof(&["--unwind", "fp", "--", c_fixture(), "futex", "10", "20"]);
+    let folded = run.folded();
+    let blocked: u64 = folded
+        .iter()
+        .filter(|(s, _)| in_order(s, &["__lll_lock_wait", "[futex]"]))
+        .map(|(_, v)| v)
+        .sum();
+    let whole: u64 = folded
+        .iter()
+        .filter(|(s, _)| in_order(s, &["futex_inner", "[futex]"]))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        blocked * 1000 >= run.measured_ns() * 95 / 100,
+        "{blocked} us"
+    );
+    assert_eq!(whole, 0, "a frame-pointer walk found futex_inner");
+    assert!(
+        run.stderr().contains("user stacks: frame pointers only"),
+        "{}",
+        run.stderr()
+    );
+}
