@@ -41,6 +41,8 @@ enum Tool {
     /// The default: wakers recorded.
     Waitprof,
     WaitprofNoWakers,
+    /// Frame pointers only: what the unwind tables cost.
+    WaitprofFp,
     Offcputime,
 }
 
@@ -50,6 +52,7 @@ impl Tool {
             Tool::None => "no profiler",
             Tool::Waitprof => "waitprof",
             Tool::WaitprofNoWakers => "waitprof --no-wakers",
+            Tool::WaitprofFp => "waitprof --unwind fp",
             Tool::Offcputime => "offcputime",
         }
     }
@@ -82,10 +85,11 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
     let t = Instant::now();
     let mut child = match tool {
         Tool::None => return Ok(None),
-        Tool::Waitprof | Tool::WaitprofNoWakers => Command::new(WAITPROF)
+        Tool::Waitprof | Tool::WaitprofNoWakers | Tool::WaitprofFp => Command::new(WAITPROF)
             .args(["-p", &pid.to_string(), "-o"])
             .arg(dir.join("bench.svg"))
             .args((tool == Tool::WaitprofNoWakers).then_some("--no-wakers"))
+            .args((tool == Tool::WaitprofFp).then_some("--unwind=fp"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -260,10 +264,11 @@ impl Drop for Parked {
     }
 }
 
-const TOOLS: [Tool; 4] = [
+const TOOLS: [Tool; 5] = [
     Tool::None,
     Tool::Waitprof,
     Tool::WaitprofNoWakers,
+    Tool::WaitprofFp,
     Tool::Offcputime,
 ];
 
@@ -445,7 +450,12 @@ fn per_event(report: &mut String, dir: &Path) -> Res<()> {
         );
         let _ = writeln!(report, "|---|---|---:|---:|---:|");
         let mut pp = PingPong::start(None)?;
-        for tool in [Tool::Waitprof, Tool::WaitprofNoWakers, Tool::Offcputime] {
+        for tool in [
+            Tool::Waitprof,
+            Tool::WaitprofNoWakers,
+            Tool::WaitprofFp,
+            Tool::Offcputime,
+        ] {
             let a = attach(tool, pp.pid(), dir)?.ok_or("no tool")?;
             let rate = pp.round(ROUND_MS)?;
             let progs: Vec<_> = ProgInfoIter::default()

@@ -243,7 +243,7 @@ fn waker_words(what: &str, threads: &BTreeSet<String>) -> String {
 }
 
 /// Functions a thread starts in: a user stack that reaches one is complete.
-const ENTRY_FRAMES: [&str; 9] = [
+const ENTRY_FRAMES: [&str; 10] = [
     "_start",
     "__libc_start_main",
     "__libc_start_call_main",
@@ -253,6 +253,7 @@ const ENTRY_FRAMES: [&str; 9] = [
     "__clone3",
     "runtime.goexit",
     "runtime.mstart",
+    crate::symbolize::G0_ROOT,
 ];
 
 /// How complete the user stacks of the blocked time are.

@@ -12,6 +12,7 @@ pub mod bpf;
 pub mod cli;
 pub mod collect;
 pub mod fold;
+pub mod gosym;
 pub mod model;
 pub mod render;
 pub mod session;

@@ -13,6 +13,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
 use blazesym::symbolize::{Input, Reason, Symbolized};
 use blazesym::{MaybeDefault, Pid};
 
+use crate::gosym::GoFuncs;
 use crate::model::{Collected, Kind, Mapping};
 
 /// Depth at which the kernel cut a stack (WP_MAX_STACK_DEPTH).
@@ -100,6 +101,7 @@ impl Symbolizer {
                     &self.process_source(),
                     ids,
                     collected,
+                    Some(&collected.maps),
                     &mut symbols.truncated_stacks,
                     &mut symbols.unknown_why,
                 )?
@@ -107,7 +109,7 @@ impl Symbolizer {
                 // another process's waker: best effort, it may have exited
                 let source = Source::Process(Process::new(Pid::from(*pid)));
                 let (mut truncated, mut why) = (0, BTreeMap::new());
-                self.resolve_set(&source, ids, collected, &mut truncated, &mut why)
+                self.resolve_set(&source, ids, collected, Some(&[]), &mut truncated, &mut why)
                     .unwrap_or_default()
             };
             symbols.user.extend(user);
@@ -118,6 +120,7 @@ impl Symbolizer {
             &Self::kernel_source(),
             &kernel_ids,
             collected,
+            None,
             &mut symbols.truncated_stacks,
             &mut BTreeMap::new(),
         )?;
@@ -134,6 +137,8 @@ impl Symbolizer {
         source: &Source<'_>,
         ids: &HashSet<u64>,
         collected: &Collected,
+        // user stacks: the process's maps, to name stripped Go code by its .gopclntab
+        user_maps: Option<&[Mapping]>,
         truncated: &mut usize,
         unknown_why: &mut BTreeMap<&'static str, usize>,
     ) -> Result<(HashMap<u64, Frames>, usize)> {
@@ -149,7 +154,7 @@ impl Symbolizer {
             .into_iter()
             .collect();
         addrs.sort_unstable();
-        let names: HashMap<u64, Result<Frames, &'static str>> = if addrs.is_empty() {
+        let mut names: HashMap<u64, Result<Frames, &'static str>> = if addrs.is_empty() {
             HashMap::new()
         } else {
             let results = self
@@ -162,6 +167,9 @@ impl Symbolizer {
                 .zip(results.into_iter().map(frame_names))
                 .collect()
         };
+        if let Some(maps) = user_maps.filter(|m| !m.is_empty()) {
+            name_go_functions(&mut names, maps);
+        }
         let unknown = names.values().filter(|n| n.is_err()).count();
         for why in names.values().filter_map(|n| n.as_ref().err()) {
             *unknown_why.entry(why).or_default() += 1;
@@ -191,10 +199,75 @@ impl Symbolizer {
                     None => frames.push(label("not symbolized")),
                 }
             }
+            if user_maps.is_some() {
+                frames = cut_at_g0(frames);
+            }
             out.insert(id, frames);
         }
         Ok((out, unknown))
     }
+}
+
+/// Names what blazesym could not in Go binaries, from their .gopclntab (stripped Go).
+fn name_go_functions(names: &mut HashMap<u64, Result<Frames, &'static str>>, maps: &[Mapping]) {
+    let mut files: HashMap<&str, Option<(Vec<u8>, GoFuncs)>> = HashMap::new();
+    for (&addr, name) in names.iter_mut().filter(|(_, n)| n.is_err()) {
+        let Some(m) = maps
+            .iter()
+            .find(|m| (m.start..m.end).contains(&addr) && m.path.starts_with('/'))
+        else {
+            continue;
+        };
+        let Some((data, funcs)) = files
+            .entry(&m.path)
+            .or_insert_with(|| {
+                let data = std::fs::read(&m.path).ok()?;
+                let funcs = GoFuncs::load(&data)?;
+                Some((data, funcs))
+            })
+            .as_ref()
+        else {
+            continue;
+        };
+        let found = crate::unwind::bias(data, m.start, m.offset)
+            .and_then(|bias| funcs.name(addr.wrapping_sub(bias)));
+        if let Some(f) = found {
+            *name = Ok(vec![Arc::from(f)]);
+        }
+    }
+}
+
+/// Where a Go thread runs on its scheduler stack (g0) and the frame-pointer chain goes
+/// on into the goroutine that last ran there: `runtime.mcall` (parking a goroutine) and
+/// `runtime.systemstack` switch to g0, so what is rootward of the first of them is not
+/// what the thread is doing. Such a stack is cut there, under a `[go scheduler (g0)]`
+/// root, so scheduler idling is never attributed to a goroutine's code.
+pub const G0_ROOT: &str = "[go scheduler (g0)]";
+
+fn cut_at_g0(mut frames: Frames) -> Frames {
+    // a stack walked before the unwind tables loaded keeps saying so, at its root
+    let pending = frames
+        .first()
+        .is_some_and(|f| f.starts_with("[unknown: frame pointers only"))
+        .then(|| frames.remove(0));
+    // the outermost frames of Go's threads and goroutines: anything rootward of them is
+    // the unwinder running past the end (Go's tables do not mark it)
+    if let Some(i) = frames
+        .iter()
+        .rposition(|f| matches!(&**f, "runtime.mstart" | "runtime.goexit" | "runtime.rt0_go"))
+    {
+        frames.drain(..i);
+    }
+    let starts_on_g0 = frames
+        .first()
+        .is_some_and(|f| matches!(&**f, "runtime.mstart" | "runtime.rt0_go"));
+    let switch = frames
+        .iter()
+        .position(|f| matches!(&**f, "runtime.mcall" | "runtime.systemstack"));
+    if let (Some(i), false) = (switch, starts_on_g0) {
+        frames.splice(..i, std::iter::once(Arc::from(G0_ROOT)));
+    }
+    pending.into_iter().chain(frames).collect()
 }
 
 /// Functions of the tracing machinery that runs the BPF program.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, EhFrame, LittleEndian, RegisterRule, UnwindContext,
-    UnwindSection, X86_64,
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
 };
 use libbpf_rs::{MapCore, MapFlags};
 use object::{Object, ObjectSection, ObjectSegment};
@@ -109,7 +109,7 @@ pub enum NoTable {
 impl std::fmt::Display for NoTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NoTable::NoEhFrame => write!(f, "no .eh_frame"),
+            NoTable::NoEhFrame => write!(f, "no .eh_frame or .debug_frame"),
             NoTable::Unreadable(e) => write!(f, "{e}"),
             NoTable::Above4G => write!(f, "code above 4 GiB"),
         }
@@ -159,44 +159,29 @@ fn rule_of<R: gimli::Reader>(row: &gimli::UnwindTableRow<R::Offset>) -> Rule {
 /// with a NONE row where an FDE ends and no other begins. Adjacent equal rules merge.
 fn compile(data: &[u8]) -> Result<Vec<(u32, Rule)>, NoTable> {
     let file = object::File::parse(data).map_err(|e| NoTable::Unreadable(e.to_string()))?;
-    let section = file
-        .section_by_name(".eh_frame")
-        .ok_or(NoTable::NoEhFrame)?;
-    let bytes = section
-        .data()
-        .map_err(|e| NoTable::Unreadable(e.to_string()))?;
-    let eh = EhFrame::new(bytes, LittleEndian);
-    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    // Go compresses its DWARF sections (SHF_COMPRESSED)
+    let section_data = |name: &str| {
+        let s = file.section_by_name(name)?;
+        Some((s.address(), s.uncompressed_data().ok()?))
+    };
+    let mut bases = BaseAddresses::default();
     if let Some(text) = file.section_by_name(".text") {
         bases = bases.set_text(text.address());
     }
     if let Some(got) = file.section_by_name(".got") {
         bases = bases.set_got(got.address());
     }
-    let mut ctx = UnwindContext::new();
-    let mut rows: Vec<(u64, bool, Rule)> = Vec::new();
-    let mut entries = eh.entries(&bases);
-    while let Ok(Some(entry)) = entries.next() {
-        let CieOrFde::Fde(partial) = entry else {
-            continue;
-        };
-        let Ok(fde) = partial.parse(|s, b, o| s.cie_from_offset(b, o)) else {
-            continue;
-        };
-        let Ok(mut table) = fde.rows(&eh, &bases, &mut ctx) else {
-            continue;
-        };
-        while let Ok(Some(row)) = table.next_row() {
-            rows.push((
-                row.start_address(),
-                true,
-                rule_of::<gimli::EndianSlice<LittleEndian>>(row),
-            ));
-        }
-        rows.push((fde.end_address(), false, Rule::NONE));
-    }
-    // at one address, an FDE's start beats another's end
-    rows.sort_by_key(|&(pc, real, _)| (pc, real));
+    let rows = if let Some((addr, bytes)) = section_data(".eh_frame") {
+        let bases = bases.set_eh_frame(addr);
+        rows_of(&EhFrame::new(&bytes, LittleEndian), &bases)
+    } else if let Some((_, bytes)) = section_data(".debug_frame") {
+        // Go binaries (unless built with -w) describe their frames only there
+        let mut debug_frame = DebugFrame::new(&bytes, LittleEndian);
+        debug_frame.set_address_size(8);
+        rows_of(&debug_frame, &bases)
+    } else {
+        return Err(NoTable::NoEhFrame);
+    };
     let mut out: Vec<(u32, Rule)> = Vec::with_capacity(rows.len());
     for (pc, _, rule) in rows {
         let pc = u32::try_from(pc).map_err(|_| NoTable::Above4G)?;
@@ -209,20 +194,57 @@ fn compile(data: &[u8]) -> Result<Vec<(u32, Rule)>, NoTable> {
     Ok(out)
 }
 
+/// Every FDE's rows, and a NONE row where each ends, sorted by address; at one address,
+/// an FDE's start sorts after another's end.
+fn rows_of<'a, S>(section: &S, bases: &BaseAddresses) -> Vec<(u64, bool, Rule)>
+where
+    S: UnwindSection<gimli::EndianSlice<'a, LittleEndian>>,
+{
+    let mut ctx = UnwindContext::new();
+    let mut rows: Vec<(u64, bool, Rule)> = Vec::new();
+    let mut entries = section.entries(bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(|s, b, o| s.cie_from_offset(b, o)) else {
+            continue;
+        };
+        let Ok(mut table) = fde.rows(section, bases, &mut ctx) else {
+            continue;
+        };
+        while let Ok(Some(row)) = table.next_row() {
+            rows.push((
+                row.start_address(),
+                true,
+                rule_of::<gimli::EndianSlice<LittleEndian>>(row),
+            ));
+        }
+        rows.push((fde.end_address(), false, Rule::NONE));
+    }
+    rows.sort_by_key(|&(pc, real, _)| (pc, real));
+    rows
+}
+
 /// The offset to subtract from an address in `m` to get the file's virtual address: from
 /// the loadable segment holding the mapping's file offset. Segments start mid-page and
 /// are mapped from the page below, so two can hold the same page: the later one, whose
 /// mapping starts there, is the one.
 fn bias_of(data: &[u8], m: &ExecMapping) -> Option<u64> {
+    bias(data, m.start, m.offset)
+}
+
+/// The bias of a mapping of `data` at `start` from file offset `offset` (see bias_of).
+pub fn bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
     const PAGE: u64 = 4096;
     let file = object::File::parse(data).ok()?;
     file.segments()
         .filter_map(|seg| {
             let (off, size) = seg.file_range();
             let page_off = off & !(PAGE - 1);
-            (m.offset >= page_off && m.offset < off + size.max(1)).then(|| {
-                let vaddr = (seg.address() & !(PAGE - 1)) + (m.offset - page_off);
-                (page_off, m.start.wrapping_sub(vaddr))
+            (offset >= page_off && offset < off + size.max(1)).then(|| {
+                let vaddr = (seg.address() & !(PAGE - 1)) + (offset - page_off);
+                (page_off, start.wrapping_sub(vaddr))
             })
         })
         .max_by_key(|&(page_off, _)| page_off)

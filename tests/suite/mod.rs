@@ -2,6 +2,7 @@ mod attach;
 mod blocking;
 mod common;
 mod errors;
+mod golang;
 mod golden;
 mod options;
 mod reliability;

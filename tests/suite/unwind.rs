@@ -59,9 +59,11 @@ fn rust_fixture() -> &'static str {
 
 /// Profiles `fixture KIND 10 20` (10 waits of 20 ms) and checks that the blocked time
 /// under `chain` (root to leaf, in order) is what the fixture measured, ±5%.
-fn chain_is_whole(fixture: &str, kind: &str, name: &str, chain: &[&str]) {
+/// The fixture is built under the session lock, so no build competes for the CPU with
+/// another test's session (its unwind tables load while the fixture warms up).
+fn chain_is_whole(fixture: fn() -> &'static str, kind: &str, name: &str, chain: &[&str]) {
     let _s = root_session();
-    let run = waitprof(&["--", fixture, kind, "10", "20"]);
+    let run = waitprof(&["--", fixture(), kind, "10", "20"]);
     let folded = run.folded();
     let us = attributed_us(&folded, chain);
     assert_close(
@@ -80,7 +82,7 @@ fn chain_is_whole(fixture: &str, kind: &str, name: &str, chain: &[&str]) {
 #[test]
 fn c_without_frame_pointers_futex() {
     chain_is_whole(
-        c_fixture(),
+        c_fixture,
         "futex",
         "C",
         &[
@@ -99,7 +101,7 @@ fn c_without_frame_pointers_futex() {
 #[test]
 fn c_without_frame_pointers_epoll() {
     chain_is_whole(
-        c_fixture(),
+        c_fixture,
         "epoll",
         "C",
         &[
@@ -117,7 +119,7 @@ fn c_without_frame_pointers_epoll() {
 #[test]
 fn c_without_frame_pointers_accept() {
     chain_is_whole(
-        c_fixture(),
+        c_fixture,
         "accept",
         "C",
         &[
@@ -135,7 +137,7 @@ fn c_without_frame_pointers_accept() {
 #[test]
 fn rust_without_frame_pointers_futex() {
     chain_is_whole(
-        rust_fixture(),
+        rust_fixture,
         "futex",
         "Rust",
         &[
@@ -154,7 +156,7 @@ fn rust_without_frame_pointers_futex() {
 #[test]
 fn rust_without_frame_pointers_epoll() {
     chain_is_whole(
-        rust_fixture(),
+        rust_fixture,
         "epoll",
         "Rust",
         &[
@@ -171,7 +173,7 @@ fn rust_without_frame_pointers_epoll() {
 #[test]
 fn rust_without_frame_pointers_accept() {
     chain_is_whole(
-        rust_fixture(),
+        rust_fixture,
         "accept",
         "Rust",
         &[
