@@ -162,11 +162,11 @@ static long unwind_step(__u32 i, void *data)
 		st->ip = ra;
 		return ra ? 0 : 1;
 	}
-	if (!r || r->cfa == WP_CFA_NONE) {
+	if (!r || (r->rule & 15) == WP_CFA_NONE) {
 		st->stop = WP_UNW_NO_INFO;
 		return 1;
 	}
-	switch (r->cfa) {
+	switch (r->rule & 15) {
 	case WP_CFA_RSP:
 		cfa = st->sp + r->cfa_off;
 		break;
@@ -183,8 +183,8 @@ static long unwind_step(__u32 i, void *data)
 		st->stop = WP_UNW_UNREADABLE;
 		return 1;
 	}
-	if (r->rbp == WP_RBP_AT &&
-	    bpf_probe_read_user(&st->bp, sizeof(st->bp), (void *)(cfa + r->rbp_off))) {
+	if ((r->rule >> 4) == WP_RBP_AT &&
+	    bpf_probe_read_user(&st->bp, sizeof(st->bp), (void *)(cfa + r->rbp_off8 * 8))) {
 		st->stop = WP_UNW_UNREADABLE;
 		return 1;
 	}

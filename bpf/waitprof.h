@@ -300,20 +300,21 @@ enum wp_rbp {
 	WP_RBP_AT = 1,   /* saved at CFA + rbp_off */
 };
 
+/* 8 bytes: an array of 2^20 rows takes 8 MiB */
 struct wp_unwind_row {
 	__u32 pc; /* the file's virtual address, where this rule starts */
 	__s16 cfa_off;
-	__s16 rbp_off;
-	__u8 cfa; /* enum wp_cfa */
-	__u8 rbp; /* enum wp_rbp */
-	__u16 __pad;
+	__s8 rbp_off8; /* rbp_off / 8 */
+	__u8 rule;     /* enum wp_cfa in bits 0-3, enum wp_rbp in bits 4-7 */
 };
+_Static_assert(sizeof(struct wp_unwind_row) == 8, "wp_unwind_row layout changed");
 
 struct wp_unwind_map {
 	__u64 start, end; /* the mapping's addresses */
 	__u64 bias;       /* address - bias = the file's virtual address */
 	__u32 row_lo, row_hi; /* its file's rows; row_lo == row_hi: none */
 };
+_Static_assert(sizeof(struct wp_unwind_map) == 32, "wp_unwind_map layout changed");
 
 struct wp_unwind_proc {
 	__u32 n; /* mappings in use, sorted by start */

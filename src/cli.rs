@@ -78,8 +78,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
     pub unwind: Unwind,
 
-    /// Number of unwind-table rows the kernel can hold (12 bytes each), for all the
-    /// target's files together: glibc takes about 60000, a large C++ server millions.
+    /// Number of unwind-table rows the kernel can hold (8 bytes each), for all the
+    /// target's files together: glibc takes about 28000, a large C++ server millions.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub unwind_rows: u32,
 

@@ -158,12 +158,18 @@ pub fn run(
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break EndReason::Duration;
         }
-        if let Some(t) = tables.as_mut().filter(|_| unwind_wanted.replace(false)) {
+        let recache = Instant::now() >= next_cache;
+        // at the kernel's request, and at the timer too: a library unmapped and another
+        // mapped in its place asks for nothing
+        if let Some(t) = tables
+            .as_mut()
+            .filter(|_| unwind_wanted.replace(false) || recache)
+        {
             // best effort: the target may be exiting; its stacks then say what was missing
             let maps = &attached.skel.maps;
             let _ = t.refresh(&maps.unwind_rows, &maps.unwind_procs);
         }
-        if Instant::now() >= next_cache {
+        if recache {
             // best effort: a failure here only matters if the target later exits
             let _ = symbolizer.cache_target();
             maps = read_maps(target.pid).or(maps);

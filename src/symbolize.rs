@@ -168,6 +168,7 @@ impl Symbolizer {
                 .collect()
         };
         if let Some(maps) = user_maps.filter(|m| !m.is_empty()) {
+            self.name_from_build_id(&mut names, maps);
             name_go_functions(&mut names, maps);
         }
         let unknown = names.values().filter(|n| n.is_err()).count();
@@ -205,6 +206,66 @@ impl Symbolizer {
             out.insert(id, frames);
         }
         Ok((out, unknown))
+    }
+}
+
+/// Where separate debug information for a file with this build id lives.
+fn build_id_debug_file(build_id: &[u8]) -> Option<String> {
+    let hex: String = build_id.iter().map(|b| format!("{b:02x}")).collect();
+    (hex.len() > 2)
+        .then(|| {
+            ["/usr/lib/debug", "/lib/debug"]
+                .iter()
+                .map(|dir| format!("{dir}/.build-id/{}/{}.debug", &hex[..2], &hex[2..]))
+                .find(|p| std::path::Path::new(p).exists())
+        })
+        .flatten()
+}
+
+impl Symbolizer {
+    /// Names what blazesym could not in a stripped file whose debug information was
+    /// installed apart, found by the file's build id alone (blazesym follows build ids
+    /// only from a .gnu_debuglink, which not every stripped file has).
+    fn name_from_build_id(
+        &self,
+        names: &mut HashMap<u64, Result<Frames, &'static str>>,
+        maps: &[Mapping],
+    ) {
+        let mut files: HashMap<&str, Option<(String, Vec<u8>)>> = HashMap::new();
+        for (&addr, name) in names.iter_mut().filter(|(_, n)| n == &&Err("stripped")) {
+            let Some(m) = maps
+                .iter()
+                .find(|m| (m.start..m.end).contains(&addr) && m.path.starts_with('/'))
+            else {
+                continue;
+            };
+            let Some((debug, data)) = files
+                .entry(&m.path)
+                .or_insert_with(|| {
+                    use object::Object;
+                    let data = std::fs::read(&m.path).ok()?;
+                    let id = object::File::parse(&*data).ok()?.build_id().ok()??.to_vec();
+                    Some((build_id_debug_file(&id)?, data))
+                })
+                .as_ref()
+            else {
+                continue;
+            };
+            let Some(bias) = crate::unwind::bias(data, m.start, m.offset) else {
+                continue;
+            };
+            let found = self
+                .inner
+                .symbolize_single(
+                    &Source::Elf(Elf::new(debug.as_str())),
+                    Input::VirtOffset(addr.wrapping_sub(bias)),
+                )
+                .ok()
+                .map(frame_names);
+            if let Some(Ok(frames)) = found {
+                *name = Ok(frames);
+            }
+        }
     }
 }
 

@@ -141,9 +141,10 @@ fn rule_of<R: gimli::Reader>(row: &gimli::UnwindTableRow<R::Offset>) -> Rule {
         CfaRule::Expression(_) => return Rule::UNSUPPORTED,
     };
     let (rbp, rbp_off) = match row.register(X86_64::RBP) {
-        Some(RegisterRule::Offset(n)) => match i16::try_from(n) {
-            Ok(n) => (wp_rbp::WP_RBP_AT.0 as u8, n),
-            Err(_) => return Rule::UNSUPPORTED,
+        // kept in 8-byte units in the kernel's row
+        Some(RegisterRule::Offset(n)) => match i8::try_from(n / 8) {
+            Ok(_) if n % 8 == 0 => (wp_rbp::WP_RBP_AT.0 as u8, n as i16),
+            _ => return Rule::UNSUPPORTED,
         },
         _ => (wp_rbp::WP_RBP_SAME.0 as u8, 0),
     };
@@ -422,12 +423,10 @@ impl Tables {
             let row = wp_unwind_row {
                 pc,
                 cfa_off: r.cfa_off,
-                rbp_off: r.rbp_off,
-                cfa: r.cfa,
-                rbp: r.rbp,
-                ..wp_unwind_row::default()
+                rbp_off8: (r.rbp_off / 8) as i8,
+                rule: r.cfa | (r.rbp << 4),
             };
-            // SAFETY: wp_unwind_row is plain data with explicit padding, zero-initialised.
+            // SAFETY: wp_unwind_row is plain data without padding.
             values.extend_from_slice(unsafe { plain::as_bytes(&row) });
         }
         for (k, v) in keys

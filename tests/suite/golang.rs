@@ -11,11 +11,54 @@ use object::Object;
 
 use super::common::*;
 
-/// Builds the Go fixture (tests/fixtures/gofix) once per test run with `go build ARGS`.
-fn go_fixture(name: &str, args: &[&str]) -> String {
+/// Every Go toolchain on the machine: Debian's `go` (1.19) and the backports' (1.21-1.23,
+/// installed by .ci/go-backports), whose runtimes differ in struct layouts and function
+/// names. Each test runs against each.
+fn toolchains() -> &'static [(String, String)] {
+    static GOS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    GOS.get_or_init(|| {
+        let mut gos = vec!["go".to_string()];
+        if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
+            let mut more: Vec<String> = dirs
+                .flatten()
+                .filter(|d| d.file_name().to_string_lossy().starts_with("go-"))
+                .map(|d| d.path().join("bin/go").to_string_lossy().into_owned())
+                .filter(|p| std::path::Path::new(p).exists())
+                .collect();
+            more.sort();
+            gos.extend(more);
+        }
+        let mut seen = Vec::new();
+        for go in gos {
+            let Ok(out) = Command::new(&go).arg("version").output() else {
+                continue;
+            };
+            let version = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or("")
+                .to_string();
+            if !version.is_empty() && !seen.iter().any(|(v, _)| *v == version) {
+                seen.push((version, go));
+            }
+        }
+        assert!(
+            !seen.is_empty(),
+            "no Go toolchain (golang-go: .ci/setup installs it)"
+        );
+        eprintln!(
+            "Go toolchains: {:?}",
+            seen.iter().map(|(v, _)| v).collect::<Vec<_>>()
+        );
+        seen
+    })
+}
+
+/// Builds the Go fixture (tests/fixtures/gofix) with `GO build ARGS`.
+fn go_fixture(go: &str, name: &str, args: &[&str]) -> String {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let out = tmp.join(name);
-    let result = Command::new("go")
+    let result = Command::new(go)
         .arg("build")
         .args(args)
         .arg("-o")
@@ -24,58 +67,55 @@ fn go_fixture(name: &str, args: &[&str]) -> String {
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gofix"))
         .env("GOCACHE", tmp.join("gocache"))
         .env("GOPATH", tmp.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
         .env("GOFLAGS", "-mod=mod")
         .output()
-        .expect("running go build (golang-go: .ci/setup installs it)");
+        .expect("running go build");
     assert!(
         result.status.success(),
-        "building the Go fixture failed:\n{}",
+        "building the Go fixture with {go} failed:\n{}",
         String::from_utf8_lossy(&result.stderr)
     );
     out.to_string_lossy().into_owned()
 }
 
-fn stripped() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| go_fixture("gofix-stripped", &["-ldflags=-s -w"]))
-}
-
-fn plain() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| go_fixture("gofix", &[]))
-}
-
 #[test]
 fn stripped_go_binary_still_names_its_functions() {
     let _s = root_session();
-    let path = stripped();
-    let data = std::fs::read(path).expect("reading the Go fixture");
-    let file = object::File::parse(&*data).expect("an ELF file");
-    assert!(
-        file.symbols().next().is_none() && file.section_by_name(".debug_frame").is_none(),
-        "the fixture is not stripped"
-    );
-    let run = waitprof(&["--", path, "10", "20"]);
-    let folded = run.folded();
-    let us = attributed_us(
-        &folded,
-        &["main.main", "main.napper", "main.nap", "[nanosleep]"],
-    );
-    assert_close(
-        "stripped Go napper 10 20",
-        us * 1000,
-        run.measured_ns(),
-        TOLERANCE,
-    );
+    for (version, go) in toolchains() {
+        let path = &go_fixture(
+            go,
+            &format!("gofix-{version}-stripped"),
+            &["-ldflags=-s -w"],
+        );
+        let data = std::fs::read(path).expect("reading the Go fixture");
+        let file = object::File::parse(&*data).expect("an ELF file");
+        assert!(
+            file.symbols().next().is_none() && file.section_by_name(".debug_frame").is_none(),
+            "the fixture is not stripped"
+        );
+        let run = waitprof(&["--", path, "10", "20"]);
+        let folded = run.folded();
+        let us = attributed_us(
+            &folded,
+            &["main.main", "main.napper", "main.nap", "[nanosleep]"],
+        );
+        assert_close(
+            &format!("{version}, stripped: napper 10 20"),
+            us * 1000,
+            run.measured_ns(),
+            TOLERANCE,
+        );
+    }
 }
 
 /// Checks one profile of the plain fixture: no scheduler wait under a goroutine's code,
 /// some of it cut at runtime.mcall. Returns the folded lines.
-fn idle_threads_in(args: &[&str]) -> (Run, Vec<(String, u64)>) {
+fn idle_threads_in(fixture: &str, args: &[&str]) -> (Run, Vec<(String, u64)>) {
     let all: Vec<&str> = args
         .iter()
         .copied()
-        .chain(["--", plain(), "10", "20"])
+        .chain(["--", fixture, "10", "20"])
         .collect();
     let run = waitprof(&all);
     let folded = run.folded();
@@ -109,18 +149,26 @@ fn idle_threads_in(args: &[&str]) -> (Run, Vec<(String, u64)>) {
 #[test]
 fn go_idle_threads_show_no_goroutine_code() {
     let _s = root_session();
-    idle_threads_in(&["--unwind", "fp"]);
-    let (run, folded) = idle_threads_in(&[]);
-    let us = attributed_us(
-        &folded,
-        &[
-            "runtime.goexit",
-            "main.main",
-            "main.napper",
-            "main.nap",
-            "syscall.Nanosleep",
-            "[nanosleep]",
-        ],
-    );
-    assert_close("Go napper 10 20", us * 1000, run.measured_ns(), TOLERANCE);
+    for (version, go) in toolchains() {
+        let fixture = &go_fixture(go, &format!("gofix-{version}"), &[]);
+        idle_threads_in(fixture, &["--unwind", "fp"]);
+        let (run, folded) = idle_threads_in(fixture, &[]);
+        let us = attributed_us(
+            &folded,
+            &[
+                "runtime.goexit",
+                "main.main",
+                "main.napper",
+                "main.nap",
+                "syscall.Nanosleep",
+                "[nanosleep]",
+            ],
+        );
+        assert_close(
+            &format!("{version}: napper 10 20"),
+            us * 1000,
+            run.measured_ns(),
+            TOLERANCE,
+        );
+    }
 }

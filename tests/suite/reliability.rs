@@ -119,9 +119,17 @@ fn thread_off_cpu_ns(run: &Run, comm: &str) -> u64 {
 fn full_aggregation_map_reports_drops_and_keeps_the_rest() {
     let _s = root_session();
     // frame pointers only: the rows the unwind tables give after start-up would be new
-    // ones, and the map is full by then
+    // ones, and the map is full by then; no wakers: a timer's wakeup that lands in another
+    // context is a new waker stack (and row) too
     let run = profile_fixture(
-        &["--per-thread", "--max-rows", "64", "--unwind", "fp"],
+        &[
+            "--per-thread",
+            "--max-rows",
+            "64",
+            "--unwind",
+            "fp",
+            "--no-wakers",
+        ],
         &["stacks", "3000"],
     );
     let folded = run.folded();

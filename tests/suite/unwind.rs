@@ -216,3 +216,74 @@ fn frame_pointers_alone_lose_the_chain() {
         run.stderr()
     );
 }
+
+/// A stripped copy of the C fixture, with its debug information apart: by
+/// `.gnu_debuglink` beside it, or by build id alone under /usr/lib/debug/.build-id
+/// (removed after the test). Both name the chain, which the stripped file alone cannot.
+#[test]
+fn separate_debug_info_is_found_by_debuglink_and_by_build_id() {
+    let _s = root_session();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    // a build id of our own, so that nothing else on the machine has its debug file
+    let id: String = (0..20)
+        .map(|i| format!("{:02x}", (std::process::id() as usize * 31 + i * 7) % 256))
+        .collect();
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&format!(
+        "cc -O2 -g -fomit-frame-pointer -pthread -Wl,--build-id=0x{id} -o {} {}",
+        d("full"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nofp.c")
+    ));
+    sh(&format!(
+        "objcopy --only-keep-debug {f} {dbg} && strip --strip-all -o {link} {f} && \
+         objcopy --add-gnu-debuglink={dbg} {link} && strip --strip-all -o {bare} {f}",
+        f = d("full"),
+        dbg = d("full.debug"),
+        link = d("with-debuglink"),
+        bare = d("stripped"),
+    ));
+    let chain = [
+        "main",
+        "epoll_outer",
+        "epoll_middle",
+        "epoll_inner",
+        "[epoll_wait]",
+    ];
+    let named = |bin: &str| -> u64 {
+        let run = waitprof(&["--", &d(bin), "epoll", "5", "20"]);
+        attributed_us(&run.folded(), &["[epoll_wait]"]);
+        run.folded()
+            .iter()
+            .filter(|(s, _)| in_order(s, &chain))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(
+        named("stripped"),
+        0,
+        "the stripped file alone named the chain"
+    );
+    assert!(
+        named("with-debuglink") >= 95_000,
+        "not named through .gnu_debuglink"
+    );
+    let build_id_dir = format!("/usr/lib/debug/.build-id/{}", &id[..2]);
+    let build_id_file = format!("{build_id_dir}/{}.debug", &id[2..]);
+    std::fs::create_dir_all(&build_id_dir).expect("creating the build-id directory");
+    std::fs::copy(d("full.debug"), &build_id_file).expect("installing the debug file");
+    let by_id = named("stripped");
+    let _ = std::fs::remove_file(&build_id_file);
+    let _ = std::fs::remove_dir(&build_id_dir);
+    assert!(
+        by_id >= 95_000,
+        "not named through the build id: {by_id} us"
+    );
+}
