@@ -54,7 +54,12 @@ impl GoFuncs {
         }
         // the table ends with the end of the last function
         let end = text + u64::from(u32_at(tab, functab + nfunc * 8)?);
-        Some(GoFuncs { funcs, end })
+        // a layout this reader does not know (a later Go) shows as unsorted entries or
+        // empty names: better no names than wrong ones
+        let sane = funcs.windows(2).all(|w| w[0].0 <= w[1].0)
+            && funcs.last().is_some_and(|&(entry, _)| entry < end)
+            && funcs.iter().all(|(_, name)| !name.is_empty());
+        sane.then_some(GoFuncs { funcs, end })
     }
 
     /// The function holding the file address `vaddr`.

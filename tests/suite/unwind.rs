@@ -275,15 +275,70 @@ fn separate_debug_info_is_found_by_debuglink_and_by_build_id() {
         named("with-debuglink") >= 95_000,
         "not named through .gnu_debuglink"
     );
+    /// Removes the installed debug file (and its directory if empty) however the test ends.
+    struct Installed(String, String);
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.1);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
     let build_id_dir = format!("/usr/lib/debug/.build-id/{}", &id[..2]);
     let build_id_file = format!("{build_id_dir}/{}.debug", &id[2..]);
     std::fs::create_dir_all(&build_id_dir).expect("creating the build-id directory");
+    let _installed = Installed(build_id_dir, build_id_file.clone());
     std::fs::copy(d("full.debug"), &build_id_file).expect("installing the debug file");
     let by_id = named("stripped");
-    let _ = std::fs::remove_file(&build_id_file);
-    let _ = std::fs::remove_dir(&build_id_dir);
     assert!(
         by_id >= 95_000,
         "not named through the build id: {by_id} us"
     );
+}
+
+/// Frame pointers or not, the frame that called a frameless wrapper is lost to a
+/// frame-pointer walk: std's contended lock calls glibc's `syscall()` from
+/// `futex_wait`, in the fixture built with frame pointers. The tables recover it.
+#[test]
+fn caller_of_a_frameless_wrapper_is_recovered_in_frame_pointer_code() {
+    let _s = root_session();
+    let chain = [
+        "mutex_waiter",
+        "lock_counter",
+        "lock_contended",
+        "futex_wait",
+        "syscall",
+        "[futex]",
+    ];
+    let run = profile_fixture(&[], &["mutex", "20", "20"]);
+    let folded = run.folded();
+    // the fixture starts at once: its first waits come before its tables are loaded,
+    // walked by frame pointer and marked so; every other wait has the whole chain
+    let us = attributed_us(&folded, &chain);
+    let pending: u64 = folded
+        .iter()
+        .filter(|(s, _)| {
+            s.contains("[unknown: frame pointers only, unwind tables not loaded yet]")
+                && in_order(s, &["mutex_waiter", "[futex]"])
+        })
+        .map(|(_, v)| v)
+        .sum();
+    eprintln!("whole chain {us} us, before the tables {pending} us");
+    assert_close(
+        "mutex 20 20 (FP code), whole chain or before the tables",
+        (us + pending) * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    assert!(
+        us * 2 >= us + pending,
+        "{us} us whole, {pending} us before the tables"
+    );
+    let fp = profile_fixture(&["--unwind", "fp"], &["mutex", "20", "20"]);
+    let lost: u64 = fp
+        .folded()
+        .iter()
+        .filter(|(s, _)| in_order(s, &chain))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(lost, 0, "a frame-pointer walk found futex_wait's frame");
 }
