@@ -107,13 +107,25 @@ pub fn run(
     let ringbuf = builder
         .build()
         .context("setting up the exit-record ring buffer failed")?;
-    let mut tables =
-        (cfg.unwind == Unwind::Dwarf).then(|| unwind::Tables::new(target.pid, cfg.unwind_rows));
+    let mut tables = (cfg.unwind == Unwind::Dwarf).then(|| {
+        let launched = matches!(cfg.target, Target::Command(_));
+        unwind::Tables::new(target.pid, cfg.unwind_rows, launched)
+    });
     // a command's code is known only once it has exec'd: its first stacks ask for it
     if let (Some(t), Target::Pid(_)) = (tables.as_mut(), &cfg.target) {
         let maps = &attached.skel.maps;
-        t.refresh(&maps.unwind_rows, &maps.unwind_procs)
-            .context("loading the target's unwind tables failed")?;
+        match t.refresh(&maps.unwind_rows, &maps.unwind_procs) {
+            // a large program takes a while: say what it was
+            Ok(_) if t.report.build_time > Duration::from_millis(500) => eprintln!(
+                "waitprof: unwind tables of {} files ({} rows) built in {:.1} s",
+                t.report.files,
+                t.report.rows,
+                t.report.build_time.as_secs_f64()
+            ),
+            Ok(_) => {}
+            // the stacks are still walked, by frame pointer, and the summary says so
+            Err(e) => eprintln!("waitprof: no unwind tables ({e:#}): walking frame pointers"),
+        }
     }
 
     // listeners' drop counters at the start, to count drops over the whole session

@@ -277,6 +277,7 @@ pub struct UnwindReport {
 /// The target's unwind tables, as loaded into the kernel.
 pub struct Tables {
     pid: u32,
+    launched: bool,
     files: HashMap<String, Placed>,
     next_row: u32,
     capacity: u32,
@@ -285,9 +286,11 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub fn new(pid: u32, capacity: u32) -> Tables {
+    /// `launched`: a command waitprof started, a copy of waitprof until its exec.
+    pub fn new(pid: u32, capacity: u32, launched: bool) -> Tables {
         Tables {
             pid,
+            launched,
             files: HashMap::new(),
             next_row: 0,
             capacity,
@@ -302,7 +305,7 @@ impl Tables {
     /// Rereads the target's mappings and, if its code changed, compiles the new files
     /// and replaces its mapping list in the kernel. Returns whether anything changed.
     pub fn refresh(&mut self, rows_map: &impl MapCore, procs_map: &impl MapCore) -> Result<bool> {
-        if !exec_done(self.pid) {
+        if self.launched && !exec_done(self.pid) {
             return Ok(false);
         }
         let mappings = exec_mappings(self.pid)?;
