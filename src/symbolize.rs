@@ -183,7 +183,8 @@ impl Symbolizer {
                 continue;
             };
             let mut frames = Vec::with_capacity(ips.len() + 1);
-            if ips.len() >= MAX_DEPTH {
+            // a frame-pointer walk cut at the limit (the unwinder says so with a marker)
+            if ips.len() >= MAX_DEPTH && ips.last().is_some_and(|&ip| unwind_stop(ip).is_none()) {
                 *truncated += 1;
                 frames.push(truncated_frame.clone());
             }
