@@ -47,32 +47,39 @@ fn thread_churn_keeps_the_thread_table_bounded() {
     );
 }
 
+/// Profiles the `stacks` scenario (3000 distinct stacks beside a condvar waiter) with a
+/// table made small by `table_args`: the loss is reported in `not seen:` under `lost`, and
+/// the waiter, whose row and stack were stored first, stays within ±5% of its own
+/// measurement. Frame pointers only: the stacks the unwind tables give after start-up
+/// would be new ones, and the table is full by then. No wakers: a timer's wakeup that lands
+/// in another context is a new waker stack (and row) too.
+fn condvar_beside_a_full_table(
+    table_args: &[&str],
+    lost: &str,
+    what: &str,
+) -> (Run, Vec<(String, u64)>) {
+    let args: Vec<&str> = ["--per-thread", "--unwind", "fp", "--no-wakers"]
+        .into_iter()
+        .chain(table_args.iter().copied())
+        .collect();
+    let run = profile_fixture(&args, &["stacks", "3000"]);
+    let folded = run.folded();
+    assert!(not_seen(&run, lost) > 0, "{}", run.stderr());
+    let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]);
+    assert_close(what, waiter * 1000, run.measured("condvar"), TOLERANCE);
+    (run, folded)
+}
+
 /// A stack table of 256 entries against 3000 distinct stacks: the overflow is reported,
 /// its time stays in the profile under `[stack table full]`, and the thread whose stack
 /// was stored first is still exact.
 #[test]
 fn full_stack_table_reports_drops_and_keeps_the_time() {
     let _s = root_session();
-    let run = profile_fixture(
-        // frame pointers only: the stacks the unwind tables give after start-up would be
-        // new ones, and the table is full by then
-        &[
-            "--per-thread",
-            "--stack-storage-size",
-            "256",
-            "--unwind",
-            "fp",
-        ],
-        &["stacks", "3000"],
-    );
-    let folded = run.folded();
-    assert!(not_seen(&run, "stacks not stored") > 0, "{}", run.stderr());
-    let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]);
-    assert_close(
+    let (run, folded) = condvar_beside_a_full_table(
+        &["--stack-storage-size", "256"],
+        "stacks not stored",
         "condvar waiter beside a full stack table",
-        waiter * 1000,
-        run.measured("condvar"),
-        TOLERANCE,
     );
     // the stacker's own sleeps are too short for its wall-clock measurement (which holds
     // the syscalls' on-CPU time) to compare; its off-CPU total, kept per thread apart
@@ -118,28 +125,10 @@ fn thread_off_cpu_ns(run: &Run, comm: &str) -> u64 {
 #[test]
 fn full_aggregation_map_reports_drops_and_keeps_the_rest() {
     let _s = root_session();
-    // frame pointers only: the rows the unwind tables give after start-up would be new
-    // ones, and the map is full by then; no wakers: a timer's wakeup that lands in another
-    // context is a new waker stack (and row) too
-    let run = profile_fixture(
-        &[
-            "--per-thread",
-            "--max-rows",
-            "64",
-            "--unwind",
-            "fp",
-            "--no-wakers",
-        ],
-        &["stacks", "3000"],
-    );
-    let folded = run.folded();
-    assert!(not_seen(&run, "rows dropped") > 0, "{}", run.stderr());
-    let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]);
-    assert_close(
+    condvar_beside_a_full_table(
+        &["--max-rows", "64"],
+        "rows dropped",
         "condvar waiter beside a full aggregation map",
-        waiter * 1000,
-        run.measured("condvar"),
-        TOLERANCE,
     );
 }
 
