@@ -168,8 +168,7 @@ impl Symbolizer {
                 .collect()
         };
         if let Some(maps) = user_maps.filter(|m| !m.is_empty()) {
-            self.name_from_build_id(&mut names, maps);
-            name_go_functions(&mut names, maps);
+            self.name_from_files(&mut names, maps);
         }
         let unknown = names.values().filter(|n| n.is_err()).count();
         for why in names.values().filter_map(|n| n.as_ref().err()) {
@@ -223,78 +222,77 @@ fn build_id_debug_file(build_id: &[u8]) -> Option<String> {
         .flatten()
 }
 
+/// What a file offers for the addresses blazesym could not name, read once per file.
+struct FileNames {
+    data: Vec<u8>,
+    /// Its separate debug file, found by build id.
+    debug: Option<String>,
+    /// Its Go function table (.gopclntab).
+    go: Option<GoFuncs>,
+}
+
+impl FileNames {
+    fn read(path: &str) -> Option<FileNames> {
+        use object::Object;
+        let data = std::fs::read(path).ok()?;
+        let debug = object::File::parse(&*data)
+            .ok()
+            .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
+            .and_then(|id| build_id_debug_file(&id));
+        let go = GoFuncs::load(&data);
+        Some(FileNames { data, debug, go })
+    }
+}
+
 impl Symbolizer {
-    /// Names what blazesym could not in a stripped file whose debug information was
-    /// installed apart, found by the file's build id alone (blazesym follows build ids
-    /// only from a .gnu_debuglink, which not every stripped file has).
-    fn name_from_build_id(
+    /// Names what blazesym could not, from the files themselves: a stripped file whose
+    /// debug information was installed apart, found by its build id alone (blazesym
+    /// follows build ids only from a .gnu_debuglink, which not every stripped file has);
+    /// then a Go binary's .gopclntab (stripped Go, which blazesym cannot read).
+    fn name_from_files(
         &self,
         names: &mut HashMap<u64, Result<Frames, &'static str>>,
         maps: &[Mapping],
     ) {
-        let mut files: HashMap<&str, Option<(String, Vec<u8>)>> = HashMap::new();
-        for (&addr, name) in names.iter_mut().filter(|(_, n)| n == &&Err("stripped")) {
+        let mut files: HashMap<&str, Option<FileNames>> = HashMap::new();
+        let mut biases: HashMap<u64, Option<u64>> = HashMap::new();
+        for (&addr, name) in names.iter_mut().filter(|(_, n)| n.is_err()) {
             let Some(m) = maps
                 .iter()
                 .find(|m| (m.start..m.end).contains(&addr) && m.path.starts_with('/'))
             else {
                 continue;
             };
-            let Some((debug, data)) = files
+            let Some(file) = files
                 .entry(&m.path)
-                .or_insert_with(|| {
-                    use object::Object;
-                    let data = std::fs::read(&m.path).ok()?;
-                    let id = object::File::parse(&*data).ok()?.build_id().ok()??.to_vec();
-                    Some((build_id_debug_file(&id)?, data))
-                })
-                .as_ref()
+                .or_insert_with(|| FileNames::read(&m.path))
             else {
                 continue;
             };
-            let Some(bias) = crate::unwind::bias(data, m.start, m.offset) else {
+            let Some(vaddr) = biases
+                .entry(m.start)
+                .or_insert_with(|| crate::unwind::bias(&file.data, m.start, m.offset))
+                .map(|bias| addr.wrapping_sub(bias))
+            else {
                 continue;
             };
-            let found = self
-                .inner
-                .symbolize_single(
-                    &Source::Elf(Elf::new(debug.as_str())),
-                    Input::VirtOffset(addr.wrapping_sub(bias)),
-                )
-                .ok()
-                .map(frame_names);
-            if let Some(Ok(frames)) = found {
-                *name = Ok(frames);
+            if let (Some(debug), Err("stripped")) = (&file.debug, &name) {
+                let found = self
+                    .inner
+                    .symbolize_single(
+                        &Source::Elf(Elf::new(debug.as_str())),
+                        Input::VirtOffset(vaddr),
+                    )
+                    .ok()
+                    .map(frame_names);
+                if let Some(Ok(frames)) = found {
+                    *name = Ok(frames);
+                    continue;
+                }
             }
-        }
-    }
-}
-
-/// Names what blazesym could not in Go binaries, from their .gopclntab (stripped Go).
-fn name_go_functions(names: &mut HashMap<u64, Result<Frames, &'static str>>, maps: &[Mapping]) {
-    let mut files: HashMap<&str, Option<(Vec<u8>, GoFuncs)>> = HashMap::new();
-    for (&addr, name) in names.iter_mut().filter(|(_, n)| n.is_err()) {
-        let Some(m) = maps
-            .iter()
-            .find(|m| (m.start..m.end).contains(&addr) && m.path.starts_with('/'))
-        else {
-            continue;
-        };
-        let Some((data, funcs)) = files
-            .entry(&m.path)
-            .or_insert_with(|| {
-                let data = std::fs::read(&m.path).ok()?;
-                let funcs = GoFuncs::load(&data)?;
-                Some((data, funcs))
-            })
-            .as_ref()
-        else {
-            continue;
-        };
-        let found = crate::unwind::bias(data, m.start, m.offset)
-            .and_then(|bias| funcs.name(addr.wrapping_sub(bias)));
-        if let Some(f) = found {
-            *name = Ok(vec![Arc::from(f)]);
+            if let Some(f) = file.go.as_ref().and_then(|go| go.name(vaddr)) {
+                *name = Ok(vec![Arc::from(f)]);
+            }
         }
     }
 }
