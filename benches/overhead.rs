@@ -20,7 +20,9 @@ const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
 const FIXTURE: &str = env!("CARGO_BIN_EXE_waitprof-fixture");
 const ROUND_MS: u64 = 2000;
 
-type Res<T> = Result<T, String>;
+mod common;
+use common::Res;
+
 /// One comparison: appends its table to the report.
 type Step = fn(&mut String, usize, &Path) -> Res<()>;
 
@@ -360,39 +362,7 @@ struct Nginx {
 
 impl Nginx {
     fn start(dir: &Path) -> Res<Nginx> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off; master_process off; worker_processes 1; worker_cpu_affinity 01;\n\
-                 pid {d}/nginx.pid; error_log {d}/error.log;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
-                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-                 server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
-                d = dir.display()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let child = Command::new("nginx")
-            .args(["-c"])
-            .arg(&conf)
-            .args(["-p"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting nginx: {e}"))?;
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t.elapsed() > Duration::from_secs(10) {
-                return Err("nginx did not start listening".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (child, port) = common::start_nginx(dir, true)?;
         Ok(Nginx { child, port })
     }
 

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-type Res<T> = Result<T, String>;
+mod common;
+use common::{free_port, start_nginx, wait_listening, Res};
 
 const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
 const SECS: u64 = 5;
@@ -172,50 +173,9 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> Res<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
-fn wait_listening(port: u16, what: &str) -> Res<()> {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if t.elapsed() > Duration::from_secs(10) {
-            return Err(format!("{what} did not start listening"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 fn nginx(dir: &Path) -> Res<Server> {
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process off; worker_processes 1;\n\
-             pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting nginx: {e}"))?;
+    let (child, port) = start_nginx(dir, false)?;
     let pid = child.id();
-    wait_listening(port, "nginx")?;
     Ok(Server {
         name: "nginx (wrk -t1 -c32)",
         child,
