@@ -37,7 +37,6 @@ struct wp_unwind_state {
 	__u64 ip, sp, bp;
 	struct wp_stack *buf;
 	struct wp_unwind_proc *proc;
-	__u32 tgid;
 	__u32 n;         /* frames stored */
 	__u32 stop;      /* enum wp_unwind_stop, 0 = reached the outermost frame */
 	bool not_mapped; /* some frame was outside every mapping the tables know */
@@ -59,13 +58,12 @@ static __always_inline void unwind_request(__u32 tgid)
 }
 
 /*
- * The index of the mapping of tgid's table that holds addr, by binary search over the
- * sorted mappings, or -1. A global function: the verifier checks it once, on its own,
+ * The index of the mapping of a process's table that holds addr, by binary search over
+ * the sorted mappings, or -1. A global function: the verifier checks it once, on its own,
  * rather than at every frame of every caller.
  */
-__noinline int unwind_map_index(__u32 tgid, __u64 addr)
+__noinline int unwind_map_index(struct wp_unwind_proc *proc, __u64 addr)
 {
-	struct wp_unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
 	__u32 lo = 0, hi, mid;
 	struct wp_unwind_map *m;
 
@@ -137,7 +135,7 @@ static long unwind_step(__u32 i, void *data)
 	st->n = i + 1;
 	/* a return address points after its call, maybe past its function's end */
 	lookup = i ? st->ip - 1 : st->ip;
-	at = unwind_map_index(st->tgid, lookup);
+	at = unwind_map_index(st->proc, lookup);
 	if (at >= 0)
 		m = &st->proc->m[at & (WP_UNWIND_MAPS - 1)];
 	if (m && m->row_lo < m->row_hi) {
@@ -220,7 +218,6 @@ __noinline int unwind_user(__u32 slot)
 	st.ip = BPF_CORE_READ(regs, ip);
 	st.sp = BPF_CORE_READ(regs, sp);
 	st.bp = BPF_CORE_READ(regs, bp);
-	st.tgid = tgid;
 	bpf_loop(WP_MAX_STACK_DEPTH, unwind_step, &st, 0);
 	stat_add(WP_STAT_UNWIND_DWARF, 1);
 	if (st.not_mapped) {
