@@ -424,23 +424,7 @@ fn listener_of(inode: u64, l: &wp_listener) -> Listener {
 
 /// The target's memory maps, or None once it is gone.
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let maps: Vec<Mapping> = text.lines().filter_map(parse_mapping).collect();
-    (!maps.is_empty()).then_some(maps)
-}
-
-/// `start-end perms offset dev inode path` into a Mapping.
-fn parse_mapping(line: &str) -> Option<Mapping> {
-    let mut f = line.split_whitespace();
-    let (start, end) = f.next()?.split_once('-')?;
-    let offset = f.nth(1)?;
-    let path = f.nth(2).map(str::to_string).unwrap_or_default();
-    Some(Mapping {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        offset: u64::from_str_radix(offset, 16).ok()?,
-        path,
-    })
+    Mapping::read_all(pid).ok().filter(|maps| !maps.is_empty())
 }
 
 /// epoll fds of the target and how many fds each watches (`tfd:` lines of fdinfo).

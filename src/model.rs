@@ -327,7 +327,8 @@ impl DropsSpan {
     }
 }
 
-/// One line of /proc/PID/maps, to say where a futex lives.
+/// One line of /proc/PID/maps: where a futex lives, which file an address is in, which
+/// files need unwind tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
@@ -335,6 +336,40 @@ pub struct Mapping {
     pub offset: u64,
     /// The file or pseudo-file (`[heap]`, `[stack]`); empty for anonymous memory.
     pub path: String,
+    /// Mapped executable (`x` in its permissions).
+    pub executable: bool,
+    /// `dev:inode`, which names the file across paths and processes (inode 0: no file).
+    pub file: String,
+}
+
+impl Mapping {
+    /// `start-end perms offset dev inode path` into a Mapping.
+    pub fn parse(line: &str) -> Option<Mapping> {
+        let mut f = line.split_whitespace();
+        let (start, end) = f.next()?.split_once('-')?;
+        let perms = f.next()?;
+        let offset = f.next()?;
+        let (dev, inode) = (f.next()?, f.next()?);
+        Some(Mapping {
+            start: u64::from_str_radix(start, 16).ok()?,
+            end: u64::from_str_radix(end, 16).ok()?,
+            offset: u64::from_str_radix(offset, 16).ok()?,
+            path: f.collect::<Vec<_>>().join(" "),
+            executable: perms.contains('x'),
+            file: format!("{dev}:{inode}"),
+        })
+    }
+
+    /// Every mapping of process `pid`.
+    pub fn read_all(pid: u32) -> std::io::Result<Vec<Mapping>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        Ok(text.lines().filter_map(Mapping::parse).collect())
+    }
+
+    /// Backed by a file (not anonymous memory, the heap, a stack or the vdso).
+    pub fn is_file(&self) -> bool {
+        self.path.starts_with('/') && !self.file.ends_with(":0")
+    }
 }
 
 /// Why collection ended.

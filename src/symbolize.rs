@@ -259,7 +259,7 @@ impl Symbolizer {
         for (&addr, name) in names.iter_mut().filter(|(_, n)| n.is_err()) {
             let Some(m) = maps
                 .iter()
-                .find(|m| (m.start..m.end).contains(&addr) && m.path.starts_with('/'))
+                .find(|m| (m.start..m.end).contains(&addr) && m.is_file())
             else {
                 continue;
             };

@@ -17,55 +17,19 @@ use libbpf_rs::{MapCore, MapFlags};
 use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::bpf::types::{wp_cfa, wp_rbp, wp_unwind_map, wp_unwind_proc, wp_unwind_row};
+use crate::model::Mapping;
 
 /// Mappings a process's table can list (WP_UNWIND_MAPS).
 const MAX_MAPS: usize = 128;
 
-/// One executable file-backed mapping of /proc/PID/maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ExecMapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    /// dev:inode, which names the file across paths and processes.
-    file: String,
-    path: String,
-}
-
-fn exec_mappings(pid: u32) -> Result<Vec<ExecMapping>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+/// The executable file-backed mappings of pid: the code that needs unwind tables.
+fn exec_mappings(pid: u32) -> Result<Vec<Mapping>> {
+    let maps = Mapping::read_all(pid)
         .with_context(|| format!("reading the memory maps of pid {pid} failed"))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms), Some(offset), Some(dev), Some(inode)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let path = f.collect::<Vec<_>>().join(" ");
-        if !perms.contains('x') || !path.starts_with('/') || inode == "0" {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        out.push(ExecMapping {
-            start,
-            end,
-            offset,
-            file: format!("{dev}:{inode}"),
-            path,
-        });
-    }
-    Ok(out)
+    Ok(maps
+        .into_iter()
+        .filter(|m| m.executable && m.is_file())
+        .collect())
 }
 
 /// Whether pid runs its own program: a command waitprof launched is a copy of waitprof
@@ -231,7 +195,7 @@ where
 /// the loadable segment holding the mapping's file offset. Segments start mid-page and
 /// are mapped from the page below, so two can hold the same page: the later one, whose
 /// mapping starts there, is the one.
-fn bias_of(data: &[u8], m: &ExecMapping) -> Option<u64> {
+fn bias_of(data: &[u8], m: &Mapping) -> Option<u64> {
     bias(data, m.start, m.offset)
 }
 
@@ -281,7 +245,7 @@ pub struct Tables {
     files: HashMap<String, Placed>,
     next_row: u32,
     capacity: u32,
-    loaded: Vec<ExecMapping>,
+    loaded: Vec<Mapping>,
     pub report: UnwindReport,
 }
 
@@ -355,7 +319,7 @@ impl Tables {
     /// The rows of m's file (compiled and loaded the first time it is seen) and m's bias.
     fn place(
         &mut self,
-        m: &ExecMapping,
+        m: &Mapping,
         rows_map: &impl MapCore,
     ) -> (Result<(u32, u32), NoTable>, Option<u64>) {
         if let Some(p) = self.files.get(&m.file) {
@@ -395,7 +359,7 @@ impl Tables {
         (rows, bias)
     }
 
-    fn note_without(&mut self, m: &ExecMapping, rows: &Result<(u32, u32), NoTable>) {
+    fn note_without(&mut self, m: &Mapping, rows: &Result<(u32, u32), NoTable>) {
         if let Err(why) = rows {
             if !self.report.without.iter().any(|(p, _)| *p == m.path) {
                 self.report.without.push((m.path.clone(), why.to_string()));
