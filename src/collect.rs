@@ -137,6 +137,17 @@ pub fn run(
         .ok();
     let sockets_at_start = sockets.as_ref().and_then(|s| s.read().ok());
     let start_ns = attached.start()?;
+    // said once recording has begun (the unwind tables, built above, can take a while)
+    eprintln!(
+        "waitprof: profiling pid {} ({}) with {}{}",
+        target.pid,
+        target.comm,
+        attached.flavour.name(),
+        match cfg.duration {
+            Some(d) => format!(" for {}", humantime::format_duration(d)),
+            None => ", Ctrl-C to stop".to_string(),
+        }
+    );
     target.release()?;
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();

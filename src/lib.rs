@@ -50,16 +50,6 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     if stop.requested() {
         return Err(Interrupted("before the session started: nothing was recorded").into());
     }
-    eprintln!(
-        "waitprof: profiling pid {} ({}) with {}{}",
-        target.pid,
-        target.comm,
-        attached.flavour.name(),
-        match cfg.duration {
-            Some(d) => format!(" for {}", humantime::format_duration(d)),
-            None => ", Ctrl-C to stop".to_string(),
-        }
-    );
     let collected = collect::run(&mut attached, &mut target, &cfg, &stop, &symbolizer)?;
     drop(attached); // detach before the slower work below
     target.finish();

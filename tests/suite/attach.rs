@@ -79,18 +79,17 @@ fn sigint_during_collection_writes_the_profile() {
     let fixture = Fixture::start(&["park"], "parked");
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("out.svg");
-    let child = spawn_waitprof(fixture.pid(), &svg);
-    wait_until(
-        "waitprof's programs to load",
-        Duration::from_secs(20),
-        || !loaded_waitprof_programs().is_empty(),
-    );
+    let mut child = spawn_waitprof(fixture.pid(), &svg);
+    let (started, stderr) = watch_stderr(&mut child);
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("waitprof did not start recording");
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().expect("waitprof");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let status = child.wait().expect("waitprof");
+    let stderr = stderr.join().expect("the stderr reader");
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
     assert!(svg.exists() && svg.with_extension("folded").exists());
     let text = std::fs::read_to_string(&svg).expect("svg");

@@ -263,6 +263,32 @@ pub fn spawn_waitprof(pid: u32, svg: &std::path::Path) -> Child {
         .expect("starting waitprof")
 }
 
+/// Reads a waitprof child's stderr on a thread: the receiver gets one message when
+/// waitprof says recording has begun (`profiling pid`), and the thread returns all of
+/// stderr once the child has closed it.
+pub fn watch_stderr(
+    child: &mut Child,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<String>,
+) {
+    use std::io::BufRead;
+    let err = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("profiling pid") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    (rx, reader)
+}
+
 /// Waits until no waitprof program is loaded; the kernel frees programs shortly after
 /// their last reference goes.
 pub fn assert_programs_unload() {
