@@ -14,6 +14,7 @@ pub mod collect;
 pub mod fold;
 pub mod gosym;
 pub mod model;
+pub mod output;
 pub mod render;
 pub mod session;
 pub mod signals;
@@ -36,13 +37,13 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     let stop = Stop::install()?;
     session::preflight()?;
     let mut target = session::Profiled::prepare(&cfg)?;
-    let paths = render::output_paths(
+    let paths = output::output_paths(
         cfg.output.as_deref(),
         &target.comm,
         target.pid,
-        &render::file_stamp(),
+        &output::file_stamp(),
     );
-    render::check_writable(&paths)?;
+    let out_dir = output::OutputDir::open(&paths, cfg.output.is_none())?;
 
     let symbolizer = symbolize::Symbolizer::new(target.pid);
     let mut storage = session::new_storage();
@@ -131,31 +132,24 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         outputs.push((paths.of(view), render::svg(&folded, &title(what), subtitle)?, folded));
     }
     // all the files or none: an interruption or a failed write removes what was written
-    let mut written = Vec::new();
-    let result = (|| -> Result<()> {
-        for (p, svg, folded) in &outputs {
-            if aborted() {
-                return Err(Interrupted("while writing the profile: no file was written").into());
-            }
-            render::write_atomic(&p.folded, folded.text().as_bytes())?;
-            written.push(p.folded.clone());
-            render::write_atomic(&p.svg, svg)?;
-            written.push(p.svg.clone());
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        for f in &written {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-    result?;
+    let files: Vec<(&std::path::Path, &[u8])> = outputs
+        .iter()
+        .flat_map(|(p, svg, folded)| {
+            [
+                (p.folded.as_path(), folded.text().as_bytes()),
+                (p.svg.as_path(), svg.as_slice()),
+            ]
+        })
+        .collect();
+    out_dir.write_all(&files, &aborted, || {
+        Interrupted("while writing the profile: no file was written").into()
+    })?;
     // a view not drawn this time must not leave an older run's file beside the new ones
     for view in [fold::View::OffWake, fold::View::RunQueue] {
         let p = paths.of(view);
         if !outputs.iter().any(|(o, _, _)| o.svg == p.svg) {
-            let _ = std::fs::remove_file(&p.svg);
-            let _ = std::fs::remove_file(&p.folded);
+            out_dir.remove(&p.svg);
+            out_dir.remove(&p.folded);
         }
     }
     eprintln!(

@@ -1,89 +1,10 @@
-//! Rendering: folded stacks into a flame graph SVG with inferno, and both files onto disk.
-//! Files are written to a temporary name and renamed, so an interrupted run never leaves
-//! a truncated SVG; under sudo they are handed to the invoking user.
-
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+//! Rendering: folded stacks into a flame graph SVG with inferno (`output` puts it on disk).
 
 use anyhow::{bail, Context, Result};
 use inferno::flamegraph::color::{Color, MultiPalette, Palette, PaletteMap};
 use inferno::flamegraph::{self, Options};
 
-use crate::fold::{Folded, View};
-
-pub const DEFAULT_DIR: &str = "flamegraphs";
-
-/// Where the SVG and the folded stacks go (the main view's; see `OutputPaths::of`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutputPaths {
-    pub svg: PathBuf,
-    pub folded: PathBuf,
-}
-
-impl OutputPaths {
-    /// The SVG and folded paths of one view: the main view's, or beside them with the
-    /// view's name before the extension (`x.offwake.svg`, `x.runq.folded`).
-    pub fn of(&self, view: View) -> OutputPaths {
-        let tag = match view {
-            View::Main => return self.clone(),
-            View::OffWake => "offwake",
-            View::RunQueue => "runq",
-        };
-        let svg = self.svg.with_extension(format!("{tag}.svg"));
-        OutputPaths {
-            folded: svg.with_extension("folded"),
-            svg,
-        }
-    }
-}
-
-/// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
-pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) -> OutputPaths {
-    let default_name = format!("{}-{pid}-{stamp}.svg", comm.replace(['/', ' '], "_"));
-    let svg = match output {
-        None => Path::new(DEFAULT_DIR).join(default_name),
-        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {
-            p.join(default_name)
-        }
-        Some(p) if p.extension().is_some_and(|e| e == "svg") => p.to_path_buf(),
-        Some(p) => p.with_extension("svg"),
-    };
-    OutputPaths {
-        folded: svg.with_extension("folded"),
-        svg,
-    }
-}
-
-/// A timestamp for file names: 20261121T144344Z.
-pub fn file_stamp() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .replace([':', '-'], "")
-}
-
-/// Makes sure the output directory exists and is writable, before the session starts.
-pub fn check_writable(paths: &OutputPaths) -> Result<()> {
-    let dir = parent_dir(&paths.svg);
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-    let probe = dir.join(format!(".waitprof-write-test-{}", std::process::id()));
-    fs::File::create(&probe).with_context(|| {
-        format!(
-            "cannot write to the output directory {}: choose another with -o",
-            dir.display()
-        )
-    })?;
-    let _ = fs::remove_file(probe);
-    Ok(())
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
+use crate::fold::Folded;
 
 /// The flame graph of a non-empty profile as SVG text.
 pub fn svg(folded: &Folded, title: &str, subtitle: &str) -> Result<Vec<u8>> {
@@ -147,62 +68,9 @@ fn waker_colours(folded: &Folded) -> PaletteMap {
     map
 }
 
-/// Writes `data` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(data)
-            .with_context(|| format!("writing {} failed", tmp.display()))?;
-        f.sync_all().ok();
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move the output to {}", path.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    give_to_sudo_user(path);
-    Ok(())
-}
-
-/// Under sudo, files (and a flamegraphs/ directory we created) go to the invoking user,
-/// who would otherwise need root to delete them.
-fn give_to_sudo_user(path: &Path) {
-    let id = |var| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
-    if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) {
-        let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
-        let dir = parent_dir(path);
-        if dir.ends_with(DEFAULT_DIR) {
-            let _ = std::os::unix::fs::chown(dir, Some(uid), Some(gid));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn output_paths_follow_the_flag() {
-        let p = output_paths(None, "nginx", 12, "T");
-        assert_eq!(p.svg, Path::new("flamegraphs/nginx-12-T.svg"));
-        assert_eq!(p.folded, Path::new("flamegraphs/nginx-12-T.folded"));
-        let p = output_paths(Some(Path::new("out/x.svg")), "nginx", 12, "T");
-        assert_eq!(p.folded, Path::new("out/x.folded"));
-        let p = output_paths(Some(Path::new("out/")), "a b", 12, "T");
-        assert_eq!(p.svg, Path::new("out/a_b-12-T.svg"));
-        let p = output_paths(Some(Path::new("profile")), "x", 1, "T");
-        assert_eq!(p.svg, Path::new("profile.svg"));
-    }
 
     #[test]
     fn empty_profile_is_not_drawn() {

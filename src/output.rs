@@ -1,0 +1,394 @@
+//! Output: where the profile's files go and how they get there. waitprof runs as root,
+//! often in a directory other users can write to, so nothing it writes can be redirected:
+//! the output directory is opened once (the default `flamegraphs/` refused when it is a
+//! symlink or belongs to someone else), and every file is created inside that directory
+//! fd with `O_CREAT|O_EXCL|O_NOFOLLOW` under an unpredictable temporary name, written,
+//! handed to the sudo user through its fd (`fchown`) and renamed into place. The set of
+//! files is written all or none.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+
+use crate::fold::View;
+
+pub const DEFAULT_DIR: &str = "flamegraphs";
+
+/// Where the SVG and the folded stacks go (the main view's; see `OutputPaths::of`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputPaths {
+    pub svg: PathBuf,
+    pub folded: PathBuf,
+}
+
+impl OutputPaths {
+    /// The SVG and folded paths of one view: the main view's, or beside them with the
+    /// view's name before the extension (`x.offwake.svg`, `x.runq.folded`).
+    pub fn of(&self, view: View) -> OutputPaths {
+        let tag = match view {
+            View::Main => return self.clone(),
+            View::OffWake => "offwake",
+            View::RunQueue => "runq",
+        };
+        let svg = self.svg.with_extension(format!("{tag}.svg"));
+        OutputPaths {
+            folded: svg.with_extension("folded"),
+            svg,
+        }
+    }
+
+    /// The directory every view's files go into.
+    pub fn dir(&self) -> &Path {
+        match self.svg.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+}
+
+/// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
+/// `comm` comes from the target: only letters, digits, `.`, `_` and `-` of it reach the name.
+pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) -> OutputPaths {
+    let safe: String = comm
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // a name of dots alone would read as a directory or a hidden file
+    let safe = if safe.trim_start_matches('.').is_empty() {
+        format!("_{safe}")
+    } else {
+        safe
+    };
+    let default_name = format!("{safe}-{pid}-{stamp}.svg");
+    let svg = match output {
+        None => Path::new(DEFAULT_DIR).join(default_name),
+        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {
+            p.join(default_name)
+        }
+        Some(p) if p.extension().is_some_and(|e| e == "svg") => p.to_path_buf(),
+        Some(p) => p.with_extension("svg"),
+    };
+    OutputPaths {
+        folded: svg.with_extension("folded"),
+        svg,
+    }
+}
+
+/// A timestamp for file names: 20261121T144344Z.
+pub fn file_stamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "")
+}
+
+/// The user who ran waitprof: under sudo, the one who invoked it.
+fn sudo_user() -> Option<(u32, u32)> {
+    let id = |var| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    Some((id("SUDO_UID")?, id("SUDO_GID")?))
+}
+
+fn chown_fd(fd: &OwnedFd, owner: (u32, u32)) -> std::io::Result<()> {
+    let (uid, gid) = (
+        rustix::process::Uid::from_raw(owner.0),
+        rustix::process::Gid::from_raw(owner.1),
+    );
+    rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(Into::into)
+}
+
+/// The output directory, opened once before the session: every file of the profile is
+/// created relative to this fd, so a symlink swapped in later redirects nothing.
+pub struct OutputDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Under sudo: who gets the files.
+    owner: Option<(u32, u32)>,
+}
+
+impl OutputDir {
+    /// Opens (creating it if needed) the directory `paths` are in, and checks that files
+    /// can be created there.
+    pub fn open(paths: &OutputPaths, default: bool) -> Result<OutputDir> {
+        let path = paths.dir().to_path_buf();
+        let owner = sudo_user();
+        let dir = if default {
+            Self::open_default(&path, owner)?
+        } else {
+            // a directory the user named: its path is theirs to choose, symlinks and all
+            std::fs::create_dir_all(&path).with_context(|| {
+                format!("cannot create the output directory {}", path.display())
+            })?;
+            let fd = rustix::fs::open(&path, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .with_context(|| format!("cannot open the output directory {}", path.display()))?;
+            OutputDir { fd, path, owner }
+        };
+        dir.check_writable()?;
+        Ok(dir)
+    }
+
+    /// `flamegraphs/` in the current directory: created if missing (and handed to the
+    /// sudo user), refused if it is a symlink or belongs to anyone but the invoking user
+    /// or root: in a directory others can write to, it may be theirs.
+    fn open_default(path: &Path, owner: Option<(u32, u32)>) -> Result<OutputDir> {
+        let created = match rustix::fs::mkdirat(CWD, path, Mode::from_raw_mode(0o755)) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(e) => {
+                return Err(std::io::Error::from(e)).with_context(|| {
+                    format!(
+                        "cannot create the output directory {}: choose another with -o",
+                        path.display()
+                    )
+                })
+            }
+        };
+        let fd = rustix::fs::openat(
+            CWD,
+            path,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => anyhow::anyhow!(
+                "the output directory {} is a symlink or not a directory: remove it, or choose another with -o",
+                path.display()
+            ),
+            e => anyhow::Error::from(std::io::Error::from(e))
+                .context(format!("cannot open the output directory {}", path.display())),
+        })?;
+        let st = rustix::fs::fstat(&fd).context("reading the output directory's owner failed")?;
+        let invoker = owner.map_or_else(|| rustix::process::geteuid().as_raw(), |(uid, _)| uid);
+        if created {
+            if let Some(o) = owner {
+                chown_fd(&fd, o).with_context(|| {
+                    format!(
+                        "cannot hand the output directory {} to the sudo user",
+                        path.display()
+                    )
+                })?;
+            }
+        } else if st.st_uid != invoker && st.st_uid != 0 {
+            bail!(
+                "the output directory {} belongs to uid {}, not to you (uid {invoker}): someone else may control it; remove it, or choose another with -o",
+                path.display(),
+                st.st_uid
+            );
+        }
+        Ok(OutputDir {
+            fd,
+            path: path.to_path_buf(),
+            owner,
+        })
+    }
+
+    /// Creates a file that has no name (O_TMPFILE), or else one under a random name that
+    /// is removed at once: either way nothing another user planted is touched.
+    fn check_writable(&self) -> Result<()> {
+        let fail = |e: rustix::io::Errno| {
+            anyhow::Error::from(std::io::Error::from(e)).context(format!(
+                "cannot write to the output directory {}: choose another with -o",
+                self.path.display()
+            ))
+        };
+        match rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(_) => Ok(()),
+            // a filesystem without O_TMPFILE
+            Err(
+                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
+            ) => {
+                let (name, _fd) = self.create_temporary(".waitprof-check").map_err(fail)?;
+                let _ = rustix::fs::unlinkat(&self.fd, &name, AtFlags::empty());
+                Ok(())
+            }
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    /// A new file under `.PREFIX.RANDOM.tmp`, created exclusively and never through a
+    /// symlink.
+    fn create_temporary(&self, prefix: &str) -> rustix::io::Result<(PathBuf, OwnedFd)> {
+        loop {
+            let mut random = [0u8; 8];
+            rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+            let name = PathBuf::from(format!(".{prefix}.{:016x}.tmp", u64::from_ne_bytes(random)));
+            match rustix::fs::openat(
+                &self.fd,
+                &name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => return Ok((name, fd)),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one file: a temporary one first, then renamed over `name` (which replaces
+    /// whatever is there, a symlink included, without following it).
+    fn write_one(&self, name: &OsStr, data: &[u8]) -> Result<()> {
+        let shown = self.path.join(name);
+        let prefix = String::from_utf8_lossy(name.as_bytes()).into_owned();
+        let (tmp, fd) = self
+            .create_temporary(&prefix)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("cannot write {}", shown.display()))?;
+        let result = (|| -> Result<()> {
+            let mut file = std::fs::File::from(fd);
+            file.write_all(data)
+                .with_context(|| format!("writing {} failed", shown.display()))?;
+            file.sync_all().ok();
+            if let Some(o) = self.owner {
+                let fd = OwnedFd::from(file);
+                chown_fd(&fd, o)
+                    .with_context(|| format!("cannot hand {} to the sudo user", shown.display()))?;
+            }
+            rustix::fs::renameat(&self.fd, &tmp, &self.fd, name)
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("cannot move the output to {}", shown.display()))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        }
+        result
+    }
+
+    /// Writes every (path, data) all or none: an interruption (`aborted`) or a failed
+    /// write removes the files already written. Each path must be in this directory.
+    pub fn write_all(
+        &self,
+        files: &[(&Path, &[u8])],
+        aborted: &dyn Fn() -> bool,
+        interrupted: impl Fn() -> anyhow::Error,
+    ) -> Result<()> {
+        let mut written = Vec::new();
+        let result = (|| -> Result<()> {
+            for (path, data) in files {
+                if aborted() {
+                    return Err(interrupted());
+                }
+                let name = self.name_of(path)?;
+                self.write_one(name, data)?;
+                written.push(name);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for name in written {
+                let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+            }
+        }
+        result
+    }
+
+    /// Removes a file of this directory (an older run's view), if it is there.
+    pub fn remove(&self, path: &Path) {
+        if let Ok(name) = self.name_of(path) {
+            let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+        }
+    }
+
+    fn name_of<'p>(&self, path: &'p Path) -> Result<&'p OsStr> {
+        match (path.parent(), path.file_name()) {
+            (Some(p), Some(n))
+                if p == self.path || (p.as_os_str().is_empty() && self.path == Path::new(".")) =>
+            {
+                Ok(n)
+            }
+            _ => bail!(
+                "internal error: {} is not in the output directory {}",
+                path.display(),
+                self.path.display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_follow_the_flag() {
+        let p = output_paths(None, "nginx", 12, "T");
+        assert_eq!(p.svg, Path::new("flamegraphs/nginx-12-T.svg"));
+        assert_eq!(p.folded, Path::new("flamegraphs/nginx-12-T.folded"));
+        let p = output_paths(Some(Path::new("out/x.svg")), "nginx", 12, "T");
+        assert_eq!(p.folded, Path::new("out/x.folded"));
+        let p = output_paths(Some(Path::new("out/")), "a b", 12, "T");
+        assert_eq!(p.svg, Path::new("out/a_b-12-T.svg"));
+        let p = output_paths(Some(Path::new("profile")), "x", 1, "T");
+        assert_eq!(p.svg, Path::new("profile.svg"));
+    }
+
+    #[test]
+    fn a_hostile_thread_name_makes_a_plain_file_name() {
+        let p = output_paths(None, "a\nb/../\x1b[2J", 7, "T");
+        assert_eq!(p.svg, Path::new("flamegraphs/a_b_..___2J-7-T.svg"));
+        let p = output_paths(None, "..", 7, "T");
+        assert_eq!(p.svg, Path::new("flamegraphs/_..-7-T.svg"));
+    }
+
+    #[test]
+    fn files_replace_a_planted_symlink_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&victim, out.join("p.svg")).unwrap();
+        let paths = output_paths(Some(&out.join("p.svg")), "x", 1, "T");
+        let od = OutputDir::open(&paths, false).unwrap();
+        od.write_all(
+            &[(&paths.svg, b"<svg/>"), (&paths.folded, b"a 1\n")],
+            &|| false,
+            || anyhow::anyhow!("interrupted"),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&paths.svg).unwrap(), b"<svg/>");
+        assert!(!std::fs::symlink_metadata(&paths.svg).unwrap().is_symlink());
+        // no temporary file is left behind
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn an_interrupted_set_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = output_paths(Some(&dir.path().join("p.svg")), "x", 1, "T");
+        let od = OutputDir::open(&paths, false).unwrap();
+        let calls = std::cell::Cell::new(0);
+        let err = od
+            .write_all(
+                &[(&paths.svg, b"<svg/>"), (&paths.folded, b"a 1\n")],
+                &|| {
+                    calls.set(calls.get() + 1);
+                    calls.get() > 1
+                },
+                || anyhow::anyhow!("interrupted"),
+            )
+            .unwrap_err();
+        assert!(format!("{err}").contains("interrupted"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
