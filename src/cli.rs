@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crate::model::Kind;
@@ -167,15 +167,31 @@ fn parse_duration(what: &str, s: &str, bare_unit: Duration) -> Result<Duration> 
     if s.starts_with('-') {
         bail!("{what} must not be negative: got {s:?}");
     }
-    if let Ok(n) = s.parse::<f64>() {
+    let too_long = || {
+        anyhow!(
+            "{what} {s:?} is too long: at most {} days",
+            MAX_DURATION.as_secs() / 86_400
+        )
+    };
+    let d = if let Ok(n) = s.parse::<f64>() {
         if !n.is_finite() || n < 0.0 {
             bail!("{what} must not be negative: got {s:?}");
         }
-        return Ok(bare_unit.mul_f64(n));
+        Duration::try_from_secs_f64(bare_unit.as_secs_f64() * n).map_err(|_| too_long())?
+    } else {
+        humantime::parse_duration(s).with_context(|| {
+            format!("invalid {what} {s:?}: use a number with a unit, e.g. 10s, 500ms")
+        })?
+    };
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
-    humantime::parse_duration(s)
-        .with_context(|| format!("invalid {what} {s:?}: use a number with a unit, e.g. 10s, 500ms"))
+    Ok(d)
 }
+
+/// The longest duration a flag takes: a year, far from any overflow of the kernel's
+/// nanosecond clock or of an `Instant`.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
     let mut kinds = Vec::new();
@@ -223,15 +239,19 @@ impl Config {
             }
         };
         let min_block = parse_duration("--min-block", &args.min_block, Duration::from_micros(1))?;
-        for (flag, v) in [
-            ("--stack-storage-size", args.stack_storage_size),
-            ("--max-rows", args.max_rows),
-            ("--max-threads", args.max_threads),
-            ("--recapture-every", args.recapture_every),
-            ("--unwind-rows", args.unwind_rows),
+        // the upper bounds keep each table under about 1 GB of kernel memory
+        for (flag, v, max) in [
+            ("--stack-storage-size", args.stack_storage_size, 1 << 20),
+            ("--max-rows", args.max_rows, 1 << 22),
+            ("--max-threads", args.max_threads, 1 << 20),
+            ("--recapture-every", args.recapture_every, u32::MAX),
+            ("--unwind-rows", args.unwind_rows, 1 << 27),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
+            }
+            if v > max {
+                bail!("{flag} {v} is too large: at most {max}");
             }
         }
         Ok(Config {

@@ -20,8 +20,13 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// The longest function name read: a name the table claims runs on for megabytes is
+/// not a name.
+const MAX_NAME: usize = 4096;
+
 fn c_str(b: &[u8], at: usize) -> Option<String> {
     let s = b.get(at..)?;
+    let s = &s[..s.len().min(MAX_NAME + 1)];
     let n = s.iter().position(|&c| c == 0)?;
     Some(String::from_utf8_lossy(&s[..n]).into_owned())
 }
@@ -45,15 +50,21 @@ impl GoFuncs {
         }
         let names = usize::try_from(u64_at(tab, 32)?).ok()?;
         let functab = usize::try_from(u64_at(tab, 64)?).ok()?;
+        // the counts and offsets come from the file: the function table (8 bytes per
+        // function, then the end) must lie inside the section before anything is sized by it
+        let table_end = nfunc.checked_mul(8)?.checked_add(functab)?;
+        u32_at(tab, table_end)?;
         let mut funcs = Vec::with_capacity(nfunc);
         for i in 0..nfunc {
-            let entry = u32_at(tab, functab + i * 8)?;
-            let func = u32_at(tab, functab + i * 8 + 4)? as usize;
-            let nameoff = u32_at(tab, functab + func + 4)? as usize;
-            funcs.push((text + u64::from(entry), c_str(tab, names + nameoff)?));
+            let at = functab + i * 8;
+            let entry = u32_at(tab, at)?;
+            let func = u32_at(tab, at + 4)? as usize;
+            let nameoff = u32_at(tab, functab.checked_add(func)?.checked_add(4)?)? as usize;
+            let name = c_str(tab, names.checked_add(nameoff)?)?;
+            funcs.push((text.checked_add(u64::from(entry))?, name));
         }
         // the table ends with the end of the last function
-        let end = text + u64::from(u32_at(tab, functab + nfunc * 8)?);
+        let end = text.checked_add(u64::from(u32_at(tab, table_end)?))?;
         // a layout this reader does not know (a later Go) shows as unsorted entries or
         // empty names: better no names than wrong ones
         let sane = funcs.windows(2).all(|w| w[0].0 <= w[1].0)

@@ -520,10 +520,13 @@ fn try_flavour<'obj>(
         ensure_tracefs()?;
     }
     let skel = open.load().map_err(|e| {
-        anyhow!(e).context(format!(
-            "the kernel refused the BPF program; libbpf said:\n    {}",
-            take_libbpf_log(12)
-        ))
+        let log = take_libbpf_log(12);
+        match refused_table(&log, cfg) {
+            Some(table) => anyhow!(TableRefused(table)),
+            None => anyhow!(e).context(format!(
+                "the kernel refused the BPF program; libbpf said:\n    {log}"
+            )),
+        }
     })?;
     let links = attach_all(&skel, flavour)?;
     Ok(Attached {
@@ -531,6 +534,41 @@ fn try_flavour<'obj>(
         flavour,
         _links: links,
     })
+}
+
+/// The kernel would not create one of the tables at the size a flag asked for.
+#[derive(Debug)]
+struct TableRefused(String);
+
+impl std::fmt::Display for TableRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TableRefused {}
+
+/// Which table libbpf's log says the kernel refused to create, with the flag that sizes
+/// it: `map 'agg': failed to create: -E2BIG`.
+fn refused_table(log: &str, cfg: &Config) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("': failed to create: "))?;
+    let name = line.split("map '").nth(1)?.split('\'').next()?;
+    let why = line.rsplit("failed to create: ").next()?.trim();
+    let (flag, size) = match name {
+        "agg" | "waiters" => ("--max-rows", cfg.max_rows),
+        "stacks" => ("--stack-storage-size", cfg.stack_storage_size),
+        "threads" => ("--max-threads", cfg.max_threads),
+        "unwind_rows" => ("--unwind-rows", cfg.unwind_rows),
+        _ => {
+            return Some(format!(
+                "the kernel refused to create the table {name}: {why}"
+            ))
+        }
+    };
+    Some(format!(
+        "the kernel refused to create the table {name} with {size} entries ({flag}): {why}; \
+         choose a smaller {flag} (or free memory)"
+    ))
 }
 
 /// Loads and attaches the first flavour that works; the error lists why each one failed.
@@ -549,6 +587,8 @@ pub fn load_and_attach<'obj>(
         let attempt = try_flavour(slot, cfg, pid, flavour);
         match attempt {
             Ok(a) => return Ok(a),
+            // a table too large for this kernel fails every flavour alike
+            Err(e) if e.downcast_ref::<TableRefused>().is_some() => return Err(e),
             Err(e) => failures.push(format!("  {}: {e:#}", flavour.name())),
         }
         take_libbpf_log(0);
