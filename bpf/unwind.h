@@ -223,6 +223,9 @@ __noinline int unwind_user(__u32 slot)
 	if (st.not_mapped) {
 		stat_add(WP_STAT_UNWIND_NOT_MAPPED, 1);
 		unwind_request(tgid);
+		/* the frames rootward of that code came from frame pointers: say so */
+		if (!st.stop)
+			st.stop = WP_UNW_OUTSIDE;
 	}
 	if (st.stop && st.n < WP_MAX_STACK_DEPTH) {
 		st.buf->ips[st.n] = st.stop;

@@ -334,6 +334,7 @@ enum wp_unwind_stop {
 	WP_UNW_UNSUPPORTED = 4, /* an unwind rule waitprof does not follow (a DWARF expression) */
 	WP_UNW_NOT_MAPPED = 5,  /* code no table covers, and its frame pointer led nowhere */
 	WP_UNW_PENDING = 6,     /* walked by frame pointer: the tables were not loaded yet */
+	WP_UNW_OUTSIDE = 7,     /* walked by frame pointer from code outside the tables */
 	WP_UNW_STOP_MAX = 15,
 };
 

@@ -19,7 +19,7 @@ use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_sta
 use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::{Config, Target, Unwind};
 use crate::model::Row;
-use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Mapping, Outcome};
+use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Outcome};
 use crate::model::{StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
@@ -38,13 +38,14 @@ fn has(flags: u32, f: wp_thread_flag) -> bool {
     flags & f.0 != 0
 }
 
+/// A kernel `comm` (set by the target: untrusted) as printable text.
 fn comm_of(raw: &[i8]) -> String {
     let bytes: Vec<u8> = raw
         .iter()
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
         .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    crate::text::printable_bytes(&bytes)
 }
 
 fn totals_of(ts: &thread_state, end_ns: u64, exited: bool) -> ThreadTotals {
@@ -86,7 +87,7 @@ pub fn run(
     target: &mut Profiled,
     cfg: &Config,
     stop: &Stop,
-    symbolizer: &Symbolizer,
+    symbolizer: &mut Symbolizer,
 ) -> Result<Collected> {
     let exited: RefCell<Vec<ThreadTotals>> = RefCell::new(Vec::new());
     let unwind_wanted = Cell::new(false);
@@ -153,10 +154,10 @@ pub fn run(
     let progress = std::io::stderr().is_terminal();
     // a command is still a copy of waitprof until its exec: its maps come at the timer,
     // and its first stacks' request for unwind tables is served first
-    if let Target::Pid(_) = cfg.target {
-        let _ = symbolizer.cache_target();
-    }
-    let mut maps = read_maps(target.pid);
+    let mut maps = match cfg.target {
+        Target::Pid(_) => symbolizer.cache_target(),
+        Target::Command(_) => None,
+    };
     let mut recache_every = RECACHE_FIRST;
     let mut next_cache = Instant::now() + recache_every;
     let mut last_progress = Instant::now();
@@ -184,18 +185,17 @@ pub fn run(
         let recache = Instant::now() >= next_cache;
         // at the kernel's request, and at the timer too: a library unmapped and another
         // mapped in its place asks for nothing
-        if let Some(t) = tables
-            .as_mut()
-            .filter(|_| unwind_wanted.replace(false) || recache)
-        {
+        let wanted = unwind_wanted.replace(false);
+        if let Some(t) = tables.as_mut().filter(|_| wanted || recache) {
             // best effort: the target may be exiting; its stacks then say what was missing
             let maps = &attached.skel.maps;
             let _ = t.refresh(&maps.unwind_rows, &maps.unwind_procs);
         }
+        // new code (exec, dlopen) gets its files opened at once, before it can go away
+        if recache || wanted {
+            maps = symbolizer.cache_target().or(maps);
+        }
         if recache {
-            // best effort: a failure here only matters if the target later exits
-            let _ = symbolizer.cache_target();
-            maps = read_maps(target.pid).or(maps);
             recache_every = (recache_every * 4).min(RECACHE_MAX);
             next_cache = Instant::now() + recache_every;
         }
@@ -217,7 +217,7 @@ pub fn run(
     let end_ns = attached.stop()?;
     let stopped_at = Instant::now();
     let sockets_at_end = sockets.as_ref().and_then(|s| s.read().ok());
-    let maps = read_maps(target.pid).or(maps).unwrap_or_default();
+    let maps = symbolizer.cache_target().or(maps).unwrap_or_default();
     let epoll_watch = read_epoll_watch(target.pid);
     if progress {
         eprintln!();
@@ -433,12 +433,6 @@ fn listener_of(inode: u64, l: &wp_listener) -> Listener {
     }
 }
 
-/// The target's memory maps, or None once it is gone.
-fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
-    Mapping::read_all(pid).ok().filter(|maps| !maps.is_empty())
-}
-
-/// epoll fds of the target and how many fds each watches (`tfd:` lines of fdinfo).
 fn read_epoll_watch(pid: u32) -> HashMap<u32, usize> {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {

@@ -3,7 +3,7 @@
 //! -w`), which blazesym cannot name. Part of symbolization, for the addresses blazesym
 //! leaves unknown. Go 1.18 and later (the header layout of 1.18–1.24).
 
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, ReadRef};
 
 /// A Go binary's functions: (entry address, name), sorted by address.
 pub struct GoFuncs {
@@ -33,9 +33,10 @@ fn c_str(b: &[u8], at: usize) -> Option<String> {
 
 impl GoFuncs {
     /// Reads `.gopclntab`; None for a file that has none or of an unknown version.
-    pub fn load(data: &[u8]) -> Option<GoFuncs> {
+    pub fn load<'d, R: ReadRef<'d>>(data: R) -> Option<GoFuncs> {
         let file = object::File::parse(data).ok()?;
-        let tab = file.section_by_name(".gopclntab")?.data().ok()?;
+        let (_, tab) = crate::target::files::section(&file, ".gopclntab").ok()??;
+        let tab = &*tab;
         // pcHeader: magic, pad, pad, minLC, ptrSize, nfunc, nfiles, textStart,
         // funcnameOffset, cuOffset, filetabOffset, pctabOffset, pclnOffset
         let magic = u32_at(tab, 0)?;

@@ -21,6 +21,8 @@ pub mod signals;
 pub mod summary;
 pub mod symbolize;
 pub mod syscalls;
+pub mod target;
+pub mod text;
 pub mod unwind;
 
 use std::process::ExitCode;
@@ -45,13 +47,13 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     );
     let out_dir = output::OutputDir::open(&paths, cfg.output.is_none())?;
 
-    let symbolizer = symbolize::Symbolizer::new(target.pid);
+    let mut symbolizer = symbolize::Symbolizer::new(target.pid);
     let mut storage = session::new_storage();
     let mut attached = session::load_and_attach(&mut storage, &cfg, target.pid)?;
     if stop.requested() {
         return Err(Interrupted("before the session started: nothing was recorded").into());
     }
-    let collected = collect::run(&mut attached, &mut target, &cfg, &stop, &symbolizer)?;
+    let collected = collect::run(&mut attached, &mut target, &cfg, &stop, &mut symbolizer)?;
     drop(attached); // detach before the slower work below
     target.finish();
     // the signal that ended collection (if any) is spent; a later one aborts the writing,

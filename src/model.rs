@@ -354,7 +354,7 @@ impl Mapping {
             start: u64::from_str_radix(start, 16).ok()?,
             end: u64::from_str_radix(end, 16).ok()?,
             offset: u64::from_str_radix(offset, 16).ok()?,
-            path: f.collect::<Vec<_>>().join(" "),
+            path: crate::text::printable(&f.collect::<Vec<_>>().join(" ")).into_owned(),
             executable: perms.contains('x'),
             file: format!("{dev}:{inode}"),
         })
@@ -362,8 +362,16 @@ impl Mapping {
 
     /// Every mapping of process `pid`.
     pub fn read_all(pid: u32) -> std::io::Result<Vec<Mapping>> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-        Ok(text.lines().filter_map(Mapping::parse).collect())
+        use std::io::Read;
+        // bounded: 64 MiB is far more than the kernel's limit of 65530 mappings needs
+        let mut data = Vec::new();
+        std::fs::File::open(format!("/proc/{pid}/maps"))?
+            .take(64 << 20)
+            .read_to_end(&mut data)?;
+        Ok(String::from_utf8_lossy(&data)
+            .lines()
+            .filter_map(Mapping::parse)
+            .collect())
     }
 
     /// Backed by a file (not anonymous memory, the heap, a stack or the vdso).

@@ -206,9 +206,9 @@ pub fn stat_field(stat: &str, n: usize) -> Option<String> {
 
 /// A thread's name, while it still exists.
 pub fn proc_comm(pid: u32, tid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+    std::fs::read(format!("/proc/{pid}/task/{tid}/comm"))
         .ok()
-        .map(|s| s.trim_end().to_string())
+        .map(|s| crate::text::printable_bytes(s.strip_suffix(b"\n").unwrap_or(&s)))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -274,7 +274,7 @@ fn launch(argv: &[OsString]) -> Result<Profiled> {
         pid,
         comm: Path::new(program)
             .file_name()
-            .map(|f| f.to_string_lossy().chars().take(15).collect())
+            .map(|f| crate::text::printable_bytes(&f.as_encoded_bytes()[..f.len().min(15)]))
             .unwrap_or_else(|| name.clone()),
         launched: Some(Launched {
             name,

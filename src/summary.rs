@@ -455,4 +455,23 @@ fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
             .collect();
         let _ = writeln!(out, "    unknown user frames: {}", list.join(", "));
     }
+    if !symbols.unreadable_files.is_empty() {
+        let list: Vec<String> = symbols
+            .unreadable_files
+            .iter()
+            .take(5)
+            .map(|(path, why)| format!("{path} ({why})"))
+            .collect();
+        let more = symbols.unreadable_files.len().saturating_sub(5);
+        let _ = writeln!(
+            out,
+            "    files not read (their frames are unknown): {}{}",
+            list.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
 }

@@ -1,20 +1,22 @@
 //! Symbolization: instruction pointers from the stack table into function names, with
-//! blazesym. User stacks resolve against the target's memory maps, cached at the start
-//! and while it runs so a target that exits mid-session still symbolizes; kernel stacks
-//! against kallsyms. Frames that cannot be named are kept as `[unknown: REASON]` and
-//! counted by reason.
+//! blazesym. User stacks resolve through the files the target mapped, opened as its own
+//! while it runs (`target::maps`), so code it unmapped, a target that exited, deleted
+//! files and other mount namespaces still symbolize, and a file that cannot be read costs
+//! only its own frames; kernel stacks resolve against kallsyms. Frames that cannot be
+//! named are kept as `[unknown: REASON]` and counted by reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use blazesym::symbolize::cache;
-use blazesym::symbolize::source::{Elf, Kernel, Process, Source};
+use anyhow::Result;
+use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Reason, Symbolized};
-use blazesym::{MaybeDefault, Pid};
+use blazesym::MaybeDefault;
 
-use crate::gosym::GoFuncs;
 use crate::model::{Collected, Kind, Mapping};
+use crate::target::files::TargetFile;
+use crate::target::maps::MappedFiles;
+use crate::text::printable;
 
 /// Depth at which the kernel cut a stack (WP_MAX_STACK_DEPTH).
 const MAX_DEPTH: usize = 127;
@@ -22,6 +24,10 @@ const MAX_DEPTH: usize = 127;
 pub struct Symbolizer {
     inner: blazesym::symbolize::Symbolizer,
     pid: u32,
+    /// The target's mappings and files, kept while it runs.
+    target: MappedFiles,
+    /// The target's user id, when first seen: a perf map must be its own.
+    uid: Option<u32>,
 }
 
 /// Frame names, root first. A name is shared by every stack it appears in: a large
@@ -43,32 +49,40 @@ pub struct Symbols {
     pub unknown_why: BTreeMap<&'static str, usize>,
     /// Futex address -> where it lives: the variable's name, or the kind of memory.
     pub objects: HashMap<u64, String>,
+    /// The target's files that could not be read, and why (their frames are unknown).
+    pub unreadable_files: Vec<(String, String)>,
 }
+
+/// A name or why there is none, per address.
+type Names = HashMap<u64, Result<Frames, &'static str>>;
 
 impl Symbolizer {
     pub fn new(pid: u32) -> Symbolizer {
+        // names are demangled here only when they are mangled (`_Z`, `_R`): blazesym
+        // would run a C function named `f` through the C++ demangler ("float")
         let inner = blazesym::symbolize::Symbolizer::builder()
-            .enable_demangling(true)
+            .enable_demangling(false)
             .enable_inlined_fns(true)
             .enable_code_info(true)
             .build();
-        Symbolizer { inner, pid }
+        Symbolizer {
+            inner,
+            pid,
+            target: MappedFiles::new(pid),
+            uid: None,
+        }
     }
 
-    /// Remembers the target's memory maps, so its stacks resolve after it exits.
-    pub fn cache_target(&self) -> Result<()> {
-        self.inner
-            .cache(&cache::Cache::Process(cache::Process::new(Pid::from(
-                self.pid,
-            ))))
-            .with_context(|| format!("reading the memory maps of pid {} failed", self.pid))
-    }
-
-    fn process_source(&self) -> Source<'static> {
-        let mut process = Process::new(Pid::from(self.pid));
-        // map_files would need the live process; the cached maps name files by path
-        process.map_files = false;
-        Source::Process(process)
+    /// Rereads the target's maps and opens the files it newly mapped, so its stacks
+    /// resolve after it unmaps them or exits. Returns the maps, or None once it is gone.
+    pub fn cache_target(&mut self) -> Option<Vec<Mapping>> {
+        if self.uid.is_none() {
+            use std::os::unix::fs::MetadataExt;
+            self.uid = std::fs::metadata(format!("/proc/{}", self.pid))
+                .ok()
+                .map(|m| m.uid());
+        }
+        self.target.refresh().then(|| self.target.latest().to_vec())
     }
 
     fn kernel_source() -> Source<'static> {
@@ -79,8 +93,9 @@ impl Symbolizer {
     }
 
     /// Names every stack the profile refers to: the target's and its wakers' (which
-    /// may belong to other processes, named while those still run).
-    pub fn resolve(&self, collected: &Collected) -> Result<Symbols> {
+    /// may belong to other processes, named while those still run). A file that cannot
+    /// be read or parsed costs its own frames only.
+    pub fn resolve(&mut self, collected: &Collected) -> Result<Symbols> {
         let mut user_ids: HashMap<u32, HashSet<u64>> = HashMap::new();
         let mut kernel_ids = HashSet::new();
         for row in &collected.rows {
@@ -94,36 +109,58 @@ impl Symbolizer {
             }
             kernel_ids.extend(row.waker.kstack.id());
         }
+        // the last look at the target's maps (it may still be running)
+        self.cache_target();
         let mut symbols = Symbols::default();
         for (pid, ids) in &user_ids {
-            let (user, unknown) = if *pid == collected.pid {
-                self.resolve_set(
-                    &self.process_source(),
-                    ids,
-                    collected,
-                    Some(&collected.maps),
-                    &mut symbols.truncated_stacks,
-                    &mut symbols.unknown_why,
-                )?
+            let others;
+            let (files, perf) = if *pid == collected.pid {
+                (&self.target, self.perf_map(*pid))
             } else {
                 // another process's waker: best effort, it may have exited
-                let source = Source::Process(Process::new(Pid::from(*pid)));
-                let (mut truncated, mut why) = (0, BTreeMap::new());
-                self.resolve_set(&source, ids, collected, Some(&[]), &mut truncated, &mut why)
-                    .unwrap_or_default()
+                let mut f = MappedFiles::new(*pid);
+                f.refresh();
+                others = f;
+                (&others, None)
             };
+            let names = |addrs: &[u64]| self.name_user(files, perf.as_ref(), addrs);
+            let (user, unknown) = resolve_set(
+                names,
+                ids,
+                collected,
+                true,
+                &mut symbols.truncated_stacks,
+                &mut symbols.unknown_why,
+            );
             symbols.user.extend(user);
             symbols.unknown_user_frames += unknown;
         }
         symbols.objects = self.name_futexes(collected);
-        let (kernel, unknown) = self.resolve_set(
-            &Self::kernel_source(),
+        symbols.unreadable_files = self.target.unreadable.clone();
+        let kernel_names = |addrs: &[u64]| -> Names {
+            match self
+                .inner
+                .symbolize(&Self::kernel_source(), Input::AbsAddr(addrs))
+            {
+                Ok(results) => addrs
+                    .iter()
+                    .copied()
+                    .zip(results.into_iter().map(frame_names))
+                    .collect(),
+                Err(_) => addrs
+                    .iter()
+                    .map(|&a| (a, Err("kallsyms unreadable")))
+                    .collect(),
+            }
+        };
+        let (kernel, unknown) = resolve_set(
+            kernel_names,
             &kernel_ids,
             collected,
-            None,
+            false,
             &mut symbols.truncated_stacks,
             &mut BTreeMap::new(),
-        )?;
+        );
         symbols.kernel = kernel
             .into_iter()
             .map(|(id, f)| (id, trim_capture_frames(f)))
@@ -132,155 +169,266 @@ impl Symbolizer {
         Ok(symbols)
     }
 
-    fn resolve_set(
-        &self,
-        source: &Source<'_>,
-        ids: &HashSet<u64>,
-        collected: &Collected,
-        // user stacks: the process's maps, to name stripped Go code by its .gopclntab
-        user_maps: Option<&[Mapping]>,
-        truncated: &mut usize,
-        unknown_why: &mut BTreeMap<&'static str, usize>,
-    ) -> Result<(HashMap<u64, Frames>, usize)> {
-        // The first address of a stack is where the thread stopped; the others are return
-        // addresses, which point after the call: look up addr - 1 to land inside it.
-        let lookup_addr = |i: usize, ip: u64| if i == 0 { ip } else { ip.saturating_sub(1) };
-        let mut addrs: Vec<u64> = ids
-            .iter()
-            .filter_map(|id| collected.stacks.get(id))
-            .flat_map(|ips| ips.iter().enumerate().map(|(i, &ip)| lookup_addr(i, ip)))
-            .filter(|&ip| unwind_stop(ip).is_none())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        addrs.sort_unstable();
-        let mut names: HashMap<u64, Result<Frames, &'static str>> = if addrs.is_empty() {
-            HashMap::new()
-        } else {
-            let results = self
-                .inner
-                .symbolize(source, Input::AbsAddr(&addrs))
-                .context("symbolizing stacks failed")?;
-            addrs
-                .iter()
-                .copied()
-                .zip(results.into_iter().map(frame_names))
-                .collect()
-        };
-        if let Some(maps) = user_maps.filter(|m| !m.is_empty()) {
-            self.name_from_files(&mut names, maps);
-        }
-        let unknown = names.values().filter(|n| n.is_err()).count();
-        for why in names.values().filter_map(|n| n.as_ref().err()) {
-            *unknown_why.entry(why).or_default() += 1;
-        }
-        let label = |why: &str| -> Arc<str> { Arc::from(format!("[unknown: {why}]")) };
-        let truncated_frame = label("truncated");
-        let mut out = HashMap::new();
-        for &id in ids {
-            let Some(ips) = collected.stacks.get(&id) else {
+    /// Names user addresses: each through the file mapped there (opened as the target's
+    /// own, never by path), anonymous code through the target's perf map.
+    fn name_user(&self, files: &MappedFiles, perf: Option<&PerfMap>, addrs: &[u64]) -> Names {
+        let mut names = Names::new();
+        // file -> (its mapping, file offsets and the addresses they came from)
+        let mut by_file: HashMap<&str, (&Mapping, Vec<u64>, Vec<u64>)> = HashMap::new();
+        for &addr in addrs {
+            let Some(m) = files.mapping_of(addr) else {
+                names.insert(addr, Err("not mapped"));
                 continue;
             };
-            let mut frames = Vec::with_capacity(ips.len() + 1);
-            // a frame-pointer walk cut at the limit (the unwinder says so with a marker)
-            if ips.len() >= MAX_DEPTH && ips.last().is_some_and(|&ip| unwind_stop(ip).is_none()) {
-                *truncated += 1;
-                frames.push(truncated_frame.clone());
+            if !m.is_file() {
+                let named = perf.and_then(|p| p.name(addr));
+                names.insert(
+                    addr,
+                    match named {
+                        Some(n) => Ok(vec![Arc::from(printable(n))]),
+                        None if m.path == "[vdso]" => Err("vdso"),
+                        None => Err("anonymous memory"),
+                    },
+                );
+                continue;
             }
-            for (i, &ip) in ips.iter().enumerate().rev() {
-                if let Some(why) = unwind_stop(ip) {
-                    *truncated += usize::from(why == "truncated");
-                    *unknown_why.entry(why).or_default() += 1;
-                    frames.push(label(why));
+            let e = by_file
+                .entry(&m.file)
+                .or_insert((m, Vec::new(), Vec::new()));
+            e.1.push(addr.wrapping_sub(m.start).wrapping_add(m.offset));
+            e.2.push(addr);
+        }
+        for (m, offsets, file_addrs) in by_file.into_values() {
+            let file = match files.file(m) {
+                Ok(f) => f,
+                Err(why) => {
+                    names.extend(file_addrs.iter().map(|&a| (a, Err(why))));
                     continue;
                 }
-                match names.get(&lookup_addr(i, ip)) {
-                    Some(Ok(n)) => frames.extend(n.iter().cloned()),
-                    Some(Err(why)) => frames.push(label(why)),
-                    None => frames.push(label("not symbolized")),
-                }
-            }
-            if user_maps.is_some() {
-                frames = cut_at_g0(frames);
-            }
-            out.insert(id, frames);
+            };
+            let source = Source::Elf(Elf::new(file.fd_path()));
+            let results = self.inner.symbolize(&source, Input::FileOffset(&offsets));
+            let mut named: Vec<Result<Frames, &'static str>> = match results {
+                Ok(r) => r.into_iter().map(frame_names).collect(),
+                Err(_) => vec![Err("file unparsable"); offsets.len()],
+            };
+            self.name_from_file(file, m, files, &file_addrs, &mut named);
+            names.extend(file_addrs.into_iter().zip(named));
         }
-        Ok((out, unknown))
+        names
     }
+
+    /// The target's perf map (`/tmp/perf-PID.map`, written by JIT runtimes), as it sees
+    /// it: inside its root, under its own pid, and only if the file is its own.
+    fn perf_map(&self, pid: u32) -> Option<PerfMap> {
+        let ns_pid = ns_pid(pid).unwrap_or(pid);
+        let file = TargetFile::open_in_root(pid, &format!("/tmp/perf-{ns_pid}.map"))
+            .or_else(|_| {
+                TargetFile::open_no_follow(std::path::Path::new(&format!("/tmp/perf-{pid}.map")))
+            })
+            .ok()?;
+        if file.owner() != self.uid && file.owner() != Some(0) {
+            return None;
+        }
+        let data = file.read_to_end(PERF_MAP_MAX).ok()?;
+        Some(PerfMap::parse(&data))
+    }
+}
+
+/// The largest perf map read.
+const PERF_MAP_MAX: u64 = 64 << 20;
+
+/// A JIT's perf map: `START SIZE NAME` lines in hex, sorted by start.
+#[derive(Debug, Default)]
+pub struct PerfMap {
+    entries: Vec<(u64, u64, String)>,
+}
+
+impl PerfMap {
+    pub fn parse(data: &[u8]) -> PerfMap {
+        let text = String::from_utf8_lossy(data);
+        let mut entries: Vec<(u64, u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let start = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+                let size = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+                let name = f.next()?.trim();
+                (!name.is_empty() && size > 0)
+                    .then(|| (start, size, name.chars().take(1024).collect()))
+            })
+            .collect();
+        entries.sort_by_key(|e| e.0);
+        PerfMap { entries }
+    }
+
+    pub fn name(&self, addr: u64) -> Option<&str> {
+        let i = self.entries.partition_point(|e| e.0 <= addr);
+        let (start, size, name) = self.entries.get(i.checked_sub(1)?)?;
+        (addr - start < *size).then_some(name.as_str())
+    }
+}
+
+/// The pid of `pid` in its own pid namespace (the last of /proc/PID/status's NSpid).
+pub fn ns_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// Names the stacks `ids`: `names` names a batch of distinct addresses.
+fn resolve_set(
+    names: impl FnOnce(&[u64]) -> Names,
+    ids: &HashSet<u64>,
+    collected: &Collected,
+    user: bool,
+    truncated: &mut usize,
+    unknown_why: &mut BTreeMap<&'static str, usize>,
+) -> (HashMap<u64, Frames>, usize) {
+    // The first address of a stack is where the thread stopped; the others are return
+    // addresses, which point after the call: look up addr - 1 to land inside it.
+    let lookup_addr = |i: usize, ip: u64| if i == 0 { ip } else { ip.saturating_sub(1) };
+    let mut addrs: Vec<u64> = ids
+        .iter()
+        .filter_map(|id| collected.stacks.get(id))
+        .flat_map(|ips| ips.iter().enumerate().map(|(i, &ip)| lookup_addr(i, ip)))
+        .filter(|&ip| unwind_stop(ip).is_none())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    addrs.sort_unstable();
+    let names = if addrs.is_empty() {
+        Names::new()
+    } else {
+        names(&addrs)
+    };
+    let unknown = names.values().filter(|n| n.is_err()).count();
+    for why in names.values().filter_map(|n| n.as_ref().err()) {
+        *unknown_why.entry(why).or_default() += 1;
+    }
+    let label = |why: &str| -> Arc<str> { Arc::from(format!("[unknown: {why}]")) };
+    let truncated_frame = label("truncated");
+    let mut out = HashMap::new();
+    for &id in ids {
+        let Some(ips) = collected.stacks.get(&id) else {
+            continue;
+        };
+        let mut frames = Vec::with_capacity(ips.len() + 1);
+        // a frame-pointer walk cut at the limit (the unwinder says so with a marker)
+        if ips.len() >= MAX_DEPTH && ips.last().is_some_and(|&ip| unwind_stop(ip).is_none()) {
+            *truncated += 1;
+            frames.push(truncated_frame.clone());
+        }
+        for (i, &ip) in ips.iter().enumerate().rev() {
+            if let Some(why) = unwind_stop(ip) {
+                *truncated += usize::from(why == "truncated");
+                *unknown_why.entry(why).or_default() += 1;
+                frames.push(label(why));
+                continue;
+            }
+            match names.get(&lookup_addr(i, ip)) {
+                Some(Ok(n)) => frames.extend(n.iter().cloned()),
+                Some(Err(why)) => frames.push(label(why)),
+                None => frames.push(label("not symbolized")),
+            }
+        }
+        if user {
+            frames = cut_at_g0(frames);
+        }
+        out.insert(id, frames);
+    }
+    (out, unknown)
 }
 
 /// Where separate debug information for a file with this build id lives.
-fn build_id_debug_file(build_id: &[u8]) -> Option<String> {
+fn build_id_debug_file(build_id: &[u8]) -> Option<TargetFile> {
     let hex: String = build_id.iter().map(|b| format!("{b:02x}")).collect();
-    (hex.len() > 2)
-        .then(|| {
-            ["/usr/lib/debug", "/lib/debug"]
-                .iter()
-                .map(|dir| format!("{dir}/.build-id/{}/{}.debug", &hex[..2], &hex[2..]))
-                .find(|p| std::path::Path::new(p).exists())
-        })
-        .flatten()
-}
-
-/// What a file offers for the addresses blazesym could not name, read once per file.
-struct FileNames {
-    data: Vec<u8>,
-    /// Its separate debug file, found by build id.
-    debug: Option<String>,
-    /// Its Go function table (.gopclntab).
-    go: Option<GoFuncs>,
-}
-
-impl FileNames {
-    fn read(path: &str) -> Option<FileNames> {
-        use object::Object;
-        let data = std::fs::read(path).ok()?;
-        let debug = object::File::parse(&*data)
-            .ok()
-            .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
-            .and_then(|id| build_id_debug_file(&id));
-        let go = GoFuncs::load(&data);
-        Some(FileNames { data, debug, go })
+    if hex.len() <= 2 {
+        return None;
     }
+    ["/usr/lib/debug", "/lib/debug"].iter().find_map(|dir| {
+        let p = format!("{dir}/.build-id/{}/{}.debug", &hex[..2], &hex[2..]);
+        TargetFile::open_no_follow(std::path::Path::new(&p)).ok()
+    })
+}
+
+/// A file's `.gnu_debuglink`, looked for as gdb does (beside the file, in `.debug/`
+/// there, under /usr/lib/debug), inside the target's root, its CRC checked.
+fn debuglink_file<'d, R: object::ReadRef<'d>>(
+    elf: &object::File<'d, R>,
+    pid: u32,
+    path: &str,
+) -> Option<TargetFile> {
+    use object::Object;
+    let (name, crc) = elf.gnu_debuglink().ok().flatten()?;
+    let name = std::str::from_utf8(name).ok()?;
+    if name.is_empty() || name.contains('/') || name.len() > 255 {
+        return None;
+    }
+    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    [
+        format!("{dir}/{name}"),
+        format!("{dir}/.debug/{name}"),
+        format!("/usr/lib/debug{dir}/{name}"),
+    ]
+    .iter()
+    .filter_map(|p| TargetFile::open_in_root(pid, p).ok())
+    .find(|f| {
+        f.read_to_end(crate::target::files::MAX_SECTION)
+            .is_ok_and(|d| crc32fast::hash(&d) == crc)
+    })
 }
 
 impl Symbolizer {
-    /// Names what blazesym could not, from the files themselves: a stripped file whose
-    /// debug information was installed apart, found by its build id alone (blazesym
-    /// follows build ids only from a .gnu_debuglink, which not every stripped file has);
-    /// then a Go binary's .gopclntab (stripped Go, which blazesym cannot read).
-    fn name_from_files(
+    /// Names what blazesym could not from the file itself: separate debug information
+    /// (by `.gnu_debuglink` inside the target's root, or by build id alone), then a Go
+    /// binary's `.gopclntab` (stripped Go, which blazesym cannot read).
+    fn name_from_file(
         &self,
-        names: &mut HashMap<u64, Result<Frames, &'static str>>,
-        maps: &[Mapping],
+        file: &TargetFile,
+        m: &Mapping,
+        files: &MappedFiles,
+        addrs: &[u64],
+        named: &mut [Result<Frames, &'static str>],
     ) {
-        let mut files: HashMap<&str, Option<FileNames>> = HashMap::new();
-        let mut biases: HashMap<u64, Option<u64>> = HashMap::new();
-        for (&addr, name) in names.iter_mut().filter(|(_, n)| n.is_err()) {
-            let Some(m) = maps
-                .iter()
-                .find(|m| (m.start..m.end).contains(&addr) && m.is_file())
-            else {
-                continue;
-            };
-            let Some(file) = files
-                .entry(&m.path)
-                .or_insert_with(|| FileNames::read(&m.path))
-            else {
-                continue;
-            };
-            let Some(vaddr) = biases
-                .entry(m.start)
-                .or_insert_with(|| crate::unwind::bias(&file.data, m.start, m.offset))
-                .map(|bias| addr.wrapping_sub(bias))
-            else {
-                continue;
-            };
-            if let (Some(debug), Err("stripped")) = (&file.debug, &name) {
+        if named.iter().all(Result::is_ok) {
+            return;
+        }
+        let reader = file.reader();
+        let Ok(elf) = object::File::parse(&reader) else {
+            return;
+        };
+        let base = files.first_of(m).unwrap_or(m);
+        let Some(bias) = crate::unwind::bias(&reader, m.start, m.offset)
+            .or_else(|| crate::unwind::bias(&reader, base.start, base.offset))
+        else {
+            return;
+        };
+        let stripped = named.contains(&Err("stripped"));
+        let debug = stripped
+            .then(|| {
+                use object::Object;
+                debuglink_file(&elf, files.pid(), &m.path)
+                    .or_else(|| elf.build_id().ok().flatten().and_then(build_id_debug_file))
+            })
+            .flatten();
+        let go = named
+            .iter()
+            .any(Result::is_err)
+            .then(|| crate::gosym::GoFuncs::load(&reader))
+            .flatten();
+        for (addr, name) in addrs.iter().zip(named.iter_mut()) {
+            let vaddr = addr.wrapping_sub(bias);
+            if let (Some(debug), Err("stripped")) = (&debug, &name) {
                 let found = self
                     .inner
                     .symbolize_single(
-                        &Source::Elf(Elf::new(debug.as_str())),
+                        &Source::Elf(Elf::new(debug.fd_path())),
                         Input::VirtOffset(vaddr),
                     )
                     .ok()
@@ -290,8 +438,8 @@ impl Symbolizer {
                     continue;
                 }
             }
-            if let Some(f) = file.go.as_ref().and_then(|go| go.name(vaddr)) {
-                *name = Ok(vec![Arc::from(f)]);
+            if let (Some(f), true) = (go.as_ref().and_then(|go| go.name(vaddr)), name.is_err()) {
+                *name = Ok(vec![Arc::from(printable(f))]);
             }
         }
     }
@@ -308,7 +456,7 @@ fn cut_at_g0(mut frames: Frames) -> Frames {
     // a stack walked before the unwind tables loaded keeps saying so, at its root
     let pending = frames
         .first()
-        .is_some_and(|f| f.starts_with("[unknown: frame pointers only"))
+        .is_some_and(|f| f.starts_with("[unknown: frame pointers "))
         .then(|| frames.remove(0));
     // the outermost frames of Go's threads and goroutines: anything rootward of them is
     // the unwinder running past the end (Go's tables do not mark it)
@@ -368,26 +516,24 @@ impl Symbolizer {
             .filter(|r| r.kind == Kind::Futex && r.object != 0)
             .map(|r| r.object)
             .collect();
-        addrs
-            .into_iter()
-            .map(|a| (a, self.name_data(a, &collected.maps)))
-            .collect()
+        addrs.into_iter().map(|a| (a, self.name_data(a))).collect()
     }
 
-    fn name_data(&self, addr: u64, maps: &[Mapping]) -> String {
+    fn name_data(&self, addr: u64) -> String {
+        let maps = self.target.latest();
         let Some(i) = maps.iter().position(|m| m.start <= addr && addr < m.end) else {
             return "unmapped".to_string();
         };
         let m = &maps[i];
         // .bss past the file's end is anonymous memory right after the file's mappings
-        let file = if m.path.starts_with('/') {
-            Some(&m.path)
+        let file_map = if m.is_file() {
+            Some(m)
         } else if m.path.is_empty() && i > 0 && maps[i - 1].end == m.start {
-            Some(&maps[i - 1].path).filter(|p| p.starts_with('/'))
+            Some(&maps[i - 1]).filter(|p| p.is_file())
         } else {
             None
         };
-        let Some(file) = file else {
+        let Some(fm) = file_map else {
             return match m.path.as_str() {
                 "[heap]" => "heap".to_string(),
                 "[stack]" => "main thread's stack".to_string(),
@@ -395,29 +541,33 @@ impl Symbolizer {
                 other => other.to_string(),
             };
         };
+        let file_name = fm.path.rsplit('/').next().unwrap_or(&fm.path);
         // the file's load bias: where its first mapping (file offset 0) starts
-        let Some(base) = maps
-            .iter()
-            .find(|x| &x.path == file && x.offset == 0)
-            .map(|x| x.start)
-        else {
-            return file.clone();
+        let (Some(base), Ok(file)) = (self.target.first_of(fm), self.target.file(fm)) else {
+            return format!("data of {file_name}");
         };
         // a position-independent file's symbols count from 0; a fixed-address one's are
-        // absolute (ELF e_type at byte 16: ET_EXEC = 2)
-        let fixed = elf_type(file) == Some(2);
-        let virt = if fixed { addr } else { addr - base };
-        let mut elf = Elf::new(file);
+        // absolute
+        let fixed = {
+            use object::Object;
+            object::File::parse(&file.reader())
+                .is_ok_and(|f| f.kind() == object::ObjectKind::Executable)
+        };
+        let virt = if fixed {
+            addr
+        } else {
+            addr.wrapping_sub(base.start)
+        };
+        let mut elf = Elf::new(file.fd_path());
         elf.debug_syms = false; // variables are in the symbol table, not in DWARF lookups
         let name = self
             .inner
             .symbolize_single(&Source::Elf(elf), Input::VirtOffset(virt))
             .ok()
             .and_then(|s| match s {
-                Symbolized::Sym(sym) => Some(sym.name.to_string()),
+                Symbolized::Sym(sym) => Some(demangle(&sym.name)),
                 Symbolized::Unknown(_) => None,
             });
-        let file_name = file.rsplit('/').next().unwrap_or(file);
         match name {
             Some(n) => format!("{n} in {file_name}"),
             None => format!("data of {file_name}"),
@@ -425,23 +575,31 @@ impl Symbolizer {
     }
 }
 
-/// The ELF file type (e_type) of a file.
-fn elf_type(path: &str) -> Option<u16> {
-    use std::io::Read;
-    let mut header = [0u8; 18];
-    std::fs::File::open(path)
-        .ok()?
-        .read_exact(&mut header)
-        .ok()?;
-    Some(u16::from_le_bytes([header[16], header[17]]))
+/// A mangled name (Rust's `_ZN...E` or `_R...`, C++'s `_Z...`) demangled; any other
+/// name as it is.
+/// The result is printable: names come from the target's files.
+fn demangle(name: &str) -> Arc<str> {
+    let shown = |s: &str| Arc::from(printable(s));
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return shown(&format!("{d:#}"));
+    }
+    if name.starts_with("_Z") {
+        if let Some(d) = cpp_demangle::Symbol::new(name)
+            .ok()
+            .and_then(|s| s.demangle().ok())
+        {
+            return shown(&d);
+        }
+    }
+    shown(name)
 }
 
 /// The function and the functions inlined into it at this address, outermost first.
 /// A symbol's names (itself, then what is inlined into it), or why it has none.
 fn frame_names(sym: Symbolized<'_>) -> Result<Frames, &'static str> {
     match sym {
-        Symbolized::Sym(sym) => Ok(std::iter::once(Arc::from(&*sym.name))
-            .chain(sym.inlined.iter().map(|f| Arc::from(&*f.name)))
+        Symbolized::Sym(sym) => Ok(std::iter::once(demangle(&sym.name))
+            .chain(sym.inlined.iter().map(|f| demangle(&f.name)))
             .collect()),
         Symbolized::Unknown(reason) => Err(match reason {
             Reason::Unmapped => "not mapped",
@@ -467,6 +625,9 @@ fn unwind_stop(ip: u64) -> Option<&'static str> {
         _ if ip == stop(S::WP_UNW_UNSUPPORTED) => "unwind rule not followed",
         _ if ip == stop(S::WP_UNW_NOT_MAPPED) => "no frame pointer",
         _ if ip == stop(S::WP_UNW_PENDING) => "frame pointers only, unwind tables not loaded yet",
+        _ if ip == stop(S::WP_UNW_OUTSIDE) => {
+            "frame pointers from code outside the unwind tables (just mapped, or JIT)"
+        }
         _ if ip <= stop(S::WP_UNW_STOP_MAX) => "unwinder stopped",
         _ => return None,
     })

@@ -14,10 +14,11 @@ use gimli::{
     UnwindContext, UnwindSection, X86_64,
 };
 use libbpf_rs::{MapCore, MapFlags};
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 
 use crate::bpf::types::{wp_cfa, wp_rbp, wp_unwind_map, wp_unwind_proc, wp_unwind_row};
 use crate::model::Mapping;
+use crate::target::files::TargetFile;
 
 /// Mappings a process's table can list (WP_UNWIND_MAPS).
 const MAX_MAPS: usize = 128;
@@ -122,12 +123,11 @@ fn rule_of<R: gimli::Reader>(row: &gimli::UnwindTableRow<R::Offset>) -> Rule {
 
 /// Compiles an ELF file's .eh_frame into rows sorted by address: where each rule starts,
 /// with a NONE row where an FDE ends and no other begins. Adjacent equal rules merge.
-fn compile(data: &[u8]) -> Result<Vec<(u32, Rule)>, NoTable> {
+fn compile<'d, R: ReadRef<'d>>(data: R) -> Result<Vec<(u32, Rule)>, NoTable> {
     let file = object::File::parse(data).map_err(|e| NoTable::Unreadable(e.to_string()))?;
-    // Go compresses its DWARF sections (SHF_COMPRESSED)
-    let section_data = |name: &str| {
-        let s = file.section_by_name(name)?;
-        Some((s.address(), s.uncompressed_data().ok()?))
+    // Go compresses its DWARF sections (SHF_COMPRESSED); sizes are checked before reading
+    let section_data = |name: &str| -> Result<_, NoTable> {
+        crate::target::files::section(&file, name).map_err(NoTable::Unreadable)
     };
     let mut bases = BaseAddresses::default();
     if let Some(text) = file.section_by_name(".text") {
@@ -136,10 +136,10 @@ fn compile(data: &[u8]) -> Result<Vec<(u32, Rule)>, NoTable> {
     if let Some(got) = file.section_by_name(".got") {
         bases = bases.set_got(got.address());
     }
-    let rows = if let Some((addr, bytes)) = section_data(".eh_frame") {
+    let rows = if let Some((addr, bytes)) = section_data(".eh_frame")? {
         let bases = bases.set_eh_frame(addr);
         rows_of(&EhFrame::new(&bytes, LittleEndian), &bases)
-    } else if let Some((_, bytes)) = section_data(".debug_frame") {
+    } else if let Some((_, bytes)) = section_data(".debug_frame")? {
         // Go binaries (unless built with -w) describe their frames only there
         let mut debug_frame = DebugFrame::new(&bytes, LittleEndian);
         debug_frame.set_address_size(8);
@@ -195,20 +195,20 @@ where
 /// the loadable segment holding the mapping's file offset. Segments start mid-page and
 /// are mapped from the page below, so two can hold the same page: the later one, whose
 /// mapping starts there, is the one.
-fn bias_of(data: &[u8], m: &Mapping) -> Option<u64> {
+fn bias_of<'d, R: ReadRef<'d>>(data: R, m: &Mapping) -> Option<u64> {
     bias(data, m.start, m.offset)
 }
 
 /// The bias of a mapping of `data` at `start` from file offset `offset` (see bias_of).
-pub fn bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
+pub fn bias<'d, R: ReadRef<'d>>(data: R, start: u64, offset: u64) -> Option<u64> {
     const PAGE: u64 = 4096;
     let file = object::File::parse(data).ok()?;
     file.segments()
         .filter_map(|seg| {
             let (off, size) = seg.file_range();
             let page_off = off & !(PAGE - 1);
-            (offset >= page_off && offset < off + size.max(1)).then(|| {
-                let vaddr = (seg.address() & !(PAGE - 1)) + (offset - page_off);
+            (offset >= page_off && offset < off.saturating_add(size.max(1))).then(|| {
+                let vaddr = (seg.address() & !(PAGE - 1)).wrapping_add(offset - page_off);
                 (page_off, start.wrapping_sub(vaddr))
             })
         })
@@ -327,16 +327,17 @@ impl Tables {
                 return (p.rows.clone(), Some(bias));
             }
         }
-        // map_files names the very file mapped, even deleted or in another mount namespace
-        let via = format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end);
-        let data = match std::fs::read(&via).or_else(|_| std::fs::read(&m.path)) {
-            Ok(d) => d,
+        // the very file mapped, even deleted or in another mount namespace, read as
+        // untrusted input
+        let file = match TargetFile::open_mapped(self.pid, m) {
+            Ok(f) => f,
             Err(e) => {
-                let rows = Err(NoTable::Unreadable(e.to_string()));
+                let rows = Err(NoTable::Unreadable(e));
                 self.note_without(m, &rows);
                 return (rows, None);
             }
         };
+        let data = file.reader();
         let bias = bias_of(&data, m);
         let rows = match self.files.get(&m.file) {
             Some(p) => p.rows.clone(),
@@ -417,7 +418,7 @@ mod tests {
     #[test]
     fn this_test_binary_compiles_to_sorted_rows_covering_its_functions() {
         let exe = std::fs::read("/proc/self/exe").unwrap();
-        let rows = compile(&exe).unwrap();
+        let rows = compile(&exe[..]).unwrap();
         assert!(rows.len() > 1000, "{} rows", rows.len());
         assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
         // at a function's first instruction the CFA is rsp + 8: only the return address
@@ -427,7 +428,7 @@ mod tests {
             .iter()
             .find(|m| (m.start..m.end).contains(&(f as u64)))
             .unwrap();
-        let bias = bias_of(&exe, m).unwrap();
+        let bias = bias_of(&exe[..], m).unwrap();
         let pc = (f as u64 - bias) as u32;
         let at = rows.partition_point(|&(p, _)| p <= pc) - 1;
         assert_eq!(rows[at].0, pc, "a row starts at the function");

@@ -74,22 +74,57 @@ fn kernel_without_btf() {
 }
 
 #[test]
-fn bpf_load_failure_shows_the_kernels_reason() {
+fn oversized_tables_are_refused_by_name() {
     let _s = root_session();
-    // a thread table of 2^32-1 entries cannot be created: every attach method fails
+    // over what the flag allows: refused before anything is loaded
     let run = profile_fixture(
         &["--max-threads", "4294967295", "-d", "1s"],
         &["sleep", "1", "1"],
     );
-    assert_error(&run, 2, "no attach method works on this kernel");
-    let stderr = run.stderr();
-    for flavour in ["tp_btf:", "raw_tp:", "tracepoint:"] {
-        assert!(
-            stderr.contains(flavour),
-            "the reason for {flavour} is given:\n{stderr}"
-        );
-    }
-    assert!(stderr.contains("libbpf said"), "{stderr}");
+    assert_error(
+        &run,
+        2,
+        "--max-threads 4294967295 is too large: at most 1048576",
+    );
+    // allowed, but more than the kernel will give this memory cgroup (200 MB): the
+    // kernel's refusal names the table and its flag, not every attach method
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/memory/waitprof-test-tables");
+    std::fs::create_dir_all(cgroup)
+        .expect("a cgroup v1 memory controller at /sys/fs/cgroup/memory");
+    std::fs::write(cgroup.join("memory.limit_in_bytes"), "200M")
+        .expect("setting the cgroup's limit");
+    let procs = cgroup.join("cgroup.procs");
+    let run = waitprof_with(
+        |cmd| {
+            let procs = procs.clone();
+            // SAFETY: only a write to a file between fork and exec
+            unsafe {
+                cmd.pre_exec(move || std::fs::write(&procs, "0"));
+            }
+        },
+        &[
+            "--stack-storage-size",
+            "1048576",
+            "-d",
+            "1s",
+            "--",
+            FIXTURE,
+            "sleep",
+            "1",
+            "1",
+        ],
+    );
+    let _ = std::fs::remove_dir(cgroup);
+    assert_error(
+        &run,
+        2,
+        "the kernel refused to create the table stacks with 1048576 entries (--stack-storage-size)",
+    );
+    assert!(
+        !run.stderr().contains("no attach method works"),
+        "{}",
+        run.stderr()
+    );
     assert_programs_unload();
 }
 

@@ -304,6 +304,7 @@ fn profile() -> (Collected, Symbols) {
         truncated_stacks: 0,
         unknown_why: BTreeMap::from([("stripped", 1)]),
         objects: HashMap::from([(0x5000, "queue_lock in server".to_string())]),
+        unreadable_files: Vec::new(),
     };
     (collected, symbols)
 }
