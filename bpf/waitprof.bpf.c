@@ -607,8 +607,8 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		/* still in the same call: its stacks were taken when it first blocked */
 		if (nr == ts->syscall && kind == ts->kind)
 			return;
-		/* sys_exit was missed (exec, or a record lost): do not merge two calls */
-		close_episode(ts, WP_OUT_UNFINISHED);
+		/* sys_exit was missed (exec, a restarted call): do not merge two calls */
+		close_episode(ts, WP_OUT_END_UNSEEN);
 	}
 	ts->kind = kind;
 	ts->syscall = nr;

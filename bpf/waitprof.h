@@ -44,6 +44,7 @@ enum wp_outcome {
 	WP_OUT_INTR = 4,       /* interrupted by a signal, or the thread was killed */
 	WP_OUT_ERROR = 5,      /* any other error */
 	WP_OUT_UNFINISHED = 6, /* still inside the syscall when the session ended */
+	WP_OUT_END_UNSEEN = 7, /* ended without a sys_exit seen (exec, a restarted call) */
 };
 
 /*

@@ -151,6 +151,7 @@ pub fn run(
     );
     target.release()?;
     let started = Instant::now();
+    let other_namespaces = crate::target::other_namespaces(target.pid);
     let progress = std::io::stderr().is_terminal();
     // a command is still a copy of waitprof until its exec: its maps come at the timer,
     // and its first stacks' request for unwind tables is served first
@@ -239,6 +240,7 @@ pub fn run(
         epoll_watch,
         wakers: cfg.wakers,
         unwind: tables.map(|t| t.report),
+        other_namespaces,
         ..Default::default()
     };
     collected.threads = exited.into_inner();

@@ -61,6 +61,8 @@ pub enum Outcome {
     Interrupted,
     Error,
     Unfinished,
+    /// The call ended without its return being seen (an exec, a restarted call).
+    EndUnseen,
 }
 
 impl Outcome {
@@ -72,6 +74,7 @@ impl Outcome {
             bpf::wp_outcome::WP_OUT_INTR => Outcome::Interrupted,
             bpf::wp_outcome::WP_OUT_ERROR => Outcome::Error,
             bpf::wp_outcome::WP_OUT_UNFINISHED => Outcome::Unfinished,
+            bpf::wp_outcome::WP_OUT_END_UNSEEN => Outcome::EndUnseen,
             _ => Outcome::None,
         }
     }
@@ -88,6 +91,7 @@ impl Outcome {
             (Outcome::Interrupted, _) => "interrupted",
             (Outcome::Error, _) => "error",
             (Outcome::Unfinished, _) => "still waiting at the end",
+            (Outcome::EndUnseen, _) => "ended unseen (exec or restarted call)",
         }
     }
 }
@@ -416,6 +420,8 @@ pub struct Collected {
     /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no
     /// wait says who ended it.
     pub wakers: bool,
+    /// The namespaces the target does not share with waitprof (`mount`, `pid`).
+    pub other_namespaces: Vec<&'static str>,
     /// What the unwind tables covered; None = frame pointers only (`--unwind fp`).
     pub unwind: Option<crate::unwind::UnwindReport>,
 }

@@ -66,6 +66,13 @@ pub fn preflight() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("waitprof must run as root to load BPF programs: run it with sudo");
     }
+    if !crate::target::in_initial_pid_namespace() {
+        bail!(
+            "waitprof runs inside a pid namespace (a container): the kernel numbers processes \
+             in the host's namespace, so -p would name another process; run waitprof on the \
+             host (or with the host's pid namespace, e.g. docker run --pid=host)"
+        );
+    }
     let btf = std::env::var_os(BTF_PATH_ENV).unwrap_or_else(|| BTF_PATH.into());
     if !Path::new(&btf).exists() {
         bail!(

@@ -59,6 +59,13 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         collected.threads.len(),
         collected.attach
     );
+    if !collected.other_namespaces.is_empty() {
+        let _ = writeln!(
+            out,
+            "  the target runs in another {} namespace (a container): its files were read as it sees them",
+            collected.other_namespaces.join(" and ")
+        );
+    }
 
     let (oncpu, blocked, runq) = collected.threads.iter().fold((0, 0, 0), |(a, b, c), t| {
         (a + t.oncpu_ns, b + t.blocked_ns, c + t.runq_ns)

@@ -220,7 +220,7 @@ pub fn bias<'d, R: ReadRef<'d>>(data: R, start: u64, offset: u64) -> Option<u64>
 #[derive(Clone, Debug)]
 struct Placed {
     rows: Result<(u32, u32), NoTable>,
-    bias_data: Vec<(u64, u64)>, // (mapping offset, bias) seen, to skip rereads
+    bias_data: Vec<(u64, u64)>, // (mapping offset, virtual address there), to skip rereads
 }
 
 /// What the tables cover, for the summary.
@@ -323,8 +323,8 @@ impl Tables {
         rows_map: &impl MapCore,
     ) -> (Result<(u32, u32), NoTable>, Option<u64>) {
         if let Some(p) = self.files.get(&m.file) {
-            if let Some(&(_, bias)) = p.bias_data.iter().find(|(off, _)| *off == m.offset) {
-                return (p.rows.clone(), Some(bias));
+            if let Some(&(_, vaddr)) = p.bias_data.iter().find(|(off, _)| *off == m.offset) {
+                return (p.rows.clone(), Some(m.start.wrapping_sub(vaddr)));
             }
         }
         // the very file mapped, even deleted or in another mount namespace, read as
@@ -354,8 +354,10 @@ impl Tables {
             rows: rows.clone(),
             bias_data: Vec::new(),
         });
+        // the bias depends on where the file is mapped (a new process after exec maps
+        // the same libc elsewhere); the virtual address at a file offset does not
         if let Some(b) = bias {
-            placed.bias_data.push((m.offset, b));
+            placed.bias_data.push((m.offset, m.start.wrapping_sub(b)));
         }
         (rows, bias)
     }

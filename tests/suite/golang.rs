@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use object::Object;
+use object::{Object, ObjectSection};
 
 use super::common::*;
 
@@ -169,6 +169,51 @@ fn go_idle_threads_show_no_goroutine_code() {
             us * 1000,
             run.measured_ns(),
             TOLERANCE,
+        );
+    }
+}
+
+/// A `.gopclntab` whose function count was patched (the Go runtime never reads it) costs
+/// the binary its names, never the session: the time is still there, under unknown
+/// frames, and waitprof does not panic or balloon.
+#[test]
+fn a_crafted_gopclntab_costs_only_its_names() {
+    let _s = root_session();
+    let (version, go) = &toolchains()[0];
+    let path = go_fixture(
+        go,
+        &format!("gofix-{version}-stripped"),
+        &["-ldflags=-s -w"],
+    );
+    let mut data = std::fs::read(&path).expect("reading the Go fixture");
+    let at = {
+        let file = object::File::parse(&*data).expect("an ELF file");
+        let tab = file.section_by_name(".gopclntab").expect(".gopclntab");
+        tab.file_range().expect("in the file").0 as usize
+    };
+    for (i, nfunc) in [u64::MAX, 1 << 40, 0x0fff_ffff].into_iter().enumerate() {
+        data[at + 8..at + 16].copy_from_slice(&nfunc.to_le_bytes());
+        let crafted = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("gofix-crafted-{i}"));
+        std::fs::write(&crafted, &data).unwrap();
+        std::fs::set_permissions(
+            &crafted,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let run = waitprof(&["--", crafted.to_str().unwrap(), "10", "20"]);
+        let stderr = run.stderr();
+        assert!(!stderr.contains("panicked"), "nfunc {nfunc:#x}:\n{stderr}");
+        let folded = run.folded();
+        assert!(
+            !folded.iter().any(|(s, _)| s.contains("main.nap")),
+            "nfunc {nfunc:#x}: names from a table that lies"
+        );
+        // the nap's sleeps are there, beside the runtime's own (sysmon sleeps too)
+        let us = attributed_us(&folded, &["[nanosleep]"]);
+        assert!(
+            us * 1000 >= run.measured_ns() * 95 / 100,
+            "nfunc {nfunc:#x}: {us} us in nanosleep, the nap measured {} ns",
+            run.measured_ns()
         );
     }
 }

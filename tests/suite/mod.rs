@@ -4,6 +4,7 @@ mod common;
 mod errors;
 mod golang;
 mod golden;
+mod hostile;
 mod options;
 mod reliability;
 mod unwind;
