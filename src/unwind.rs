@@ -159,6 +159,13 @@ fn compile<'d, R: ReadRef<'d>>(data: R) -> Result<Vec<(u32, Rule)>, NoTable> {
     Ok(out)
 }
 
+/// How many rows a file's unwind table compiles to (for tests of the compiler against
+/// corrupted files: it must fail cleanly, never panic).
+#[doc(hidden)]
+pub fn table_rows<'d, R: ReadRef<'d>>(data: R) -> Result<usize, NoTable> {
+    compile(data).map(|rows| rows.len())
+}
+
 /// Every FDE's rows, and a NONE row where each ends, sorted by address; at one address,
 /// an FDE's start sorts after another's end.
 fn rows_of<'a, S>(section: &S, bases: &BaseAddresses) -> Vec<(u64, bool, Rule)>

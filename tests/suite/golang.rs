@@ -14,7 +14,7 @@ use super::common::*;
 /// Every Go toolchain on the machine: Debian's `go` (1.19) and the backports' (1.21-1.23,
 /// installed by .ci/go-backports), whose runtimes differ in struct layouts and function
 /// names. Each test runs against each.
-fn toolchains() -> &'static [(String, String)] {
+pub(super) fn toolchains() -> &'static [(String, String)] {
     static GOS: OnceLock<Vec<(String, String)>> = OnceLock::new();
     GOS.get_or_init(|| {
         let mut gos = vec!["go".to_string()];
@@ -55,7 +55,7 @@ fn toolchains() -> &'static [(String, String)] {
 }
 
 /// Builds the Go fixture (tests/fixtures/gofix) with `GO build ARGS`.
-fn go_fixture(go: &str, name: &str, args: &[&str]) -> String {
+pub(super) fn go_fixture(go: &str, name: &str, args: &[&str]) -> String {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let out = tmp.join(name);
     let result = Command::new(go)

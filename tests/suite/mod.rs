@@ -6,6 +6,7 @@ mod golang;
 mod golden;
 mod hostile;
 mod options;
+mod parsers;
 mod reliability;
 mod unwind;
 mod wakers;
