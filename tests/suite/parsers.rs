@@ -30,7 +30,8 @@ impl Rng {
 /// each named section (its header: counts, offsets, lengths).
 fn hot_ranges(data: &[u8], sections: &[&str]) -> Vec<std::ops::Range<usize>> {
     use object::{Object, ObjectSection};
-    let mut hot = Vec::from([0..64]);
+    let mut hot = Vec::new();
+    hot.push(0..64);
     let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap()) as usize;
     let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap()) as usize;
     let shoff = u64_at(0x28);
