@@ -723,6 +723,17 @@ fn a_target_that_execs_another_program_mid_session_keeps_its_stacks() {
         ],
     );
     assert!(before >= 250_000, "sh's wait: {before} us");
+    // a C function named `t` keeps its name (a C++ demangler reads it as a type)
+    assert!(
+        folded
+            .iter()
+            .any(|(s, _)| in_order(s, &["zzzz_marker"]) && s.split(';').any(|f| f == "t")),
+        "no frame named t"
+    );
+    assert!(
+        !folded.iter().any(|(s, _)| s.contains("unsigned short")),
+        "t read as a type"
+    );
     assert_close(
         "the exec'd program's marker",
         after * 1000,
