@@ -110,7 +110,7 @@ pub fn run(
         .context("setting up the exit-record ring buffer failed")?;
     let mut tables = (cfg.unwind == Unwind::Dwarf).then(|| {
         let launched = matches!(cfg.target, Target::Command(_));
-        unwind::Tables::new(target.pid, cfg.unwind_rows, launched)
+        unwind::Tables::new(target.pid, cfg.unwind_rows, launched, stop.clone())
     });
     // a command's code is known only once it has exec'd: its first stacks ask for it
     if let (Some(t), Target::Pid(_)) = (tables.as_mut(), &cfg.target) {
@@ -124,6 +124,7 @@ pub fn run(
                 t.report.build_time.as_secs_f64()
             ),
             Ok(_) => {}
+            Err(e) if e.downcast_ref::<crate::signals::Interrupted>().is_some() => return Err(e),
             // the stacks are still walked, by frame pointer, and the summary says so
             Err(e) => eprintln!("waitprof: no unwind tables ({e:#}): walking frame pointers"),
         }
@@ -155,10 +156,9 @@ pub fn run(
     let progress = std::io::stderr().is_terminal();
     // a command is still a copy of waitprof until its exec: its maps come at the timer,
     // and its first stacks' request for unwind tables is served first
-    let mut maps = match cfg.target {
-        Target::Pid(_) => symbolizer.cache_target(),
-        Target::Command(_) => None,
-    };
+    if let Target::Pid(_) = cfg.target {
+        symbolizer.cache_target();
+    }
     let mut recache_every = RECACHE_FIRST;
     let mut next_cache = Instant::now() + recache_every;
     let mut last_progress = Instant::now();
@@ -194,7 +194,7 @@ pub fn run(
         }
         // new code (exec, dlopen) gets its files opened at once, before it can go away
         if recache || wanted {
-            maps = symbolizer.cache_target().or(maps);
+            symbolizer.cache_target();
         }
         if recache {
             recache_every = (recache_every * 4).min(RECACHE_MAX);
@@ -218,7 +218,8 @@ pub fn run(
     let end_ns = attached.stop()?;
     let stopped_at = Instant::now();
     let sockets_at_end = sockets.as_ref().and_then(|s| s.read().ok());
-    let maps = symbolizer.cache_target().or(maps).unwrap_or_default();
+    // the last look at its maps, while it may still run
+    symbolizer.cache_target();
     let epoll_watch = read_epoll_watch(target.pid);
     if progress {
         eprintln!();
@@ -236,7 +237,6 @@ pub fn run(
         end_reason: Some(end_reason),
         attach: attached.flavour.name().to_string(),
         stopped_at: Some(stopped_at),
-        maps,
         epoll_watch,
         wakers: cfg.wakers,
         unwind: tables.map(|t| t.report),
@@ -435,6 +435,7 @@ fn listener_of(inode: u64, l: &wp_listener) -> Listener {
     }
 }
 
+/// epoll fds of the target and how many fds each watches (`tfd:` lines of fdinfo).
 fn read_epoll_watch(pid: u32) -> HashMap<u32, usize> {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {

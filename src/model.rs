@@ -413,8 +413,6 @@ pub struct Collected {
     pub stopped_at: Option<std::time::Instant>,
     pub waiters: Vec<Waiter>,
     pub listeners: Vec<Listener>,
-    /// The target's memory maps (the last read while it was alive).
-    pub maps: Vec<Mapping>,
     /// epoll fd -> how many fds it watched at the end (from /proc/PID/fdinfo).
     pub epoll_watch: HashMap<u32, usize>,
     /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no

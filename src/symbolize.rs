@@ -74,15 +74,15 @@ impl Symbolizer {
     }
 
     /// Rereads the target's maps and opens the files it newly mapped, so its stacks
-    /// resolve after it unmaps them or exits. Returns the maps, or None once it is gone.
-    pub fn cache_target(&mut self) -> Option<Vec<Mapping>> {
+    /// resolve after it unmaps them or exits. Once it is gone, what was read is kept.
+    pub fn cache_target(&mut self) {
         if self.uid.is_none() {
             use std::os::unix::fs::MetadataExt;
             self.uid = std::fs::metadata(format!("/proc/{}", self.pid))
                 .ok()
                 .map(|m| m.uid());
         }
-        self.target.refresh().then(|| self.target.latest().to_vec())
+        self.target.refresh();
     }
 
     fn kernel_source() -> Source<'static> {
@@ -95,7 +95,7 @@ impl Symbolizer {
     /// Names every stack the profile refers to: the target's and its wakers' (which
     /// may belong to other processes, named while those still run). A file that cannot
     /// be read or parsed costs its own frames only.
-    pub fn resolve(&mut self, collected: &Collected) -> Result<Symbols> {
+    pub fn resolve(&self, collected: &Collected) -> Result<Symbols> {
         let mut user_ids: HashMap<u32, HashSet<u64>> = HashMap::new();
         let mut kernel_ids = HashSet::new();
         for row in &collected.rows {
@@ -109,8 +109,6 @@ impl Symbolizer {
             }
             kernel_ids.extend(row.waker.kstack.id());
         }
-        // the last look at the target's maps (it may still be running)
-        self.cache_target();
         let mut symbols = Symbols::default();
         for (pid, ids) in &user_ids {
             let others;

@@ -18,6 +18,7 @@ use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 
 use crate::bpf::types::{wp_cfa, wp_rbp, wp_unwind_map, wp_unwind_proc, wp_unwind_row};
 use crate::model::Mapping;
+use crate::signals::{Interrupted, Stop};
 use crate::target::files::TargetFile;
 
 /// Mappings a process's table can list (WP_UNWIND_MAPS).
@@ -249,6 +250,7 @@ pub struct UnwindReport {
 pub struct Tables {
     pid: u32,
     launched: bool,
+    stop: Stop,
     files: HashMap<String, Placed>,
     next_row: u32,
     capacity: u32,
@@ -258,10 +260,12 @@ pub struct Tables {
 
 impl Tables {
     /// `launched`: a command waitprof started, a copy of waitprof until its exec.
-    pub fn new(pid: u32, capacity: u32, launched: bool) -> Tables {
+    /// `stop`: a signal ends a long build between two files.
+    pub fn new(pid: u32, capacity: u32, launched: bool, stop: Stop) -> Tables {
         Tables {
             pid,
             launched,
+            stop,
             files: HashMap::new(),
             next_row: 0,
             capacity,
@@ -287,6 +291,11 @@ impl Tables {
         let mut proc_ = wp_unwind_proc::default();
         let mut n = 0usize;
         for m in &mappings {
+            if self.stop.requested() {
+                return Err(
+                    Interrupted("while building the unwind tables: nothing was recorded").into(),
+                );
+            }
             if n == MAX_MAPS {
                 self.report.without.push((
                     m.path.clone(),

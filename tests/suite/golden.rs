@@ -223,7 +223,6 @@ fn profile() -> (Collected, Symbols) {
             drops: 12,
             drops_span: waitprof::model::DropsSpan::Accepts,
         }],
-        maps: Vec::new(),
         epoll_watch: HashMap::from([(3, 2)]),
         wakers: true,
         other_namespaces: Vec::new(),
