@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// Each object and the skeleton generated from it: the profiler, and the socket iterator
-/// (apart, so a kernel without it still runs the profiler).
-const OBJECTS: [(&str, &str); 2] = [
+/// Each object and the skeleton generated from it: the profiler, the socket iterator and
+/// the off-CPU thread snapshot (apart, so a kernel without them still runs the profiler).
+const OBJECTS: [(&str, &str); 3] = [
     ("bpf/waitprof.bpf.c", "waitprof.skel.rs"),
     ("bpf/sockets.bpf.c", "sockets.skel.rs"),
+    ("bpf/snapshot.bpf.c", "snapshot.skel.rs"),
 ];
 
 fn main() {

@@ -4,10 +4,19 @@
  * user space compiled from its files' .eh_frame (src/unwind.rs, layout in waitprof.h), so
  * code built without frame pointers (Debian's glibc, nginx, redis) unwinds completely and
  * the caller of a frameless syscall wrapper is not lost. Code no table covers (a Go
- * binary, JIT code) is walked by frame pointer from there on. Included by waitprof.bpf.c.
+ * binary, JIT code) is walked by frame pointer from there on. Included by waitprof.bpf.c,
+ * and by snapshot.bpf.c, which walks other tasks' stacks from a sleepable iterator: it
+ * defines WP_UNWIND_OTHER_TASK (only the walk, no current-task entry point) and reads
+ * their memory with bpf_copy_from_user_task.
  */
 #ifndef __WAITPROF_UNWIND_H
 #define __WAITPROF_UNWIND_H
+
+#ifdef WP_UNWIND_OTHER_TASK
+#define WP_READ_USER(dst, size, src, st) bpf_copy_from_user_task(dst, size, src, (st)->task, 0)
+#else
+#define WP_READ_USER(dst, size, src, st) bpf_probe_read_user(dst, size, src)
+#endif
 
 /* Sizes are set by user space before load. */
 struct {
@@ -24,6 +33,17 @@ struct {
 	__type(value, struct wp_unwind_proc);
 } unwind_procs SEC(".maps");
 
+struct wp_unwind_state {
+	__u64 ip, sp, bp;
+	struct wp_stack *buf;
+	struct wp_unwind_proc *proc;
+	struct task_struct *task; /* whose memory is read (WP_UNWIND_OTHER_TASK) */
+	__u32 n;         /* frames stored */
+	__u32 stop;      /* enum wp_unwind_stop, 0 = reached the outermost frame */
+	bool not_mapped; /* some frame was outside every mapping the tables know */
+};
+
+#ifndef WP_UNWIND_OTHER_TASK
 /* tgids whose tables miss an address their code ran at: user space rereads their maps */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -32,15 +52,6 @@ struct {
 
 /* when the last request went out: at most one per 5 ms, so a stale table costs nothing */
 __u64 unwind_wanted_ns = 0;
-
-struct wp_unwind_state {
-	__u64 ip, sp, bp;
-	struct wp_stack *buf;
-	struct wp_unwind_proc *proc;
-	__u32 n;         /* frames stored */
-	__u32 stop;      /* enum wp_unwind_stop, 0 = reached the outermost frame */
-	bool not_mapped; /* some frame was outside every mapping the tables know */
-};
 
 static __always_inline void unwind_request(__u32 tgid)
 {
@@ -56,6 +67,8 @@ static __always_inline void unwind_request(__u32 tgid)
 	*msg = tgid;
 	bpf_ringbuf_submit(msg, BPF_RB_FORCE_WAKEUP);
 }
+
+#endif /* !WP_UNWIND_OTHER_TASK */
 
 /*
  * The index of the mapping of a process's table that holds addr, by binary search over
@@ -150,8 +163,8 @@ static long unwind_step(__u32 i, void *data)
 		if (!st->bp) /* the outermost frame of frame-pointer code */
 			return 1;
 		if (st->bp < st->sp || (st->bp & 7) ||
-		    bpf_probe_read_user(&ra, sizeof(ra), (void *)(st->bp + 8)) ||
-		    bpf_probe_read_user(&bp, sizeof(bp), (void *)st->bp)) {
+		    WP_READ_USER(&ra, sizeof(ra), (void *)(st->bp + 8), st) ||
+		    WP_READ_USER(&bp, sizeof(bp), (void *)st->bp, st)) {
 			st->stop = WP_UNW_NOT_MAPPED;
 			return 1;
 		}
@@ -177,12 +190,12 @@ static long unwind_step(__u32 i, void *data)
 		st->stop = WP_UNW_UNSUPPORTED;
 		return 1;
 	}
-	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
+	if (WP_READ_USER(&ra, sizeof(ra), (void *)(cfa - 8), st)) {
 		st->stop = WP_UNW_UNREADABLE;
 		return 1;
 	}
 	if ((r->rule >> 4) == WP_RBP_AT &&
-	    bpf_probe_read_user(&st->bp, sizeof(st->bp), (void *)(cfa + r->rbp_off8 * 8))) {
+	    WP_READ_USER(&st->bp, sizeof(st->bp), (void *)(cfa + r->rbp_off8 * 8), st)) {
 		st->stop = WP_UNW_UNREADABLE;
 		return 1;
 	}
@@ -191,6 +204,7 @@ static long unwind_step(__u32 i, void *data)
 	return ra ? 0 : 1;
 }
 
+#ifndef WP_UNWIND_OTHER_TASK
 /*
  * Unwinds the current task's user stack into stack_scratch[slot] with its process's
  * tables. Returns the number of addresses stored (the last may be an enum wp_unwind_stop
@@ -238,5 +252,7 @@ __noinline int unwind_user(__u32 slot)
 	}
 	return st.n;
 }
+
+#endif /* !WP_UNWIND_OTHER_TASK */
 
 #endif /* __WAITPROF_UNWIND_H */

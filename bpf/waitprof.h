@@ -356,4 +356,25 @@ struct wp_enums {
 	enum wp_unwind_stop unwind_stop;
 };
 
+/*
+ * One thread of the target that is off-CPU when a snapshot is taken (bpf/snapshot.bpf.c):
+ * its syscall and arguments, its complete user stack (the same unwinder and tables as
+ * live stacks, reading the thread's memory) and its kernel stack. Read by user space from
+ * the iterator, at the session's start and end.
+ */
+struct wp_snapshot {
+	__u32 tid;
+	__u32 state;        /* task state word: sleeping (1), uninterruptible (2), ... */
+	__s64 syscall;      /* orig_ax: -1 outside a syscall */
+	__u64 args[6];      /* the syscall's arguments */
+	__u64 last_ran;     /* sched_info.last_arrival: when it last got a CPU (rq clock) */
+	__u64 now;          /* the iterating task's last_arrival: the same clock, about now */
+	__u32 ulen, klen;   /* frames in ustack (the last may be a wp_unwind_stop) and kstack */
+	char comm[16];
+	struct wp_stack ustack;
+	struct wp_stack kstack;
+};
+_Static_assert(sizeof(struct wp_snapshot) == 104 + 2 * 8 * WP_MAX_STACK_DEPTH,
+	       "wp_snapshot layout");
+
 #endif /* __WAITPROF_H */

@@ -101,7 +101,7 @@ fn futex_class(ustack: StackRef, symbols: &Symbols) -> WaitClass {
 }
 
 /// Frames of libraries and runtimes, skipped when naming the code behind a wait.
-const LIBRARY_PREFIXES: [&str; 20] = [
+const LIBRARY_PREFIXES: [&str; 21] = [
     "std::",
     "core::",
     "alloc::",
@@ -119,9 +119,10 @@ const LIBRARY_PREFIXES: [&str; 20] = [
     "start_thread",
     "clone",
     "epoll_",
-    "accept",
+    "accept4",
     "sem_",
     "libc",
+    "lll_",
 ];
 
 /// The leaf-most frame of a user stack that belongs to the program itself, not to a
@@ -546,6 +547,159 @@ fn woken_words(wakers: &Shares, blocked_ns: u64) -> String {
     }
 }
 
+/// A thread still off-CPU at the end of the session, as the end's snapshot saw it.
+pub struct StillWaiting<'c> {
+    pub thread: &'c crate::model::Blocked,
+    /// Its own code that waits (libraries skipped), or `[unknown code]`.
+    pub function: String,
+    pub syscall: String,
+    /// Off-CPU since before the session started.
+    pub whole_session: bool,
+    /// What it waits on, named as in the objects table (a futex's variable).
+    pub object: Option<String>,
+    /// The thread holding the lock it waits on (tid, name).
+    pub holder: Option<(u32, String)>,
+}
+
+/// The threads still waiting at the end, longest first.
+pub fn still_waiting<'c>(collected: &'c Collected, symbols: &Symbols) -> Vec<StillWaiting<'c>> {
+    let session = collected.end_ns.saturating_sub(collected.start_ns);
+    let at_end = &collected.snapshots.at_end;
+    let mut out: Vec<StillWaiting> = at_end
+        .values()
+        .map(|b| {
+            let function = b
+                .ustack_id
+                .and_then(|id| symbols.user.get(&id))
+                .and_then(|f| app_frame(f))
+                .map(|f| format!("`{f}`"))
+                .unwrap_or_else(|| "[unknown code]".to_string());
+            let kind = b.syscall.map(|nr| crate::syscalls::kind_of(nr, b.args[1]));
+            let object = match kind {
+                Some(Kind::Futex) => Some(match symbols.objects.get(&b.args[0]) {
+                    Some(place) => format!("futex {:#x} ({place})", b.args[0]),
+                    None => format!("futex {:#x}", b.args[0]),
+                }),
+                Some(Kind::Epoll) => Some(format!("epoll fd {}", b.args[0])),
+                Some(Kind::Accept) => Some(format!("socket fd {}", b.args[0])),
+                _ => None,
+            };
+            StillWaiting {
+                thread: b,
+                function,
+                syscall: b
+                    .syscall
+                    .map_or("no syscall".to_string(), crate::syscalls::name),
+                whole_session: b.off_cpu_ns.is_some_and(|ns| ns >= session)
+                    && collected.snapshots.at_start.get(&b.tid).map(|s| s.syscall)
+                        == Some(b.syscall),
+                object,
+                holder: b.holder.map(|tid| {
+                    let comm = at_end
+                        .get(&tid)
+                        .map(|h| h.comm.clone())
+                        .or_else(|| {
+                            collected
+                                .threads
+                                .iter()
+                                .find(|t| t.tid == tid)
+                                .map(|t| t.comm.clone())
+                        })
+                        .unwrap_or_default();
+                    (tid, comm)
+                }),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.thread
+            .off_cpu_ns
+            .cmp(&a.thread.off_cpu_ns)
+            .then(a.thread.tid.cmp(&b.thread.tid))
+    });
+    out
+}
+
+/// A chain of lock holders that comes back to where it started: each thread waits for a
+/// lock the next one holds. The tids in order, the first repeated at the end.
+fn holder_cycle(waiting: &[StillWaiting], from: u32) -> Option<Vec<u32>> {
+    let mut chain = vec![from];
+    let mut at = from;
+    for _ in 0..waiting.len() {
+        let next = waiting
+            .iter()
+            .find(|w| w.thread.tid == at)?
+            .holder
+            .as_ref()?
+            .0;
+        chain.push(next);
+        if next == from {
+            return Some(chain);
+        }
+        if chain[..chain.len() - 1].contains(&next) {
+            return None;
+        }
+        at = next;
+    }
+    None
+}
+
+/// The finding for threads that waited the whole session: a hang, and a deadlock when
+/// their lock holders form a cycle.
+fn hang_finding(collected: &Collected, waiting: &[StillWaiting]) -> Option<String> {
+    // a lock or condition wait, not an acceptor or a poller waiting for work
+    let whole: Vec<&StillWaiting> = waiting
+        .iter()
+        .filter(|w| w.whole_session && w.syscall == "futex")
+        .collect();
+    if whole.is_empty() {
+        return None;
+    }
+    let session = collected.end_ns.saturating_sub(collected.start_ns);
+    let who = |tid: u32, comm: &str| format!("{comm}-{tid}");
+    let each: Vec<String> = whole
+        .iter()
+        .map(|w| {
+            let on = w
+                .object
+                .as_ref()
+                .map(|o| format!(" on {o}"))
+                .unwrap_or_default();
+            let held = w
+                .holder
+                .as_ref()
+                .map(|(tid, comm)| format!(", held by {}", who(*tid, comm)))
+                .unwrap_or_default();
+            format!(
+                "{} ({}) waits in {}{on}{held}",
+                w.function,
+                who(w.thread.tid, &w.thread.comm),
+                w.syscall
+            )
+        })
+        .collect();
+    let comm_of = |tid: u32| {
+        waiting
+            .iter()
+            .find(|w| w.thread.tid == tid)
+            .map_or(String::new(), |w| w.thread.comm.clone())
+    };
+    let cycle = whole
+        .iter()
+        .find_map(|w| holder_cycle(waiting, w.thread.tid))
+        .map(|c| {
+            let names: Vec<String> = c.iter().map(|&t| who(t, &comm_of(t))).collect();
+            format!("; a deadlock: {}", names.join(" -> "))
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "{} waited the whole session ({}): {}{cycle}",
+        threads(whole.len()),
+        secs(session),
+        each.join("; ")
+    ))
+}
+
 /// A finding about time needs at least this much of it: 1 ms, and 1% of all off-CPU time.
 fn worth_a_finding(ns: u64, off_cpu: u64) -> bool {
     ns >= 1_000_000 && ns * 100 >= off_cpu
@@ -560,6 +714,10 @@ pub fn findings(
     runq: &[RunqReport],
 ) -> Vec<String> {
     let mut found: Vec<(u64, String)> = Vec::new();
+    // a hang outranks everything: nothing else happens while threads wait for good
+    if let Some(h) = hang_finding(collected, &still_waiting(collected, symbols)) {
+        found.push((RANK_DROPS, h));
+    }
     let off_cpu: u64 = collected
         .rows
         .iter()

@@ -21,6 +21,16 @@ unsafe impl plain::Plain for types::thread_state {}
 unsafe impl plain::Plain for types::waiter_key {}
 unsafe impl plain::Plain for types::wp_listener {}
 
+/// The off-CPU thread snapshot's skeleton (bpf/snapshot.bpf.c).
+pub mod snapshot {
+    include!(concat!(env!("OUT_DIR"), "/snapshot.skel.rs"));
+
+    pub use types::wp_snapshot;
+
+    // SAFETY: plain-old-data generated from BTF, valid for any bit pattern.
+    unsafe impl plain::Plain for types::wp_snapshot {}
+}
+
 /// The socket iterator's skeleton.
 /// (The lints allowed above cover it too.)
 pub mod sockets {

@@ -20,9 +20,10 @@ use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::{Config, Target, Unwind};
 use crate::model::Row;
 use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Outcome};
-use crate::model::{StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
+use crate::model::{Snapshots, StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
+use crate::snapshot;
 use crate::symbolize::Symbolizer;
 use crate::syscalls;
 use crate::unwind;
@@ -138,7 +139,34 @@ pub fn run(
         })
         .ok();
     let sockets_at_start = sockets.as_ref().and_then(|s| s.read().ok());
+    // threads already off-CPU have their stacks read once the gate is open (with -p: a
+    // launched command is still a copy of waitprof)
+    let mut snapshot_storage = MaybeUninit::uninit();
+    let mut snapshots = Snapshots::default();
+    let snapshotter = match cfg.target {
+        Target::Pid(_) => {
+            match snapshot::Snapshots::open(&mut snapshot_storage, attached, target.pid) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    snapshots.missing = Some(format!("{e:#}"));
+                    None
+                }
+            }
+        }
+        Target::Command(_) => {
+            snapshots.missing = Some("a launched command has none before its start".to_string());
+            None
+        }
+    };
     let start_ns = attached.start()?;
+    if let Some(s) = &snapshotter {
+        let t = Instant::now();
+        match s.take() {
+            Ok(at_start) => snapshots.at_start = at_start,
+            Err(e) => snapshots.missing = Some(format!("{e:#}")),
+        }
+        snapshots.took = t.elapsed();
+    }
     // said once recording has begun (the unwind tables, built above, can take a while)
     eprintln!(
         "waitprof: profiling pid {} ({}) with {}{}",
@@ -217,6 +245,10 @@ pub fn run(
     };
     let end_ns = attached.stop()?;
     let stopped_at = Instant::now();
+    // with the unwind tables still loaded: the threads still waiting at the end
+    if let Some(s) = &snapshotter {
+        snapshots.at_end = s.take().unwrap_or_default();
+    }
     let sockets_at_end = sockets.as_ref().and_then(|s| s.read().ok());
     // the last look at its maps, while it may still run
     symbolizer.cache_target();
@@ -241,6 +273,7 @@ pub fn run(
         wakers: cfg.wakers,
         unwind: tables.map(|t| t.report),
         other_namespaces,
+        snapshots,
         ..Default::default()
     };
     collected.threads = exited.into_inner();
@@ -254,6 +287,7 @@ pub fn run(
     close_open_threads(attached, cfg, &mut collected)?;
     add_unseen_threads(cfg, &mut collected);
     read_stacks(attached, &mut collected)?;
+    fill_from_snapshot(&mut collected);
     Ok(collected)
 }
 
@@ -609,6 +643,19 @@ fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
             collected.proc_kstacks.push(kstack);
             StackRef::Proc(collected.proc_kstacks.len() as u32 - 1)
         };
+        let object = match kind {
+            Kind::Futex => arg1,
+            Kind::Epoll => arg1 + 1,
+            Kind::Accept | Kind::Other => 0,
+        };
+        if object != 0 {
+            collected.waiters.push(Waiter {
+                kind,
+                object,
+                tid,
+                ns: end - start,
+            });
+        }
         collected.rows.push(Row {
             tid,
             kind,
@@ -623,11 +670,7 @@ fn add_unseen_threads(cfg: &Config, collected: &mut Collected) {
             count: 1,
             blocked_ns: end - start,
             runq_ns: 0,
-            object: match kind {
-                Kind::Futex => arg1,
-                Kind::Epoll => arg1 + 1,
-                Kind::Accept | Kind::Other => 0,
-            },
+            object,
             waker: Waker::default(),
         });
     }
@@ -672,6 +715,80 @@ fn proc_kernel_stack(base: &str) -> Vec<String> {
         .collect();
     frames.reverse();
     frames
+}
+
+/// Waits in flight at the start get the stacks the start's snapshot read: a thread that
+/// was blocked before attach and never ran during the session (a deadlock, an idle
+/// acceptor) is otherwise known by its syscall alone.
+fn fill_from_snapshot(collected: &mut Collected) {
+    let Collected {
+        pid,
+        rows,
+        stacks,
+        snapshots,
+        ..
+    } = collected;
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.ustack == StackRef::BeforeAttach)
+    {
+        let Some(b) = snapshots.at_start.get(&row.tid) else {
+            continue;
+        };
+        // the same wait: the snapshot's syscall is the row's
+        if b.syscall != row.syscall || b.ustack.is_empty() {
+            continue;
+        }
+        let ustack = snapshot::stack_id(&b.ustack);
+        stacks.entry(ustack).or_insert_with(|| b.ustack.clone());
+        row.ustack = StackRef::Id(ustack);
+        if !b.kstack.is_empty() && !matches!(row.kstack, StackRef::Id(_)) {
+            let kstack = snapshot::stack_id(&b.kstack);
+            stacks.entry(kstack).or_insert_with(|| b.kstack.clone());
+            row.kstack = StackRef::Id(kstack);
+        }
+        snapshots.rows_filled += 1;
+    }
+    // the threads still waiting at the end: their stacks, and who holds the lock they wait on
+    for b in snapshots.at_end.values_mut() {
+        if !b.ustack.is_empty() {
+            let id = snapshot::stack_id(&b.ustack);
+            stacks.entry(id).or_insert_with(|| b.ustack.clone());
+            b.ustack_id = Some(id);
+        }
+        if !b.kstack.is_empty() {
+            let id = snapshot::stack_id(&b.kstack);
+            stacks.entry(id).or_insert_with(|| b.kstack.clone());
+            b.kstack_id = Some(id);
+        }
+        if b.syscall
+            .is_some_and(|nr| syscalls::kind_of(nr, b.args[1]) == Kind::Futex)
+        {
+            b.holder = lock_holder(*pid, b.args[0]);
+        }
+    }
+}
+
+/// The thread of `pid` that holds the lock whose futex word is at `addr`: glibc's
+/// `pthread_mutex_t` keeps its owner's tid beside the word (`__owner`, 8 bytes on), a PI
+/// futex keeps it in the word. Read from the target's memory; None when neither names a
+/// thread of the target.
+fn lock_holder(pid: u32, addr: u64) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut word = [0u8; 12];
+    mem.read_exact_at(&mut word, addr).ok()?;
+    let lock = u32::from_ne_bytes(word[0..4].try_into().ok()?);
+    let owner = i32::from_ne_bytes(word[8..12].try_into().ok()?);
+    let is_thread =
+        |tid: u32| tid != 0 && std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+    if lock == 0 {
+        return None;
+    }
+    let pi_owner = lock & 0x3fff_ffff; // FUTEX_TID_MASK
+    [u32::try_from(owner).unwrap_or(0), pi_owner]
+        .into_iter()
+        .find(|&t| is_thread(t))
 }
 
 fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {

@@ -18,6 +18,7 @@ pub mod output;
 pub mod render;
 pub mod session;
 pub mod signals;
+pub mod snapshot;
 pub mod summary;
 pub mod symbolize;
 pub mod syscalls;

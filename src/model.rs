@@ -384,6 +384,43 @@ impl Mapping {
     }
 }
 
+/// One thread off-CPU at a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Blocked {
+    pub tid: u32,
+    pub comm: String,
+    /// The task state word (1 sleeping, 2 uninterruptible, ...).
+    pub state: u32,
+    pub syscall: Option<u32>,
+    pub args: [u64; 6],
+    /// User frames, leaf first, as the kernel's stacks are stored (the last may be an
+    /// unwinder's stop marker).
+    pub ustack: Vec<u64>,
+    pub kstack: Vec<u64>,
+    /// How long it had been off-CPU: from when it last got a CPU (an upper bound, by the
+    /// scheduler's clock), if the kernel keeps it.
+    pub off_cpu_ns: Option<u64>,
+    /// The stacks' keys among the profile's stacks, once collection registered them.
+    pub ustack_id: Option<u64>,
+    pub kstack_id: Option<u64>,
+    /// For a futex wait on a lock whose word names its owner (glibc's `__owner`, a PI
+    /// futex's tid): the thread holding it.
+    pub holder: Option<u32>,
+}
+
+/// What the snapshots of off-CPU threads saw, or why there were none.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshots {
+    /// None: taken; else why not (a kernel without sleepable task iterators).
+    pub missing: Option<String>,
+    pub at_start: HashMap<u32, Blocked>,
+    pub at_end: HashMap<u32, Blocked>,
+    /// How long the start's took, and how many threads the process had then.
+    pub took: std::time::Duration,
+    /// Rows whose stacks came from the start's snapshot (blocked before attach).
+    pub rows_filled: usize,
+}
+
 /// Why collection ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -418,6 +455,8 @@ pub struct Collected {
     /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no
     /// wait says who ended it.
     pub wakers: bool,
+    /// Off-CPU threads at the start and the end, with their stacks.
+    pub snapshots: Snapshots,
     /// The namespaces the target does not share with waitprof (`mount`, `pid`).
     pub other_namespaces: Vec<&'static str>,
     /// What the unwind tables covered; None = frame pointers only (`--unwind fp`).

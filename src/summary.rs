@@ -243,6 +243,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         );
     }
     write_unwinding(&mut out, collected, symbols);
+    write_snapshots(&mut out, collected, symbols);
     if l.waiters_dropped + l.listeners_dropped > 0 {
         let _ = writeln!(
             out,
@@ -479,6 +480,54 @@ fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
             } else {
                 String::new()
             }
+        );
+    }
+}
+
+/// How the threads off-CPU at the start and the end were seen, and the threads still
+/// waiting at the end.
+fn write_snapshots(out: &mut String, collected: &Collected, symbols: &Symbols) {
+    let s = &collected.snapshots;
+    if let Some(why) = &s.missing {
+        let _ = writeln!(
+            out,
+            "  threads blocked since before attach: no snapshot ({why}); their user stacks show [blocked before attach]"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  off-CPU threads read by a task iterator (iter.s/task, {:.1} ms): {} at the start ({} waits in flight got their stacks), {} at the end",
+        s.took.as_secs_f64() * 1e3,
+        s.at_start.len(),
+        s.rows_filled,
+        s.at_end.len()
+    );
+    let waiting = analyze::still_waiting(collected, symbols);
+    if waiting.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  still waiting at the end:");
+    for w in &waiting {
+        let since = match (w.whole_session, w.thread.off_cpu_ns) {
+            (true, Some(ns)) => format!("the whole session, off-CPU for {}", secs(ns)),
+            (_, Some(ns)) => format!("off-CPU for {}", secs(ns)),
+            (_, None) => "for an unknown time".to_string(),
+        };
+        let on = w
+            .object
+            .as_ref()
+            .map(|o| format!(" on {o}"))
+            .unwrap_or_default();
+        let held = w
+            .holder
+            .as_ref()
+            .map(|(tid, comm)| format!(", held by {comm}-{tid}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {}-{}: {} in {}{on}{held}; {since}",
+            w.thread.comm, w.thread.tid, w.function, w.syscall
         );
     }
 }

@@ -109,6 +109,14 @@ impl Symbolizer {
             }
             kernel_ids.extend(row.waker.kstack.id());
         }
+        // the threads still waiting at the end, as the snapshot saw them
+        for b in collected.snapshots.at_end.values() {
+            user_ids
+                .entry(collected.pid)
+                .or_default()
+                .extend(b.ustack_id);
+            kernel_ids.extend(b.kstack_id);
+        }
         let mut symbols = Symbols::default();
         for (pid, ids) in &user_ids {
             let others;

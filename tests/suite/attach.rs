@@ -47,8 +47,18 @@ fn thread_blocked_for_the_whole_session() {
     let pid = fixture.pid().to_string();
     let run = waitprof(&["-p", &pid, "-d", "1s", "--per-thread"]);
     let folded = run.folded();
-    let us = attributed_us(&folded, &["parked-", "[blocked before attach]", "[futex]"]);
+    // blocked before attach and never woken: its stack comes from the start's snapshot
+    let us = attributed_us(
+        &folded,
+        &["parked-", "start_thread", "parked_forever", "[futex]"],
+    );
     assert_close("parked thread", us * 1000, run.session_ns(), TOLERANCE);
+    assert!(
+        !folded
+            .iter()
+            .any(|(s, _)| s.contains("[blocked before attach]")),
+        "a wait without its stack"
+    );
     assert!(run.worst_thread_accounting() >= 99.0);
 }
 

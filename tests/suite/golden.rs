@@ -226,6 +226,7 @@ fn profile() -> (Collected, Symbols) {
         epoll_watch: HashMap::from([(3, 2)]),
         wakers: true,
         other_namespaces: Vec::new(),
+        snapshots: Default::default(),
         unwind: Some(UnwindReport {
             files: 3,
             rows: 41_000,
