@@ -559,6 +559,8 @@ pub struct StillWaiting<'c> {
     pub object: Option<String>,
     /// The thread holding the lock it waits on (tid, name).
     pub holder: Option<(u32, String)>,
+    /// Its class, from its stack: a lock, a condition (idle), or other.
+    pub class: WaitClass,
 }
 
 /// The threads still waiting at the end, longest first.
@@ -590,6 +592,11 @@ pub fn still_waiting<'c>(collected: &'c Collected, symbols: &Symbols) -> Vec<Sti
                 syscall: b
                     .syscall
                     .map_or("no syscall".to_string(), crate::syscalls::name),
+                class: match (kind, b.ustack_id) {
+                    (Some(Kind::Futex), Some(id)) => futex_class(StackRef::Id(id), symbols),
+                    (Some(Kind::Epoll | Kind::Accept), _) => WaitClass::Idle,
+                    _ => WaitClass::Other,
+                },
                 whole_session: b.off_cpu_ns.is_some_and(|ns| ns >= session)
                     && collected.snapshots.at_start.get(&b.tid).map(|s| s.syscall)
                         == Some(b.syscall),
@@ -644,38 +651,44 @@ fn holder_cycle(waiting: &[StillWaiting], from: u32) -> Option<Vec<u32>> {
     None
 }
 
-/// The finding for threads that waited the whole session: a hang, and a deadlock when
-/// their lock holders form a cycle.
+/// The finding for threads that waited the whole session on a lock (or another futex
+/// that is not an idle condition): a hang, and a deadlock when their lock holders form a
+/// cycle. Threads that wait alike (a pool behind one lock) are counted, not listed.
 fn hang_finding(collected: &Collected, waiting: &[StillWaiting]) -> Option<String> {
-    // a lock or condition wait, not an acceptor or a poller waiting for work
     let whole: Vec<&StillWaiting> = waiting
         .iter()
-        .filter(|w| w.whole_session && w.syscall == "futex")
+        .filter(|w| w.whole_session && w.syscall == "futex" && w.class != WaitClass::Idle)
         .collect();
     if whole.is_empty() {
         return None;
     }
-    let session = collected.end_ns.saturating_sub(collected.start_ns);
     let who = |tid: u32, comm: &str| format!("{comm}-{tid}");
-    let each: Vec<String> = whole
+    // (how they wait, the threads waiting so)
+    let mut alike: Vec<(String, Vec<String>)> = Vec::new();
+    for w in &whole {
+        let on = w
+            .object
+            .as_ref()
+            .map(|o| format!(" on {o}"))
+            .unwrap_or_default();
+        let held = w
+            .holder
+            .as_ref()
+            .map(|(tid, comm)| format!(", held by {}", who(*tid, comm)))
+            .unwrap_or_default();
+        let how = format!("waits in {}{on}{held}", w.syscall);
+        let thread = format!("{} ({})", w.function, who(w.thread.tid, &w.thread.comm));
+        match alike.iter_mut().find(|(h, _)| *h == how) {
+            Some((_, threads)) => threads.push(thread),
+            None => alike.push((how, vec![thread])),
+        }
+    }
+    let each: Vec<String> = alike
         .iter()
-        .map(|w| {
-            let on = w
-                .object
-                .as_ref()
-                .map(|o| format!(" on {o}"))
-                .unwrap_or_default();
-            let held = w
-                .holder
-                .as_ref()
-                .map(|(tid, comm)| format!(", held by {}", who(*tid, comm)))
-                .unwrap_or_default();
-            format!(
-                "{} ({}) waits in {}{on}{held}",
-                w.function,
-                who(w.thread.tid, &w.thread.comm),
-                w.syscall
-            )
+        .map(|(how, t)| match t.as_slice() {
+            [one] => format!("{one} {how}"),
+            [first, ..] => format!("{} threads such as {first} {how}", t.len()),
+            [] => String::new(),
         })
         .collect();
     let comm_of = |tid: u32| {
@@ -695,7 +708,7 @@ fn hang_finding(collected: &Collected, waiting: &[StillWaiting]) -> Option<Strin
     Some(format!(
         "{} waited the whole session ({}): {}{cycle}",
         threads(whole.len()),
-        secs(session),
+        secs(collected.end_ns.saturating_sub(collected.start_ns)),
         each.join("; ")
     ))
 }

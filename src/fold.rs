@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::analyze;
-use crate::model::{Collected, Row, StackRef, WakerCtx};
+use crate::model::{Collected, Outcome, Row, StackRef, WakerCtx};
 use crate::symbolize::{Frames, Symbols};
 use crate::syscalls;
 
@@ -40,6 +40,8 @@ pub struct FoldOptions {
 }
 
 pub const RUN_QUEUE_FRAME: &str = "[run queue]_[j]";
+/// On top of a wait still in progress when the session ended.
+pub const STILL_WAITING_FRAME: &str = "[still waiting at the end]";
 /// Between the blocked stack and the waker's, as offwaketime has it; flame graph tools
 /// draw it dark grey.
 pub const WAKER_SEPARATOR: &str = "--";
@@ -290,6 +292,7 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
     let separator = names.made(WAKER_SEPARATOR.to_string());
     let after_wakeup = names.made("[run queue after a wakeup]_[j]".to_string());
     let after_preemption = names.made("[run queue after preemption]_[j]".to_string());
+    let still_waiting = names.made(STILL_WAITING_FRAME.to_string());
     let mut waker_kernel: HashMap<usize, Arc<str>> = HashMap::new();
     let mut ns: HashMap<Line, u64> = HashMap::new();
     for row in &collected.rows {
@@ -322,6 +325,10 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
             *ns.entry(Line(runq)).or_default() += runq_weight;
         }
         if weight > 0 {
+            // a wait the session ended in, on top of where it waits
+            if opts.view == View::Main && row.outcome == Outcome::Unfinished {
+                frames.push(still_waiting.clone());
+            }
             if opts.view == View::OffWake {
                 frames.push(separator.clone());
                 for k in waker_frames(row, collected, symbols, &mut names, &mut frames) {

@@ -508,7 +508,8 @@ fn write_snapshots(out: &mut String, collected: &Collected, symbols: &Symbols) {
         return;
     }
     let _ = writeln!(out, "  still waiting at the end:");
-    for w in &waiting {
+    const SHOWN: usize = 20;
+    for w in waiting.iter().take(SHOWN) {
         let since = match (w.whole_session, w.thread.off_cpu_ns) {
             (true, Some(ns)) => format!("the whole session, off-CPU for {}", secs(ns)),
             (_, Some(ns)) => format!("off-CPU for {}", secs(ns)),
@@ -529,5 +530,8 @@ fn write_snapshots(out: &mut String, collected: &Collected, symbols: &Symbols) {
             "    {}-{}: {} in {}{on}{held}; {since}",
             w.thread.comm, w.thread.tid, w.function, w.syscall
         );
+    }
+    if waiting.len() > SHOWN {
+        let _ = writeln!(out, "    and {} more threads", waiting.len() - SHOWN);
     }
 }
