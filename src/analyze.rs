@@ -583,7 +583,10 @@ pub fn still_waiting<'c>(collected: &'c Collected, symbols: &Symbols) -> Vec<Sti
                     None => format!("futex {:#x}", b.args[0]),
                 }),
                 Some(Kind::Epoll) => Some(format!("epoll fd {}", b.args[0])),
-                Some(Kind::Accept) => Some(format!("socket fd {}", b.args[0])),
+                Some(Kind::Accept) => Some(match b.listener {
+                    Some(addr) => format!("listener {addr} (fd {})", b.args[0]),
+                    None => format!("socket fd {}", b.args[0]),
+                }),
                 _ => None,
             };
             StillWaiting {

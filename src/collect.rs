@@ -761,10 +761,10 @@ fn fill_from_snapshot(collected: &mut Collected) {
             stacks.entry(id).or_insert_with(|| b.kstack.clone());
             b.kstack_id = Some(id);
         }
-        if b.syscall
-            .is_some_and(|nr| syscalls::kind_of(nr, b.args[1]) == Kind::Futex)
-        {
-            b.holder = lock_holder(*pid, b.args[0]);
+        match b.syscall.map(|nr| syscalls::kind_of(nr, b.args[1])) {
+            Some(Kind::Futex) => b.holder = lock_holder(*pid, b.args[0]),
+            Some(Kind::Accept) => b.listener = crate::target::socket_address(*pid, b.args[0]),
+            _ => {}
         }
     }
 }

@@ -406,6 +406,8 @@ pub struct Blocked {
     /// For a futex wait on a lock whose word names its owner (glibc's `__owner`, a PI
     /// futex's tid): the thread holding it.
     pub holder: Option<u32>,
+    /// For an accept: the listening socket's address.
+    pub listener: Option<std::net::SocketAddr>,
 }
 
 /// What the snapshots of off-CPU threads saw, or why there were none.

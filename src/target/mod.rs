@@ -24,6 +24,60 @@ pub fn in_initial_pid_namespace() -> bool {
     ns_inode("self", "pid").is_none_or(|ino| ino == INITIAL_PID_NS)
 }
 
+/// The local address of the TCP socket behind `pid`'s descriptor `fd` (a listener an
+/// acceptor waits on), from the target's own view of its network namespace
+/// (/proc/PID/net/tcp and tcp6).
+pub fn socket_address(pid: u32, fd: u64) -> Option<std::net::SocketAddr> {
+    use std::io::Read;
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .to_string();
+    for table in ["tcp", "tcp6"] {
+        let mut text = String::new();
+        let Ok(f) = std::fs::File::open(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        // bounded: a host with a million sockets is read in part, not all
+        if f.take(64 << 20).read_to_string(&mut text).is_err() {
+            continue;
+        }
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(9) != Some(&inode.as_str()) {
+                continue;
+            }
+            return tcp_address(fields.get(1)?);
+        }
+    }
+    None
+}
+
+/// A `local_address` of /proc/net/tcp or tcp6: `0100007F:1F90` is 127.0.0.1:8080.
+fn tcp_address(field: &str) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // the kernel prints each 32-bit word of the address as a host-order number
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let addr = match words.as_slice() {
+        [a] => IpAddr::V4(Ipv4Addr::from(a.to_le_bytes())),
+        [_, _, _, _] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in words.iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(addr, port))
+}
+
 /// The namespaces (`mount`, `pid`) in which `pid` differs from waitprof: a container.
 pub fn other_namespaces(pid: u32) -> Vec<&'static str> {
     [("mnt", "mount"), ("pid", "pid")]
@@ -34,4 +88,19 @@ pub fn other_namespaces(pid: u32) -> Vec<&'static str> {
         })
         .map(|(_, name)| name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tcp_addresses_read_as_the_kernel_prints_them() {
+        let a = |s| super::tcp_address(s).map(|a| a.to_string());
+        assert_eq!(a("0100007F:1F90").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            a("00000000000000000000000001000000:0050").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(a("0100007F"), None);
+        assert_eq!(a("zz:1"), None);
+    }
 }

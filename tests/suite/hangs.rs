@@ -39,7 +39,8 @@ fn deadlock_fixture(frame_pointers: bool) -> String {
     out.to_string_lossy().into_owned()
 }
 
-struct Deadlocked(Child);
+/// The fixture, and the port its acceptor listens on.
+struct Deadlocked(Child, u16);
 
 impl Drop for Deadlocked {
     fn drop(&mut self) {
@@ -58,7 +59,13 @@ fn start(path: &str) -> Deadlocked {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("ready "), "{line}");
-    Deadlocked(child)
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap()
+        .parse()
+        .expect("a port");
+    Deadlocked(child, port)
 }
 
 #[test]
@@ -144,9 +151,13 @@ fn a_deadlock_shows_every_thread_its_lock_and_who_holds_it() {
                 );
             }
             assert!(stderr.contains("still waiting at the end:"), "{stderr}");
+            let listener = format!(
+                "`acceptor` in accept4 on listener 127.0.0.1:{} (fd ",
+                target.1
+            );
+            assert!(stderr.contains(&listener), "{what}: {listener}\n{stderr}");
             assert!(
-                stderr.contains("`acceptor` in accept4")
-                    && stderr.contains("`poller` in epoll_wait"),
+                stderr.contains("`poller` in epoll_wait"),
                 "{what}:\n{stderr}"
             );
         }

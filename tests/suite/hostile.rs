@@ -222,7 +222,13 @@ fn planted_symlinks_redirect_nothing() {
             std::fs::set_permissions(victim(n), std::fs::Permissions::from_mode(0o600)).unwrap();
         }
     }
-    for mode in [0o1777, 0o755] {
+    // a sticky /tmp-like directory and one the attacker owns, under sudo and not
+    for (mode, sudo) in [
+        (0o1777, true),
+        (0o755, true),
+        (0o1777, false),
+        (0o755, false),
+    ] {
         let out = shared_dir(mode);
         // every name waitprof writes, and the names it used to create first
         let names = [
@@ -253,8 +259,12 @@ fn planted_symlinks_redirect_nothing() {
         let svg = out.path().join("p.svg");
         let s = session(
             |cmd| {
-                cmd.env("SUDO_UID", NOBODY.to_string())
-                    .env("SUDO_GID", NOBODY.to_string());
+                if sudo {
+                    cmd.env("SUDO_UID", NOBODY.to_string())
+                        .env("SUDO_GID", NOBODY.to_string());
+                } else {
+                    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+                }
             },
             &[
                 "-p",
@@ -280,7 +290,12 @@ fn planted_symlinks_redirect_nothing() {
         for n in ["p.svg", "p.folded"] {
             let m = std::fs::symlink_metadata(out.path().join(n)).unwrap();
             assert!(m.is_file(), "{n} is a regular file in place of the symlink");
-            assert_eq!(m.uid(), NOBODY, "{n} is handed to the sudo user");
+            let owner = if sudo { NOBODY } else { 0 };
+            assert_eq!(
+                m.uid(),
+                owner,
+                "{n}: handed to the sudo user, or root's without sudo"
+            );
         }
         // nothing else was created: no temporary file left behind
         let strays: Vec<String> = std::fs::read_dir(out.path())
