@@ -40,7 +40,7 @@ fn has(flags: u32, f: wp_thread_flag) -> bool {
 }
 
 /// A kernel `comm` (set by the target: untrusted) as printable text.
-fn comm_of(raw: &[i8]) -> String {
+pub(crate) fn comm_of(raw: &[i8]) -> String {
     let bytes: Vec<u8> = raw
         .iter()
         .take_while(|&&c| c != 0)

@@ -79,15 +79,9 @@ impl<'obj> Snapshots<'obj> {
 
 fn blocked_of(s: &wp_snapshot) -> Blocked {
     let frames = |ips: &[u64], n: u32| ips[..(n as usize).min(ips.len())].to_vec();
-    let comm: Vec<u8> = s
-        .comm
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
     Blocked {
         tid: s.tid,
-        comm: crate::text::printable_bytes(&comm),
+        comm: crate::collect::comm_of(&s.comm),
         state: s.state,
         syscall: u32::try_from(s.syscall).ok(),
         args: s.args,

@@ -495,9 +495,25 @@ fn write_snapshots(out: &mut String, collected: &Collected, symbols: &Symbols) {
         );
         return;
     }
+    // how long the waits in flight at the start had already lasted (the kernel's last
+    // arrival on a CPU: an upper bound)
+    let before = s
+        .at_start
+        .values()
+        .filter_map(|b| b.off_cpu_ns.map(|ns| (ns, b)))
+        .max_by_key(|(ns, b)| (*ns, std::cmp::Reverse(b.tid)))
+        .map(|(ns, b)| {
+            format!(
+                "; the longest, {}-{}, had been off-CPU for {} before the start",
+                b.comm,
+                b.tid,
+                secs(ns)
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "  off-CPU threads read by a task iterator (iter.s/task, {:.1} ms): {} at the start ({} waits in flight got their stacks), {} at the end",
+        "  off-CPU threads read by a task iterator (iter.s/task, {:.1} ms): {} at the start ({} waits in flight got their stacks{before}), {} at the end",
         s.took.as_secs_f64() * 1e3,
         s.at_start.len(),
         s.rows_filled,
