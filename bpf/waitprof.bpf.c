@@ -363,7 +363,9 @@ static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __u
 				      __u64 blocked, __u64 runq)
 {
 	struct agg_key key = {
-		.tid = cfg.rows_per_thread ? ts->tid : 0,
+		/* a wait that began before attach keeps its thread: user space gives it the
+		 * stacks the snapshot of off-CPU threads read at the start */
+		.tid = cfg.rows_per_thread || ustack == WP_STACK_BEFORE_ATTACH ? ts->tid : 0,
 		.ustack = ustack,
 		.kstack = kstack,
 		.object = ts->kind == WP_KIND_OTHER ? 0 : ts->object,

@@ -212,11 +212,15 @@ impl Symbolizer {
                     continue;
                 }
             };
-            let source = Source::Elf(Elf::new(file.fd_path()));
-            let results = self.inner.symbolize(&source, Input::FileOffset(&offsets));
-            let mut named: Vec<Result<Frames, &'static str>> = match results {
-                Ok(r) => r.into_iter().map(frame_names).collect(),
-                Err(_) => vec![Err("file unparsable"); offsets.len()],
+            let mut named: Vec<Result<Frames, &'static str>> = match file.mappable_path() {
+                Ok(path) => match self
+                    .inner
+                    .symbolize(&Source::Elf(Elf::new(path)), Input::FileOffset(&offsets))
+                {
+                    Ok(r) => r.into_iter().map(frame_names).collect(),
+                    Err(_) => vec![Err("file unparsable"); offsets.len()],
+                },
+                Err(_) => vec![Err("file unreadable"); offsets.len()],
             };
             self.name_from_file(file, m, files, &file_addrs, &mut named);
             names.extend(file_addrs.into_iter().zip(named));
@@ -423,6 +427,7 @@ impl Symbolizer {
                     .or_else(|| elf.build_id().ok().flatten().and_then(build_id_debug_file))
             })
             .flatten();
+        let debug_path = debug.as_ref().and_then(|d| d.mappable_path().ok());
         let go = named
             .iter()
             .any(Result::is_err)
@@ -430,13 +435,10 @@ impl Symbolizer {
             .flatten();
         for (addr, name) in addrs.iter().zip(named.iter_mut()) {
             let vaddr = addr.wrapping_sub(bias);
-            if let (Some(debug), Err("stripped")) = (&debug, &name) {
+            if let (Some(path), Err("stripped")) = (&debug_path, &name) {
                 let found = self
                     .inner
-                    .symbolize_single(
-                        &Source::Elf(Elf::new(debug.fd_path())),
-                        Input::VirtOffset(vaddr),
-                    )
+                    .symbolize_single(&Source::Elf(Elf::new(path)), Input::VirtOffset(vaddr))
                     .ok()
                     .map(frame_names);
                 if let Some(Ok(frames)) = found {
@@ -564,7 +566,10 @@ impl Symbolizer {
         } else {
             addr.wrapping_sub(base.start)
         };
-        let mut elf = Elf::new(file.fd_path());
+        let Ok(path) = file.mappable_path() else {
+            return format!("data of {file_name}");
+        };
+        let mut elf = Elf::new(path);
         elf.debug_syms = false; // variables are in the symbol table, not in DWARF lookups
         let name = self
             .inner

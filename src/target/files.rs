@@ -60,6 +60,8 @@ pub struct TargetFile {
     file: File,
     /// Its size when it was opened.
     pub size: u64,
+    /// A sealed copy for libraries that map files (see `mappable_path`), made once.
+    copy: std::sync::OnceLock<Result<Option<OwnedFd>, String>>,
 }
 
 /// An errno as words: "permission denied", without the "(os error 13)".
@@ -84,6 +86,7 @@ impl TargetFile {
         Ok(TargetFile {
             file: File::from(fd),
             size: st.st_size as u64,
+            copy: std::sync::OnceLock::new(),
         })
     }
 
@@ -140,6 +143,48 @@ impl TargetFile {
     /// (blazesym): `/proc/self/fd/N`, valid as long as this value lives.
     pub fn fd_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// A path for libraries that map the file (blazesym): the file's own when only root
+    /// can change it, else a sealed in-memory copy. A mapped file its owner truncates
+    /// meanwhile would end waitprof with SIGBUS; a sealed memfd cannot shrink. (Reads
+    /// through `reader` are plain reads: a truncation only makes them fail.)
+    pub fn mappable_path(&self) -> Result<PathBuf, &str> {
+        match self.copy.get_or_init(|| self.sealed_copy()) {
+            Ok(Some(copy)) => Ok(PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()))),
+            Ok(None) => Ok(self.fd_path()),
+            Err(why) => Err(why),
+        }
+    }
+
+    fn sealed_copy(&self) -> Result<Option<OwnedFd>, String> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let st = rustix::fs::fstat(&self.file).map_err(errno_text)?;
+        if st.st_uid == 0 && st.st_mode & 0o022 == 0 {
+            return Ok(None);
+        }
+        if self.size > MAX_SECTION {
+            return Err(format!(
+                "changeable by its owner and over {} MiB to copy",
+                MAX_SECTION >> 20
+            ));
+        }
+        charge(self.size)?;
+        let memfd = rustix::fs::memfd_create(
+            "waitprof-copy",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(errno_text)?;
+        let mut out = File::from(memfd);
+        std::io::copy(&mut std::io::Read::take(&self.file, self.size), &mut out)
+            .map_err(|e| e.to_string())?;
+        let memfd = OwnedFd::from(out);
+        rustix::fs::fcntl_add_seals(
+            &memfd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+        )
+        .map_err(errno_text)?;
+        Ok(Some(memfd))
     }
 
     /// An object-file reader that reads only what is asked for, within the file's size.

@@ -808,3 +808,33 @@ fn a_truncated_file_a_bad_section_table_and_a_newline_in_a_path_cost_only_their_
         "lib_wait from the odd path",
     );
 }
+
+#[test]
+fn a_library_its_owner_truncates_while_waitprof_reads_it_costs_no_crash() {
+    let _s = root_session();
+    let dir = shared_dir(0o755);
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let lib = copy_to(dir.path(), hostile_lib(false), "libflip.so");
+    std::os::unix::fs::chown(&lib, Some(NOBODY), Some(NOBODY)).unwrap();
+    // the target runs in the library for the first 2 s, then in its own binary; from
+    // then on a helper of the same user truncates the library and writes it back, over
+    // and over, while waitprof ends its session and names the library's frames
+    let target = Target::hostile(&["once", &lib, "2000"]);
+    let flipper = std::thread::spawn({
+        let lib = lib.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(2300));
+            Target::hostile(&["flip", &lib])
+        }
+    });
+    let s = session(|_| {}, &["-p", &target.pid().to_string(), "-d", "2s"]);
+    let flipping = flipper.join().unwrap();
+    drop(flipping);
+    assert_clean(
+        &s,
+        "a library truncated over and over",
+        Duration::from_secs(10),
+    );
+    // whether or not its frames could be named, every wait is there, under main
+    assert_whole_session_in(&s, &["main", "[clock_nanosleep]"], "all of main's sleeps");
+}
