@@ -229,15 +229,16 @@ impl Symbolizer {
     }
 
     /// The target's perf map (`/tmp/perf-PID.map`, written by JIT runtimes), as it sees
-    /// it: inside its root, under its own pid, and only if the file is its own.
+    /// it: inside its root, under its own pid, not through a symlink, and only if the
+    /// file is its own (a JIT writes it as its own user).
     fn perf_map(&self, pid: u32) -> Option<PerfMap> {
         let ns_pid = ns_pid(pid).unwrap_or(pid);
-        let file = TargetFile::open_in_root(pid, &format!("/tmp/perf-{ns_pid}.map"))
+        let file = TargetFile::open_in_root_no_follow(pid, &format!("/tmp/perf-{ns_pid}.map"))
             .or_else(|_| {
                 TargetFile::open_no_follow(std::path::Path::new(&format!("/tmp/perf-{pid}.map")))
             })
             .ok()?;
-        if file.owner() != self.uid && file.owner() != Some(0) {
+        if self.uid.is_none() || file.owner() != self.uid {
             return None;
         }
         let data = file.read_to_end(PERF_MAP_MAX).ok()?;

@@ -109,6 +109,16 @@ impl TargetFile {
     /// `path` as the target sees it: resolved inside its root directory (its mount
     /// namespace and chroot), symlinks included, never escaping it.
     pub fn open_in_root(pid: u32, path: &str) -> Result<TargetFile, String> {
+        Self::open_in_root_with(pid, path, OFlags::empty())
+    }
+
+    /// The same, refusing a symlink as the last component (a name in a directory others
+    /// can write to, such as /tmp/perf-PID.map).
+    pub fn open_in_root_no_follow(pid: u32, path: &str) -> Result<TargetFile, String> {
+        Self::open_in_root_with(pid, path, OFlags::NOFOLLOW)
+    }
+
+    fn open_in_root_with(pid: u32, path: &str, extra: OFlags) -> Result<TargetFile, String> {
         let root = rustix::fs::open(
             format!("/proc/{pid}/root").as_str(),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -118,7 +128,7 @@ impl TargetFile {
         let fd = rustix::fs::openat2(
             &root,
             path,
-            Self::flags(),
+            Self::flags() | extra,
             Mode::empty(),
             ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         )
