@@ -728,6 +728,11 @@ fn fill_from_snapshot(collected: &mut Collected) {
         snapshots,
         ..
     } = collected;
+    let mut register = |ips: &[u64]| {
+        let id = snapshot::stack_id(ips);
+        stacks.entry(id).or_insert_with(|| ips.to_vec());
+        id
+    };
     for row in rows
         .iter_mut()
         .filter(|r| r.ustack == StackRef::BeforeAttach)
@@ -739,28 +744,16 @@ fn fill_from_snapshot(collected: &mut Collected) {
         if b.syscall != row.syscall || b.ustack.is_empty() {
             continue;
         }
-        let ustack = snapshot::stack_id(&b.ustack);
-        stacks.entry(ustack).or_insert_with(|| b.ustack.clone());
-        row.ustack = StackRef::Id(ustack);
+        row.ustack = StackRef::Id(register(&b.ustack));
         if !b.kstack.is_empty() && !matches!(row.kstack, StackRef::Id(_)) {
-            let kstack = snapshot::stack_id(&b.kstack);
-            stacks.entry(kstack).or_insert_with(|| b.kstack.clone());
-            row.kstack = StackRef::Id(kstack);
+            row.kstack = StackRef::Id(register(&b.kstack));
         }
         snapshots.rows_filled += 1;
     }
     // the threads still waiting at the end: their stacks, and who holds the lock they wait on
     for b in snapshots.at_end.values_mut() {
-        if !b.ustack.is_empty() {
-            let id = snapshot::stack_id(&b.ustack);
-            stacks.entry(id).or_insert_with(|| b.ustack.clone());
-            b.ustack_id = Some(id);
-        }
-        if !b.kstack.is_empty() {
-            let id = snapshot::stack_id(&b.kstack);
-            stacks.entry(id).or_insert_with(|| b.kstack.clone());
-            b.kstack_id = Some(id);
-        }
+        b.ustack_id = (!b.ustack.is_empty()).then(|| register(&b.ustack));
+        b.kstack_id = (!b.kstack.is_empty()).then(|| register(&b.kstack));
         match b.syscall.map(|nr| syscalls::kind_of(nr, b.args[1])) {
             Some(Kind::Futex) => b.holder = lock_holder(*pid, b.args[0]),
             Some(Kind::Accept) => b.listener = crate::target::socket_address(*pid, b.args[0]),

@@ -333,7 +333,7 @@ impl DropsSpan {
 
 /// One line of /proc/PID/maps: where a futex lives, which file an address is in, which
 /// files need unwind tables.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,

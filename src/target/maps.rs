@@ -3,7 +3,7 @@
 //! each file mapped executable, the file itself, opened through map_files the first time
 //! it is seen and kept open, so the target's own bytes can be read after it is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::Mapping;
@@ -11,8 +11,9 @@ use crate::target::files::TargetFile;
 
 /// Files kept open per process: past this, a file is named as unread.
 const MAX_FILES: usize = 2048;
-/// Mappings remembered per process, beyond the ones it has now.
-const MAX_SEEN: usize = 100_000;
+/// Mappings remembered per process, beyond the ones it has now (an address is looked up
+/// among them one by one: the bound keeps that cheap).
+const MAX_SEEN: usize = 10_000;
 
 /// Why a mapped file could not be read, or the file.
 pub type Opened = Result<Arc<TargetFile>, String>;
@@ -21,11 +22,12 @@ pub struct MappedFiles {
     pid: u32,
     /// The maps at the last read, sorted by address.
     latest: Vec<Mapping>,
-    /// Mappings seen at earlier reads and gone since, oldest first.
+    /// Mappings seen at earlier reads and gone since, oldest first, and the same as a set.
     gone: Vec<Mapping>,
+    gone_set: HashSet<Mapping>,
     /// dev:inode -> the file.
     files: HashMap<String, Opened>,
-    /// Path -> (dev:inode, why) for the files that could not be read.
+    /// (path, why) of each file that could not be read.
     pub unreadable: Vec<(String, String)>,
 }
 
@@ -36,6 +38,7 @@ impl MappedFiles {
             pid,
             latest: Vec::new(),
             gone: Vec::new(),
+            gone_set: HashSet::new(),
             files: HashMap::new(),
             unreadable: Vec::new(),
         }
@@ -71,8 +74,8 @@ impl MappedFiles {
                 .latest
                 .binary_search_by_key(&m.start, |x| x.start)
                 .map_or(true, |i| self.latest[i] != m)
-                && !self.gone.contains(&m)
                 && self.gone.len() < MAX_SEEN
+                && self.gone_set.insert(m.clone())
             {
                 self.gone.push(m);
             }
