@@ -455,8 +455,9 @@ impl Symbolizer {
 }
 
 /// Where a Go thread runs on its scheduler stack (g0) and the frame-pointer chain goes
-/// on into the goroutine that last ran there: `runtime.mcall` (parking a goroutine) and
-/// `runtime.systemstack` switch to g0, so what is rootward of the first of them is not
+/// on into the goroutine that last ran there: `runtime.mcall` (parking a goroutine),
+/// `runtime.systemstack` and `runtime.morestack` (growing a goroutine's stack, which can
+/// end in the scheduler) switch to g0, so what is rootward of the first of them is not
 /// what the thread is doing. Such a stack is cut there, under a `[go scheduler (g0)]`
 /// root, so scheduler idling is never attributed to a goroutine's code.
 pub const G0_ROOT: &str = "[go scheduler (g0)]";
@@ -478,9 +479,12 @@ fn cut_at_g0(mut frames: Frames) -> Frames {
     let starts_on_g0 = frames
         .first()
         .is_some_and(|f| matches!(&**f, "runtime.mstart" | "runtime.rt0_go"));
-    let switch = frames
-        .iter()
-        .position(|f| matches!(&**f, "runtime.mcall" | "runtime.systemstack"));
+    let switch = frames.iter().position(|f| {
+        matches!(
+            &**f,
+            "runtime.mcall" | "runtime.systemstack" | "runtime.morestack"
+        )
+    });
     if let (Some(i), false) = (switch, starts_on_g0) {
         frames.splice(..i, std::iter::once(Arc::from(G0_ROOT)));
     }
@@ -643,4 +647,32 @@ fn unwind_stop(ip: u64) -> Option<&'static str> {
         _ if ip <= stop(S::WP_UNW_STOP_MAX) => "unwinder stopped",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_goroutine_growing_its_stack_into_the_scheduler_is_cut_at_morestack() {
+        // seen with --unwind fp: a goroutine preempted at its stack check, the scheduler
+        // then idling in epoll on g0
+        let frames: Frames = [
+            "runtime.goexit",
+            "main.main.func2",
+            "runtime.morestack",
+            "runtime.newstack",
+            "runtime.gopreempt_m",
+            "runtime.schedule",
+            "runtime.findRunnable",
+            "runtime.epollwait",
+        ]
+        .iter()
+        .map(|f| Arc::from(*f))
+        .collect();
+        let cut = cut_at_g0(frames);
+        assert_eq!(&*cut[0], G0_ROOT);
+        assert_eq!(&*cut[1], "runtime.morestack");
+        assert!(!cut.iter().any(|f| f.starts_with("main.")), "{cut:?}");
+    }
 }
