@@ -563,6 +563,23 @@ pub struct StillWaiting<'c> {
     pub class: WaitClass,
 }
 
+impl StillWaiting<'_> {
+    /// How it waits: `in futex on futex 0x… (a in server), held by worker-12`.
+    pub fn how(&self) -> String {
+        let on = self
+            .object
+            .as_ref()
+            .map(|o| format!(" on {o}"))
+            .unwrap_or_default();
+        let held = self
+            .holder
+            .as_ref()
+            .map(|(tid, comm)| format!(", held by {comm}-{tid}"))
+            .unwrap_or_default();
+        format!("in {}{on}{held}", self.syscall)
+    }
+}
+
 /// The threads still waiting at the end, longest first.
 pub fn still_waiting<'c>(collected: &'c Collected, symbols: &Symbols) -> Vec<StillWaiting<'c>> {
     let session = collected.end_ns.saturating_sub(collected.start_ns);
@@ -669,17 +686,7 @@ fn hang_finding(collected: &Collected, waiting: &[StillWaiting]) -> Option<Strin
     // (how they wait, the threads waiting so)
     let mut alike: Vec<(String, Vec<String>)> = Vec::new();
     for w in &whole {
-        let on = w
-            .object
-            .as_ref()
-            .map(|o| format!(" on {o}"))
-            .unwrap_or_default();
-        let held = w
-            .holder
-            .as_ref()
-            .map(|(tid, comm)| format!(", held by {}", who(*tid, comm)))
-            .unwrap_or_default();
-        let how = format!("waits in {}{on}{held}", w.syscall);
+        let how = format!("waits {}", w.how());
         let thread = format!("{} ({})", w.function, who(w.thread.tid, &w.thread.comm));
         match alike.iter_mut().find(|(h, _)| *h == how) {
             Some((_, threads)) => threads.push(thread),

@@ -531,20 +531,13 @@ fn write_snapshots(out: &mut String, collected: &Collected, symbols: &Symbols) {
             (_, Some(ns)) => format!("off-CPU for {}", secs(ns)),
             (_, None) => "for an unknown time".to_string(),
         };
-        let on = w
-            .object
-            .as_ref()
-            .map(|o| format!(" on {o}"))
-            .unwrap_or_default();
-        let held = w
-            .holder
-            .as_ref()
-            .map(|(tid, comm)| format!(", held by {comm}-{tid}"))
-            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {}-{}: {} in {}{on}{held}; {since}",
-            w.thread.comm, w.thread.tid, w.function, w.syscall
+            "    {}-{}: {} {}; {since}",
+            w.thread.comm,
+            w.thread.tid,
+            w.function,
+            w.how()
         );
     }
     if waiting.len() > SHOWN {
