@@ -96,8 +96,12 @@ fn fuzz_elf(path: &str, sections: &[&str], rounds: usize, seed: u64) {
     }
 }
 
+// The two corrupting tests keep both CPUs busy for seconds: they take the session lock,
+// so the BPF tests' timing (CPU-bound fixtures, run-queue waits) is not disturbed.
+
 #[test]
 fn corrupted_libc_never_panics_the_unwind_compiler() {
+    let _s = super::common::root_session();
     let libc = [
         "/lib/x86_64-linux-gnu/libc.so.6",
         "/usr/lib/x86_64-linux-gnu/libc.so.6",
@@ -115,6 +119,7 @@ fn corrupted_libc_never_panics_the_unwind_compiler() {
 
 #[test]
 fn corrupted_go_binaries_never_panic_the_gopclntab_reader() {
+    let _s = super::common::root_session();
     let (version, go) = &super::golang::toolchains()[0];
     let stripped = super::golang::go_fixture(
         go,
