@@ -436,23 +436,7 @@ fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
     );
     if let Some(u) = &collected.unwind {
         if !u.without.is_empty() {
-            let list: Vec<String> = u
-                .without
-                .iter()
-                .take(5)
-                .map(|(path, why)| format!("{path} ({why})"))
-                .collect();
-            let more = u.without.len().saturating_sub(5);
-            let _ = writeln!(
-                out,
-                "    no unwind table: {}{}",
-                list.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            );
+            let _ = writeln!(out, "    no unwind table: {}", files_and_why(&u.without));
         }
     }
     if !symbols.unknown_why.is_empty() {
@@ -464,23 +448,24 @@ fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
         let _ = writeln!(out, "    unknown user frames: {}", list.join(", "));
     }
     if !symbols.unreadable_files.is_empty() {
-        let list: Vec<String> = symbols
-            .unreadable_files
-            .iter()
-            .take(5)
-            .map(|(path, why)| format!("{path} ({why})"))
-            .collect();
-        let more = symbols.unreadable_files.len().saturating_sub(5);
         let _ = writeln!(
             out,
-            "    files not read (their frames are unknown): {}{}",
-            list.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            "    files not read (their frames are unknown): {}",
+            files_and_why(&symbols.unreadable_files)
         );
+    }
+}
+
+/// The first five files of a list with the reason for each, and how many more.
+fn files_and_why(files: &[(String, String)]) -> String {
+    let list: Vec<String> = files
+        .iter()
+        .take(5)
+        .map(|(path, why)| format!("{path} ({why})"))
+        .collect();
+    match files.len().saturating_sub(5) {
+        0 => list.join(", "),
+        more => format!("{} and {more} more", list.join(", ")),
     }
 }
 
