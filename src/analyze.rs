@@ -254,7 +254,7 @@ const ENTRY_FRAMES: [&str; 10] = [
     "__clone3",
     "runtime.goexit",
     "runtime.mstart",
-    crate::symbolize::G0_ROOT,
+    crate::runtime::go::frames::G0_ROOT,
 ];
 
 /// How complete the user stacks of the blocked time are.

@@ -12,10 +12,11 @@ pub mod bpf;
 pub mod cli;
 pub mod collect;
 pub mod fold;
-pub mod gosym;
+
 pub mod model;
 pub mod output;
 pub mod render;
+pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod snapshot;

@@ -349,7 +349,7 @@ fn resolve_set(
             }
         }
         if user {
-            frames = cut_at_g0(frames);
+            frames = crate::runtime::go::frames::cut_at_g0(frames);
         }
         out.insert(id, frames);
     }
@@ -432,7 +432,7 @@ impl Symbolizer {
         let go = named
             .iter()
             .any(Result::is_err)
-            .then(|| crate::gosym::GoFuncs::load(&reader))
+            .then(|| crate::runtime::go::pclntab::GoFuncs::load(&reader))
             .flatten();
         for (addr, name) in addrs.iter().zip(named.iter_mut()) {
             let vaddr = addr.wrapping_sub(bias);
@@ -452,43 +452,6 @@ impl Symbolizer {
             }
         }
     }
-}
-
-/// Where a Go thread runs on its scheduler stack (g0) and the frame-pointer chain goes
-/// on into the goroutine that last ran there: `runtime.mcall` (parking a goroutine),
-/// `runtime.systemstack` and `runtime.morestack` (growing a goroutine's stack, which can
-/// end in the scheduler) switch to g0, so what is rootward of the first of them is not
-/// what the thread is doing. Such a stack is cut there, under a `[go scheduler (g0)]`
-/// root, so scheduler idling is never attributed to a goroutine's code.
-pub const G0_ROOT: &str = "[go scheduler (g0)]";
-
-fn cut_at_g0(mut frames: Frames) -> Frames {
-    // a stack walked before the unwind tables loaded keeps saying so, at its root
-    let pending = frames
-        .first()
-        .is_some_and(|f| f.starts_with("[unknown: frame pointers "))
-        .then(|| frames.remove(0));
-    // the outermost frames of Go's threads and goroutines: anything rootward of them is
-    // the unwinder running past the end (Go's tables do not mark it)
-    if let Some(i) = frames
-        .iter()
-        .rposition(|f| matches!(&**f, "runtime.mstart" | "runtime.goexit" | "runtime.rt0_go"))
-    {
-        frames.drain(..i);
-    }
-    let starts_on_g0 = frames
-        .first()
-        .is_some_and(|f| matches!(&**f, "runtime.mstart" | "runtime.rt0_go"));
-    let switch = frames.iter().position(|f| {
-        matches!(
-            &**f,
-            "runtime.mcall" | "runtime.systemstack" | "runtime.morestack"
-        )
-    });
-    if let (Some(i), false) = (switch, starts_on_g0) {
-        frames.splice(..i, std::iter::once(Arc::from(G0_ROOT)));
-    }
-    pending.into_iter().chain(frames).collect()
 }
 
 /// Functions of the tracing machinery that runs the BPF program.
@@ -647,32 +610,4 @@ fn unwind_stop(ip: u64) -> Option<&'static str> {
         _ if ip <= stop(S::WP_UNW_STOP_MAX) => "unwinder stopped",
         _ => return None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_goroutine_growing_its_stack_into_the_scheduler_is_cut_at_morestack() {
-        // seen with --unwind fp: a goroutine preempted at its stack check, the scheduler
-        // then idling in epoll on g0
-        let frames: Frames = [
-            "runtime.goexit",
-            "main.main.func2",
-            "runtime.morestack",
-            "runtime.newstack",
-            "runtime.gopreempt_m",
-            "runtime.schedule",
-            "runtime.findRunnable",
-            "runtime.epollwait",
-        ]
-        .iter()
-        .map(|f| Arc::from(*f))
-        .collect();
-        let cut = cut_at_g0(frames);
-        assert_eq!(&*cut[0], G0_ROOT);
-        assert_eq!(&*cut[1], "runtime.morestack");
-        assert!(!cut.iter().any(|f| f.starts_with("main.")), "{cut:?}");
-    }
 }

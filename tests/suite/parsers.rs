@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use waitprof::gosym::GoFuncs;
 use waitprof::model::Mapping;
+use waitprof::runtime::go::pclntab::GoFuncs;
 use waitprof::symbolize::PerfMap;
 
 /// xorshift64*: deterministic, so a failing case can be replayed from its seed.
