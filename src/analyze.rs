@@ -764,8 +764,11 @@ pub fn findings(
             ),
         ));
     }
+    // a Go program's idle threads (parked Ms, the netpoller, sysmon) are the runtime
+    // waiting for work: its goroutines say where the program waits
+    let go = collected.goroutines.is_some();
     for r in objects {
-        if !worth_a_finding(r.ns, off_cpu) {
+        if !worth_a_finding(r.ns, off_cpu) || (go && r.class == WaitClass::Idle) {
             continue;
         }
         let name = object_name(r, collected, symbols);
@@ -823,6 +826,9 @@ pub fn findings(
                 secs(worst.ns)
             ),
         ));
+    }
+    if let Some(view) = &collected.goroutines {
+        found.extend(crate::runtime::go::report::findings(view, symbols));
     }
     found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     found.into_iter().map(|(_, t)| t).collect()

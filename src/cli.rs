@@ -71,6 +71,12 @@ pub struct Args {
     #[arg(long)]
     pub no_wakers: bool,
 
+    /// Do not read a Go program's goroutines. By default waitprof samples them from the
+    /// program's memory (without stopping it) and writes NAME.goroutines.svg: where
+    /// the goroutines wait, by the runtime's wait reason, and which waited for a P.
+    #[arg(long)]
+    pub no_goroutines: bool,
+
     /// How to walk user stacks. dwarf: with the unwind tables (.eh_frame) of every file
     /// the target maps, so code built without frame pointers (Debian's glibc, nginx,
     /// redis) unwinds completely; code without tables (Go, JIT) by frame pointer. fp:
@@ -152,6 +158,7 @@ pub struct Config {
     pub per_thread: bool,
     pub hide_idle: bool,
     pub wakers: bool,
+    pub goroutines: bool,
     pub attach: AttachMode,
     pub unwind: Unwind,
     pub unwind_rows: u32,
@@ -264,6 +271,7 @@ impl Config {
             per_thread: args.per_thread,
             hide_idle: args.hide_idle,
             wakers: !args.no_wakers,
+            goroutines: !args.no_goroutines,
             attach: args.attach,
             unwind: args.unwind,
             unwind_rows: args.unwind_rows,

@@ -180,6 +180,14 @@ pub fn run(
     );
     target.release()?;
     let started = Instant::now();
+    // a Go program's goroutines, read from its memory while it runs
+    let goroutines = cfg.goroutines.then(|| {
+        crate::runtime::go::goroutines::Sampler::start(
+            target.pid,
+            start_ns,
+            matches!(cfg.target, Target::Command(_)),
+        )
+    });
     let other_namespaces = crate::target::other_namespaces(target.pid);
     let progress = std::io::stderr().is_terminal();
     // a command is still a copy of waitprof until its exec: its maps come at the timer,
@@ -245,6 +253,7 @@ pub fn run(
     };
     let end_ns = attached.stop()?;
     let stopped_at = Instant::now();
+    let goroutines = goroutines.and_then(|g| g.finish(end_ns));
     // with the unwind tables still loaded: the threads still waiting at the end
     if let Some(s) = &snapshotter {
         snapshots.at_end = s.take().unwrap_or_default();
@@ -288,6 +297,10 @@ pub fn run(
     add_unseen_threads(cfg, &mut collected);
     read_stacks(attached, &mut collected)?;
     fill_from_snapshot(&mut collected);
+    if let Some((view, stacks)) = goroutines {
+        collected.stacks.extend(stacks);
+        collected.goroutines = Some(view);
+    }
     Ok(collected)
 }
 

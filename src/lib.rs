@@ -125,6 +125,11 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             "run-queue wait",
             "where each thread was when woken or preempted | then how long it waited for a CPU",
         ),
+        (
+            fold::View::Goroutines,
+            "goroutines (sampled)",
+            "each goroutine's stack | on top its state: the runtime's wait reason, runnable (waiting for a P), running, in a syscall",
+        ),
     ] {
         if view == fold::View::OffWake && !cfg.wakers {
             continue;
@@ -149,7 +154,11 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         Interrupted("while writing the profile: no file was written").into()
     })?;
     // a view not drawn this time must not leave an older run's file beside the new ones
-    for view in [fold::View::OffWake, fold::View::RunQueue] {
+    for view in [
+        fold::View::OffWake,
+        fold::View::RunQueue,
+        fold::View::Goroutines,
+    ] {
         let p = paths.of(view);
         if !outputs.iter().any(|(o, _, _)| o.svg == p.svg) {
             out_dir.remove(&p.svg);

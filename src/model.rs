@@ -463,4 +463,81 @@ pub struct Collected {
     pub other_namespaces: Vec<&'static str>,
     /// What the unwind tables covered; None = frame pointers only (`--unwind fp`).
     pub unwind: Option<crate::unwind::UnwindReport>,
+    /// A Go program's goroutines, sampled; None for other programs (or
+    /// `--no-goroutines`).
+    pub goroutines: Option<GoroutineView>,
+}
+
+/// A goroutine's state, as the Go runtime keeps it (`g.atomicstatus`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GState {
+    /// Parked, for the runtime's wait reason (`IO wait`, `chan receive`, ...).
+    Waiting(String),
+    /// Ready to run, waiting for a P.
+    Runnable,
+    Running,
+    /// In a system call (or cgo call), on its own thread.
+    Syscall,
+}
+
+impl GState {
+    /// The flame graph's frame for it, above the goroutine's stack.
+    pub fn frame(&self) -> String {
+        match self {
+            GState::Waiting(r) => format!("[{r}]"),
+            GState::Runnable => "[runnable: waiting for a P]".to_string(),
+            GState::Running => "[running]".to_string(),
+            GState::Syscall => "[in a syscall]".to_string(),
+        }
+    }
+}
+
+/// Sampled time of goroutines in one state with one stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineRow {
+    pub state: GState,
+    /// Its stack among the profile's stacks (leaf first); None when it changed while
+    /// it was read (`raced`).
+    pub stack: Option<u64>,
+    pub raced: bool,
+    /// Sampled time: each sample counts the time since the sweep before it.
+    pub ns: u64,
+    pub samples: u64,
+    /// Distinct goroutines (by goid) among the samples.
+    pub goroutines: u64,
+}
+
+/// What the goroutine sampler saw of a Go program.
+#[derive(Clone, Debug, Default)]
+pub struct GoroutineView {
+    /// The Go version the binary was built by (`go1.21.13`).
+    pub version: String,
+    /// How the goroutines were read (where the layout and the list came from).
+    pub how: String,
+    /// None: goroutines were read; else why not.
+    pub missing: Option<String>,
+    pub rows: Vec<GoroutineRow>,
+    pub sweeps: u64,
+    /// Goroutine samples taken (one per goroutine per sweep).
+    pub samples: u64,
+    /// The longest time between two sweeps (the rate adapts to the sweeps' cost).
+    pub period_max: std::time::Duration,
+    /// CPU time of each sweep.
+    pub sweep_cpu_ns: Vec<u64>,
+    pub goroutines_max: u64,
+    pub goroutines_seen: u64,
+    /// Samples whose goroutine changed while its stack was read (they keep no stack).
+    pub raced: u64,
+    /// `g`s that could not be read, and sweeps whose goroutine list could not be.
+    pub unreadable_gs: u64,
+    pub unreadable_sweeps: u64,
+    /// Goroutines beyond the most read in one sweep.
+    pub beyond_limit: u64,
+    /// Goroutines runnable at once, at most, and at each sweep (time, count).
+    pub runnable_max: u64,
+    pub runnable_series: Vec<(u64, u32)>,
+    /// How long each spell of a goroutine runnable lasted, as the sweeps saw it.
+    pub runnable_spells_ns: Vec<u64>,
+    /// The program exited during the session.
+    pub target_gone: bool,
 }

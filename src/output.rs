@@ -34,6 +34,7 @@ impl OutputPaths {
             View::Main => return self.clone(),
             View::OffWake => "offwake",
             View::RunQueue => "runq",
+            View::Goroutines => "goroutines",
         };
         let svg = self.svg.with_extension(format!("{tag}.svg"));
         OutputPaths {

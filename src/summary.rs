@@ -244,6 +244,9 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     }
     write_unwinding(&mut out, collected, symbols);
     write_snapshots(&mut out, collected, symbols);
+    if let Some(view) = &collected.goroutines {
+        crate::runtime::go::report::write(&mut out, view, symbols, top);
+    }
     if l.waiters_dropped + l.listeners_dropped > 0 {
         let _ = writeln!(
             out,

@@ -117,6 +117,10 @@ impl Symbolizer {
                 .extend(b.ustack_id);
             kernel_ids.extend(b.kstack_id);
         }
+        // a Go program's goroutines
+        for row in collected.goroutines.iter().flat_map(|g| &g.rows) {
+            user_ids.entry(collected.pid).or_default().extend(row.stack);
+        }
         let mut symbols = Symbols::default();
         for (pid, ids) in &user_ids {
             let others;

@@ -235,6 +235,7 @@ fn profile() -> (Collected, Symbols) {
             build_time: std::time::Duration::from_millis(12),
             refreshes: 1,
         }),
+        goroutines: None,
     };
     let frames = |names: &[&str]| {
         names

@@ -6,10 +6,16 @@
 use object::{Object, ObjectSection, ReadRef};
 
 /// A Go binary's functions: (entry address, name), sorted by address.
+#[derive(Debug)]
 pub struct GoFuncs {
     funcs: Vec<(u64, String)>,
+    /// Each function's `_func` record, as an offset into the function table.
+    records: Vec<usize>,
     /// The end of the last function.
     end: u64,
+    /// The table itself, for the pc-value tables (`pcsp`).
+    tab: Vec<u8>,
+    pctab: usize,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -55,7 +61,9 @@ impl GoFuncs {
         // function, then the end) must lie inside the section before anything is sized by it
         let table_end = nfunc.checked_mul(8)?.checked_add(functab)?;
         u32_at(tab, table_end)?;
+        let pctab = usize::try_from(u64_at(tab, 56)?).ok()?;
         let mut funcs = Vec::with_capacity(nfunc);
+        let mut records = Vec::with_capacity(nfunc);
         for i in 0..nfunc {
             let at = functab + i * 8;
             let entry = u32_at(tab, at)?;
@@ -63,6 +71,7 @@ impl GoFuncs {
             let nameoff = u32_at(tab, functab.checked_add(func)?.checked_add(4)?)? as usize;
             let name = c_str(tab, names.checked_add(nameoff)?)?;
             funcs.push((text.checked_add(u64::from(entry))?, name));
+            records.push(functab.checked_add(func)?);
         }
         // the table ends with the end of the last function
         let end = text.checked_add(u64::from(u32_at(tab, table_end)?))?;
@@ -71,7 +80,62 @@ impl GoFuncs {
         let sane = funcs.windows(2).all(|w| w[0].0 <= w[1].0)
             && funcs.last().is_some_and(|&(entry, _)| entry < end)
             && funcs.iter().all(|(_, name)| !name.is_empty());
-        sane.then_some(GoFuncs { funcs, end })
+        sane.then(|| GoFuncs {
+            funcs,
+            records,
+            end,
+            tab: tab.to_vec(),
+            pctab,
+        })
+    }
+
+    /// How far the stack pointer at `vaddr` is below where it was at its function's
+    /// entry (the `pcsp` table the runtime's own traceback uses): 0 before the frame
+    /// is set up, else the frame's size; the return address is at sp + that.
+    pub fn sp_delta(&self, vaddr: u64) -> Option<u64> {
+        if vaddr >= self.end {
+            return None;
+        }
+        let i = self
+            .funcs
+            .partition_point(|&(entry, _)| entry <= vaddr)
+            .checked_sub(1)?;
+        let entry = self.funcs[i].0;
+        // _func: entryOff, nameOff, args, deferreturn, pcsp (uint32 each)
+        let pcsp = u32_at(&self.tab, self.records[i].checked_add(16)?)? as usize;
+        let mut p = gimli::EndianSlice::new(
+            self.tab.get(self.pctab.checked_add(pcsp)?..)?,
+            gimli::LittleEndian,
+        );
+        let (mut pc, mut value) = (entry, -1i64);
+        // (value delta, pc delta) pairs, zig-zag and LEB128 coded, until a zero delta
+        for first in std::iter::once(true)
+            .chain(std::iter::repeat(false))
+            .take(100_000)
+        {
+            let uv = gimli::leb128::read::unsigned(&mut p).ok()?;
+            if uv == 0 && !first {
+                return None;
+            }
+            let dv = if uv & 1 != 0 {
+                !((uv >> 1) as i64)
+            } else {
+                (uv >> 1) as i64
+            };
+            value = value.checked_add(dv)?;
+            pc = pc.checked_add(gimli::leb128::read::unsigned(&mut p).ok()?)?;
+            if vaddr < pc {
+                return u64::try_from(value).ok();
+            }
+        }
+        None
+    }
+
+    /// The address range of the function named `name`.
+    pub fn range_of(&self, name: &str) -> Option<(u64, u64)> {
+        let i = self.funcs.iter().position(|(_, n)| n == name)?;
+        let end = self.funcs.get(i + 1).map_or(self.end, |f| f.0);
+        Some((self.funcs[i].0, end))
     }
 
     /// The function holding the file address `vaddr`.

@@ -1,0 +1,281 @@
+//! The goroutine view in words: time by state and wait reason, the heaviest waits by
+//! the program's own code, runnable goroutines, and the findings for Go, ranked by
+//! time. Idle goroutines (see `classify`) are counted apart from costly ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::classify::is_idle;
+use crate::model::{GState, GoroutineRow, GoroutineView};
+use crate::symbolize::Symbols;
+
+/// Whether a Go function is the program's own code rather than the standard library's
+/// or the runtime's: its package path starts with a domain (`github.com/...`) or is
+/// `main`.
+pub fn own_code(frame: &str) -> bool {
+    let pkg_end = match frame.rfind('/') {
+        Some(slash) => frame[slash..].find('.').map(|d| slash + d),
+        None => frame.find('.'),
+    };
+    let Some(end) = pkg_end else {
+        return false;
+    };
+    let pkg = &frame[..end];
+    pkg == "main"
+        || pkg
+            .split('/')
+            .next()
+            .is_some_and(|first| first.contains('.'))
+}
+
+/// The leaf-most frame of the program's own code (root-first frames).
+pub fn own_frame(frames: &[Arc<str>]) -> Option<&str> {
+    frames.iter().rev().map(|f| &**f).find(|f| own_code(f))
+}
+
+fn frames_of<'a>(row: &GoroutineRow, symbols: &'a Symbols) -> &'a [Arc<str>] {
+    row.stack
+        .and_then(|id| symbols.user.get(&id))
+        .map_or(&[], |f| f.as_slice())
+}
+
+/// A state as the summary names it.
+pub fn state_label(state: &GState) -> String {
+    match state {
+        GState::Waiting(r) => format!("waiting: {r}"),
+        GState::Runnable => "runnable (waiting for a P)".to_string(),
+        GState::Running => "running".to_string(),
+        GState::Syscall => "in a syscall or cgo call".to_string(),
+    }
+}
+
+/// Time by (state, own frame) of goroutines that were not idle.
+struct Heavy {
+    ns: u64,
+    goroutines: u64,
+}
+
+fn secs(ns: u64) -> String {
+    crate::analyze::secs(ns)
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// The q-quantile of sampled values.
+fn quantile(values: &[u64], q: f64) -> Option<u64> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let i = ((v.len() as f64 * q).ceil() as usize).checked_sub(1)?;
+    v.get(i.min(v.len() - 1)).copied()
+}
+
+fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Heavy)> {
+    let mut by: HashMap<(GState, String), Heavy> = HashMap::new();
+    for row in &view.rows {
+        let frames = frames_of(row, symbols);
+        if is_idle(&row.state, frames) || row.state == GState::Running {
+            continue;
+        }
+        let place = own_frame(frames)
+            .or(frames.last().map(|f| &**f))
+            .unwrap_or("[no stack]")
+            .to_string();
+        let h = by.entry((row.state.clone(), place)).or_insert(Heavy {
+            ns: 0,
+            goroutines: 0,
+        });
+        h.ns += row.ns;
+        h.goroutines += row.goroutines;
+    }
+    let mut out: Vec<(GState, String, Heavy)> =
+        by.into_iter().map(|((s, p), h)| (s, p, h)).collect();
+    out.sort_by(|a, b| b.2.ns.cmp(&a.2.ns).then(a.1.cmp(&b.1)));
+    out
+}
+
+/// Where the goroutines that ran were started (their start function), heaviest first.
+fn running(view: &GoroutineView, symbols: &Symbols) -> Vec<(String, u64)> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for row in view.rows.iter().filter(|r| r.state == GState::Running) {
+        let f = frames_of(row, symbols);
+        let name = own_frame(f)
+            .or(f.last().map(|f| &**f))
+            .unwrap_or("[unknown]");
+        *by.entry(name.to_string()).or_default() += row.ns;
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+/// The summary's goroutine section.
+pub fn write(out: &mut String, view: &GoroutineView, symbols: &Symbols, top: usize) {
+    if let Some(why) = &view.missing {
+        let _ = writeln!(
+            out,
+            "  goroutines: a Go program ({}), but its goroutines were not read: {why}",
+            view.version
+        );
+        return;
+    }
+    let costs = &view.sweep_cpu_ns;
+    let _ = writeln!(
+        out,
+        "  goroutines ({}; sampled from its memory without stopping it, {} sweeps, every {} ms at most {} ms apart; {}):",
+        view.version,
+        view.sweeps,
+        super::goroutines::MIN_PERIOD.as_millis(),
+        view.period_max.as_millis().max(super::goroutines::MIN_PERIOD.as_millis()),
+        view.how
+    );
+    let _ = writeln!(
+        out,
+        "    {} goroutines at most, {} seen; goroutine time by state (sampled: each sample counts the time since the sweep before it):",
+        view.goroutines_max, view.goroutines_seen
+    );
+    let total: u64 = view.rows.iter().map(|r| r.ns).sum();
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut idle, mut io_wait) = (0u64, 0u64);
+    for row in &view.rows {
+        *by_state.entry(state_label(&row.state)).or_default() += row.ns;
+        if is_idle(&row.state, frames_of(row, symbols)) {
+            idle += row.ns;
+        }
+        if row.state == GState::Waiting("IO wait".to_string()) {
+            io_wait += row.ns;
+        }
+    }
+    let mut states: Vec<(String, u64)> = by_state.into_iter().collect();
+    states.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (label, ns) in &states {
+        let _ = writeln!(
+            out,
+            "      {label:<36} {:>10}  {:5.1}%",
+            secs(*ns),
+            pct(*ns, total)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    idle (the runtime's own goroutines, accept loops, idle connections, select {{}}): {} ({:.1}%); IO wait {:.1}% of goroutine time",
+        secs(idle),
+        pct(idle, total),
+        pct(io_wait, total)
+    );
+    let heavy = heaviest(view, symbols);
+    if !heavy.is_empty() && top > 0 {
+        let _ = writeln!(
+            out,
+            "    heaviest waits (not idle), by the program's own code:"
+        );
+        for (state, place, h) in heavy.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "      {:>10}  {:<28} {} goroutine(s)  {place}",
+                secs(h.ns),
+                state_label(state),
+                h.goroutines
+            );
+        }
+    }
+    if view.runnable_max > 0 {
+        let spells = &view.runnable_spells_ns;
+        let _ = writeln!(
+            out,
+            "    runnable (waiting for a P): at most {} at once; {} spells seen, p50 {} p99 {} (as the sweeps saw them: spells shorter than a sweep are missed or rounded up)",
+            view.runnable_max,
+            spells.len(),
+            quantile(spells, 0.5).map_or("-".to_string(), secs),
+            quantile(spells, 0.99).map_or("-".to_string(), secs),
+        );
+    }
+    let per_1000 = (costs.iter().sum::<u64>() * 1000)
+        .checked_div(view.samples)
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "    not seen: {} samples taken while the goroutine ran (no stack), {} g's unreadable, {} sweeps without the goroutine list, {} goroutines beyond the {} read; sweeps cost p50 {} (max {}) of CPU, {} per 1000 goroutines{}",
+        view.raced,
+        view.unreadable_gs,
+        view.unreadable_sweeps,
+        view.beyond_limit,
+        super::goroutines::MAX_GOROUTINES,
+        secs(quantile(costs, 0.5).unwrap_or(0)),
+        secs(costs.iter().copied().max().unwrap_or(0)),
+        secs(per_1000),
+        if view.rows.iter().any(|r| r.state == GState::Running) {
+            "; a running goroutine is shown by its start function only"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Findings for Go: (rank in ns, words).
+pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
+    let mut found = Vec::new();
+    // worth saying: at least 5% of the goroutine time that was not idle
+    let costly: u64 = view
+        .rows
+        .iter()
+        .filter(|r| !is_idle(&r.state, frames_of(r, symbols)))
+        .map(|r| r.ns)
+        .sum();
+    let worth = |ns: u64| costly > 0 && ns * 20 >= costly && ns > 0;
+    for (state, place, h) in heaviest(view, symbols).iter().take(4) {
+        if !worth(h.ns) {
+            continue;
+        }
+        let text = match state {
+            GState::Waiting(r)
+                if matches!(
+                    r.as_str(),
+                    "sync.Mutex.Lock" | "sync.RWMutex.Lock" | "sync.RWMutex.RLock"
+                ) =>
+            {
+                format!(
+                    "`{r}` in `{place}`: {} over {} goroutines (lock contention)",
+                    secs(h.ns),
+                    h.goroutines
+                )
+            }
+            GState::Waiting(r) => format!(
+                "{} goroutines waited {} in `{place}` ({r})",
+                h.goroutines,
+                secs(h.ns)
+            ),
+            GState::Runnable => {
+                let ran = running(view, symbols);
+                let ran_total: u64 = ran.iter().map(|r| r.1).sum();
+                let who = ran
+                    .iter()
+                    .take(2)
+                    .map(|(f, ns)| format!("`{f}` {:.0}%", pct(*ns, ran_total)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "goroutines waited {} runnable for a P (at most {} at once, spells p99 {}, sampled), in `{place}`{}",
+                    secs(h.ns),
+                    view.runnable_max,
+                    quantile(&view.runnable_spells_ns, 0.99).map_or("-".to_string(), secs),
+                    if who.is_empty() { String::new() } else { format!("; running meanwhile: {who}") }
+                )
+            }
+            GState::Syscall => format!(
+                "{} goroutines spent {} in system calls in `{place}`",
+                h.goroutines,
+                secs(h.ns)
+            ),
+            GState::Running => continue,
+        };
+        found.push((h.ns, text));
+    }
+    found
+}
