@@ -522,8 +522,8 @@ pub struct GoroutineView {
     pub samples: u64,
     /// The longest time between two sweeps (the rate adapts to the sweeps' cost).
     pub period_max: std::time::Duration,
-    /// CPU time of each sweep.
-    pub sweep_cpu_ns: Vec<u64>,
+    /// CPU time of each sweep, and the goroutines it read.
+    pub sweep_cpu_ns: Vec<(u64, u64)>,
     pub goroutines_max: u64,
     pub goroutines_seen: u64,
     /// Samples whose goroutine changed while its stack was read (they keep no stack).
@@ -540,4 +540,6 @@ pub struct GoroutineView {
     pub runnable_spells_ns: Vec<u64>,
     /// The program exited during the session.
     pub target_gone: bool,
+    /// The time the sweeps covered.
+    pub session_ns: u64,
 }

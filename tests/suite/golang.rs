@@ -56,6 +56,11 @@ pub(super) fn toolchains() -> &'static [(String, String)] {
 
 /// Builds the Go fixture (tests/fixtures/gofix) with `GO build ARGS`.
 pub(super) fn go_fixture(go: &str, name: &str, args: &[&str]) -> String {
+    go_build(go, "gofix", name, args)
+}
+
+/// Builds the Go program in tests/fixtures/DIR with `GO build ARGS`, as NAME.
+pub(super) fn go_build(go: &str, dir: &str, name: &str, args: &[&str]) -> String {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let out = tmp.join(name);
     let result = Command::new(go)
@@ -64,7 +69,11 @@ pub(super) fn go_fixture(go: &str, name: &str, args: &[&str]) -> String {
         .arg("-o")
         .arg(&out)
         .arg(".")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gofix"))
+        .current_dir(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(dir),
+        )
         .env("GOCACHE", tmp.join("gocache"))
         .env("GOPATH", tmp.join("gopath"))
         .env("GOTOOLCHAIN", "local")

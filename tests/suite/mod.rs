@@ -4,6 +4,7 @@ mod common;
 mod errors;
 mod golang;
 mod golden;
+mod goroutines;
 mod hangs;
 mod hostile;
 mod options;

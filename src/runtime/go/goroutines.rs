@@ -11,7 +11,9 @@
 //! sweep, in the state it is in now. The sweep rate adapts so that sweeping costs at
 //! most `BUDGET` of one CPU (10 ms between sweeps at the fastest).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,12 @@ use crate::target::files::TargetFile;
 
 /// The shortest time between sweeps.
 pub const MIN_PERIOD: Duration = Duration::from_millis(10);
-/// The share of one CPU the sweeps may take.
+/// The share of one CPU the sweeps may take, over the session (a first sweep that walks
+/// every stack costs more than the ones that reuse them).
 pub const BUDGET: f64 = 0.01;
+/// The longest time between sweeps, whatever they cost: with hundreds of thousands of
+/// goroutines the budget is exceeded rather than the profile left empty.
+pub const MAX_PERIOD: Duration = Duration::from_secs(1);
 /// The most goroutines read in a sweep (the rest are counted, not read).
 pub const MAX_GOROUTINES: usize = 1 << 20;
 /// The deepest goroutine stack walked, in frames.
@@ -31,6 +37,9 @@ const MAX_FRAMES: usize = 127;
 /// Bytes of stack read per frame-pointer step (most frames are smaller: one read then
 /// covers several).
 const WINDOW: u64 = 1024;
+/// The largest goroutine stack believed (the runtime's limit is 1 GB; a `g` claiming
+/// more is not read).
+const MAX_STACK: u64 = 1 << 30;
 /// At most this many iovecs per process_vm_readv (the kernel's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
 
@@ -47,15 +56,100 @@ struct Memory {
     pid: libc::pid_t,
     /// The process is gone (ESRCH).
     gone: bool,
+    /// Where merged ranges are read, kept between calls.
+    scratch: Vec<u8>,
 }
+
+/// Makes `buf` at least `len` long (what is beyond the ranges read is never looked at:
+/// each range's bytes are used only if it was read in full).
+fn room(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
+/// Ranges closer than this are read as one (the runtime allocates `g`s side by side in
+/// its spans: one range per span instead of one per goroutine, each page pinned once).
+const COALESCE_GAP: u64 = 512;
+/// The longest range read as one.
+const COALESCE_MAX: u64 = 256 << 10;
 
 impl Memory {
     /// Reads each `(address, length)` into `out` (back to back); returns whether each
-    /// range was read in full. A range that cannot be read costs only itself.
+    /// range was read in full. Neighbouring ranges are read together; a range that
+    /// cannot be read costs only itself.
     fn read_many(&mut self, reqs: &[(u64, usize)], out: &mut Vec<u8>) -> Vec<bool> {
+        if reqs.len() < 2 {
+            return self.read_raw(reqs, out);
+        }
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_unstable_by_key(|&i| reqs[i].0);
+        // merged ranges: (start, end, members)
+        let mut merged: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+        for i in order {
+            let (a, len) = reqs[i];
+            let end = a.saturating_add(len as u64);
+            match merged.last_mut() {
+                Some(m)
+                    if a <= m.1.saturating_add(COALESCE_GAP)
+                        && end.max(m.1) - m.0 <= COALESCE_MAX =>
+                {
+                    m.1 = m.1.max(end);
+                    m.2.push(i);
+                }
+                _ => merged.push((a, end, vec![i])),
+            }
+        }
+        let ranges: Vec<(u64, usize)> =
+            merged.iter().map(|m| (m.0, (m.1 - m.0) as usize)).collect();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let ok = self.read_raw(&ranges, &mut scratch);
+        let mut starts = Vec::with_capacity(reqs.len());
+        let mut total = 0;
+        for r in reqs {
+            starts.push(total);
+            total += r.1;
+        }
+        room(out, total);
+        let mut done = vec![false; reqs.len()];
+        let mut retry = Vec::new();
+        let mut at = 0;
+        for (m, &good) in merged.iter().zip(&ok) {
+            let len = (m.1 - m.0) as usize;
+            for &i in &m.2 {
+                if good {
+                    let from = at + (reqs[i].0 - m.0) as usize;
+                    out[starts[i]..starts[i] + reqs[i].1]
+                        .copy_from_slice(&scratch[from..from + reqs[i].1]);
+                    done[i] = true;
+                } else if m.2.len() > 1 {
+                    retry.push(i);
+                }
+            }
+            at += len;
+        }
+        // a merged range with a hole in it: its members one by one
+        if !retry.is_empty() {
+            let one: Vec<(u64, usize)> = retry.iter().map(|&i| reqs[i]).collect();
+            let got = self.read_raw(&one, &mut scratch);
+            let mut at = 0;
+            for (k, &i) in retry.iter().enumerate() {
+                if got[k] {
+                    out[starts[i]..starts[i] + reqs[i].1]
+                        .copy_from_slice(&scratch[at..at + reqs[i].1]);
+                    done[i] = true;
+                }
+                at += reqs[i].1;
+            }
+        }
+        self.scratch = scratch;
+        done
+    }
+
+    /// Reads each range as it is, up to IOV_MAX per call.
+    fn read_raw(&mut self, reqs: &[(u64, usize)], out: &mut Vec<u8>) -> Vec<bool> {
         let total: usize = reqs.iter().map(|r| r.1).sum();
-        out.clear();
-        out.resize(total, 0);
+        room(out, total);
         let mut ok = vec![false; reqs.len()];
         let mut starts = Vec::with_capacity(reqs.len());
         let mut at = 0;
@@ -170,7 +264,7 @@ impl G {
 struct Acc {
     ns: u64,
     samples: u64,
-    goids: HashSet<u64>,
+    goids: FxHashSet<u64>,
 }
 
 /// The most distinct goroutines remembered per (state, stack), for their count.
@@ -195,15 +289,24 @@ struct Sweeper {
     syscall_bp: bool,
     /// The function table: the size of a goroutine's first frame.
     funcs: Option<Arc<super::pclntab::GoFuncs>>,
-    /// g address -> (its registers when walked, its stack).
-    cache: HashMap<u64, (Regs, Ips)>,
-    acc: HashMap<(GState, Ips, bool), Acc>,
+    /// g address -> (its registers when walked, its stack, the sweep that last saw it).
+    cache: FxHashMap<u64, (Regs, Ips, u64)>,
+    generation: u64,
+    /// (status, wait reason, stack identity, raced) -> samples.
+    acc: FxHashMap<(u32, u8, usize, bool), Acc>,
+    /// Every distinct stack walked, once.
+    interned: FxHashSet<Arc<[u64]>>,
+    /// The stacks the samples refer to, by identity.
+    kept: FxHashMap<usize, Arc<[u64]>>,
+    /// A running goroutine's stand-in stack (its start function), by start pc.
+    running: FxHashMap<u64, Arc<[u64]>>,
+    /// g address -> the goid last seen there, to count goroutines.
+    goids: FxHashMap<u64, u64>,
     /// goid -> when it was first seen runnable in its current runnable spell.
-    runnable_since: HashMap<u64, u64>,
+    runnable_since: FxHashMap<u64, u64>,
     view: GoroutineView,
     buf: Vec<u8>,
     last_ns: u64,
-    seen: HashSet<u64>,
 }
 
 fn marker(m: crate::bpf::types::wp_unwind_stop) -> u64 {
@@ -262,16 +365,30 @@ impl Sweeper {
         self.buf = buf;
 
         // stacks: reused while a goroutine's registers are unchanged, else walked
+        self.generation += 1;
+        let generation = self.generation;
         let mut stacks: Vec<Ips> = vec![None; gs.len()];
         let mut walk = Vec::new();
         for (i, g) in gs.iter().enumerate() {
-            match self.cache.get(&g.addr) {
-                Some((regs, ips)) if *regs == g.regs() => stacks[i] = ips.clone(),
+            match self.cache.get_mut(&g.addr) {
+                Some(c) if c.0 == g.regs() => {
+                    c.2 = generation;
+                    stacks[i] = c.1.clone();
+                }
                 _ if g.status == G_RUNNING => {
                     // its saved registers are cleared while it runs: only its start
-                    stacks[i] = Some(Arc::from([g.startpc].as_slice()));
+                    let start = self
+                        .running
+                        .entry(g.startpc)
+                        .or_insert_with(|| Arc::from([g.startpc].as_slice()));
+                    stacks[i] = Some(start.clone());
                 }
                 _ => walk.push(i),
+            }
+            // a goroutine not seen before (or a g reused by a new one)
+            if self.goids.get(&g.addr) != Some(&g.goid) {
+                self.goids.insert(g.addr, g.goid);
+                self.view.goroutines_seen += 1;
             }
         }
         let walked = self.walk(&gs, &walk);
@@ -279,7 +396,7 @@ impl Sweeper {
         let reqs: Vec<(u64, usize)> = walk.iter().map(|&i| (gs[i].addr, glen)).collect();
         let mut buf = std::mem::take(&mut self.buf);
         let ok = self.mem.read_many(&reqs, &mut buf);
-        let mut raced = HashSet::new();
+        let mut raced = vec![false; gs.len()];
         for (k, (&i, ips)) in walk.iter().zip(walked).enumerate() {
             let again = G::parse(
                 gs[i].addr,
@@ -287,42 +404,52 @@ impl Sweeper {
                 &o,
             );
             if !ok[k] || again.regs() != gs[i].regs() {
-                raced.insert(i);
+                raced[i] = true;
                 self.view.raced += 1;
                 continue;
             }
-            self.cache.insert(gs[i].addr, (gs[i].regs(), ips.clone()));
+            // one Arc per distinct stack: samples are keyed by it
+            let ips = ips.map(|ips| match self.interned.get(&ips) {
+                Some(same) => same.clone(),
+                None => {
+                    self.interned.insert(ips.clone());
+                    ips
+                }
+            });
+            self.cache
+                .insert(gs[i].addr, (gs[i].regs(), ips.clone(), generation));
             stacks[i] = ips;
         }
         self.buf = buf;
-        // the cache keeps only goroutines that still exist
-        let live: HashSet<u64> = gs.iter().map(|g| g.addr).collect();
-        self.cache.retain(|a, _| live.contains(a));
+        // the caches keep only goroutines that still exist
+        self.cache.retain(|_, c| c.2 == generation);
+        if self.goids.len() > 2 * gs.len() + 1024 {
+            let live: FxHashSet<u64> = gs.iter().map(|g| g.addr).collect();
+            self.goids.retain(|a, _| live.contains(a));
+        }
 
         let mut runnable = 0u64;
-        let mut now_runnable = HashSet::new();
+        let mut now_runnable = FxHashSet::default();
         for (i, g) in gs.iter().enumerate() {
-            let state = match g.status {
-                G_WAITING => GState::Waiting(self.reason_name(g.reason)),
-                G_RUNNABLE | G_PREEMPTED => GState::Runnable,
-                G_RUNNING => GState::Running,
-                _ => GState::Syscall,
+            let status = match g.status {
+                G_PREEMPTED => G_RUNNABLE,
+                s => s,
             };
-            if state == GState::Runnable {
+            if status == G_RUNNABLE {
                 runnable += 1;
                 now_runnable.insert(g.goid);
                 self.runnable_since.entry(g.goid).or_insert(now_ns);
             }
-            self.seen.insert(g.goid);
-            let stack = if raced.contains(&i) {
-                None
-            } else {
-                stacks[i].clone()
-            };
-            let a = self
-                .acc
-                .entry((state, stack, raced.contains(&i)))
-                .or_default();
+            // keyed by the stack's identity: a reused stack is the same Arc
+            let stack = if raced[i] { None } else { stacks[i].clone() };
+            let ptr = stack
+                .as_ref()
+                .map_or(0, |s| Arc::as_ptr(s) as *const u64 as usize);
+            if let Some(s) = stack {
+                self.kept.entry(ptr).or_insert(s);
+            }
+            let reason = if status == G_WAITING { g.reason } else { 0 };
+            let a = self.acc.entry((status, reason, ptr, raced[i])).or_default();
             a.ns += dt;
             a.samples += 1;
             if a.goids.len() < MAX_GOIDS {
@@ -357,12 +484,20 @@ impl Sweeper {
         }
     }
 
-    /// Walks the frame-pointer chains of `gs[which]` from their saved registers, all at
-    /// once: each round reads one window of stack per goroutine still being walked.
+    /// Walks the stacks of `gs[which]` from their saved registers, all at once. The
+    /// first frame goes by its size (pcsp), as the runtime's own traceback does: a
+    /// goroutine stopped before its frame was set up (at a stack check, or never run)
+    /// has its return address at sp and its caller's frame pointer still in bp, and a
+    /// goroutine in a syscall before Go 1.23 saved no bp at all. Then the frame-pointer
+    /// chain. Each round reads one window of stack per goroutine still being walked;
+    /// the first starts at sp, so most stacks take one read.
     fn walk(&mut self, gs: &[G], which: &[usize]) -> Vec<Ips> {
+        use crate::bpf::types::wp_unwind_stop as S;
         struct Walk {
             ips: Vec<u64>,
-            bp: u64,
+            /// Where the next frame record is: Some(bp), or None before the first frame.
+            bp: Option<u64>,
+            sp: u64,
             lo: u64,
             hi: u64,
             done: bool,
@@ -373,78 +508,28 @@ impl Sweeper {
                 let g = &gs[i];
                 let mut w = Walk {
                     ips: vec![g.pc],
-                    bp: g.bp,
+                    bp: None,
+                    sp: g.sp,
                     lo: g.lo,
                     hi: g.hi,
                     done: false,
                 };
-                if g.pc == 0 || g.sp < g.lo || g.sp >= g.hi {
-                    w.ips = vec![marker(crate::bpf::types::wp_unwind_stop::WP_UNW_UNREADABLE)];
-                    w.done = true;
-                } else if g.bp == 0 {
-                    // never run (its entry, then goexit), or in a syscall before Go 1.23,
-                    // which saved no frame pointer
-                    if g.status == G_SYSCALL && !self.syscall_bp {
-                        w.ips
-                            .push(marker(crate::bpf::types::wp_unwind_stop::WP_UNW_NOT_MAPPED));
-                    }
+                if g.pc == 0 || g.sp < g.lo || g.sp >= g.hi || g.hi - g.lo > MAX_STACK {
+                    w.ips = vec![marker(S::WP_UNW_UNREADABLE)];
                     w.done = true;
                 }
                 w
             })
             .collect();
+        // the first frame's size, where the table knows it
+        let deltas: Vec<Option<u64>> = which
+            .iter()
+            .map(|&i| {
+                let funcs = self.funcs.as_ref()?;
+                funcs.sp_delta(gs[i].pc.wrapping_sub(self.bias))
+            })
+            .collect();
         let mut buf = std::mem::take(&mut self.buf);
-        // The first frame by its size (pcsp), as the runtime's traceback does: a
-        // goroutine stopped before its frame was set up (at a stack check, or never run)
-        // has its return address at sp and its caller's frame pointer still in bp; a
-        // goroutine in a syscall before Go 1.23 saved no bp at all.
-        if let Some(funcs) = &self.funcs {
-            let mut first = Vec::new();
-            for (k, &i) in which.iter().enumerate() {
-                let g = &gs[i];
-                if g.pc == 0 || g.sp < g.lo || g.sp >= g.hi {
-                    continue;
-                }
-                if let Some(d) = funcs.sp_delta(g.pc.wrapping_sub(self.bias)) {
-                    let at = if d == 0 {
-                        g.sp
-                    } else {
-                        g.sp.wrapping_add(d - 8)
-                    };
-                    if at >= g.sp && at + 16 <= g.hi {
-                        first.push((k, d, at));
-                    }
-                }
-            }
-            let reqs: Vec<(u64, usize)> = first.iter().map(|&(_, _, at)| (at, 16)).collect();
-            let ok = self.mem.read_many(&reqs, &mut buf);
-            for (j, &(k, d, _)) in first.iter().enumerate() {
-                let w = &mut walks[k];
-                w.ips.truncate(1);
-                w.done = false;
-                if !ok[j] {
-                    w.ips
-                        .push(marker(crate::bpf::types::wp_unwind_stop::WP_UNW_UNREADABLE));
-                    w.done = true;
-                    continue;
-                }
-                let (saved_bp, ret) = if d == 0 {
-                    (w.bp, u64_at(&buf, j as u64 * 16))
-                } else {
-                    (u64_at(&buf, j as u64 * 16), u64_at(&buf, j as u64 * 16 + 8))
-                };
-                if ret == 0 {
-                    w.done = true;
-                    continue;
-                }
-                w.ips.push(ret);
-                if saved_bp == 0 || saved_bp + 16 > w.hi || saved_bp < w.lo {
-                    w.done = true;
-                } else {
-                    w.bp = saved_bp;
-                }
-            }
-        }
         loop {
             let pending: Vec<usize> = (0..walks.len()).filter(|&k| !walks[k].done).collect();
             if pending.is_empty() {
@@ -454,7 +539,8 @@ impl Sweeper {
                 .iter()
                 .map(|&k| {
                     let w = &walks[k];
-                    (w.bp, w.hi.saturating_sub(w.bp).min(WINDOW) as usize)
+                    let at = w.bp.unwrap_or(w.sp);
+                    (at, w.hi.saturating_sub(at).min(WINDOW) as usize)
                 })
                 .collect();
             let ok = self.mem.read_many(&reqs, &mut buf);
@@ -464,25 +550,65 @@ impl Sweeper {
                 let window = &buf[at..at + len];
                 at += len;
                 let w = &mut walks[k];
+                let g = &gs[which[k]];
                 if !ok[j] {
-                    w.ips
-                        .push(marker(crate::bpf::types::wp_unwind_stop::WP_UNW_UNREADABLE));
+                    w.ips.push(marker(S::WP_UNW_UNREADABLE));
                     w.done = true;
                     continue;
                 }
-                // steps inside this window
-                while w.bp >= base && w.bp + 16 <= base + len as u64 {
-                    let off = w.bp - base;
-                    let next = u64_at(window, off);
-                    let ret = u64_at(window, off + 8);
+                let end = base + len as u64;
+                let word = |a: u64| u64_at(window, a - base);
+                if w.bp.is_none() {
+                    // the first frame
+                    let (ret, next) = match deltas[k] {
+                        Some(0) if w.sp + 8 <= end => (word(w.sp), g.bp),
+                        Some(d) if d >= 8 && w.sp + d + 8 <= end => {
+                            (word(w.sp + d), word(w.sp + d - 8))
+                        }
+                        // a frame bigger than the window: from the saved bp
+                        Some(_) if g.bp != 0 => {
+                            w.bp = Some(g.bp);
+                            continue;
+                        }
+                        None if g.bp != 0 => {
+                            w.bp = Some(g.bp);
+                            if g.bp < base || g.bp + 16 > end {
+                                continue;
+                            }
+                            (0, 0)
+                        }
+                        // no frame pointer and no table: its first frame only
+                        _ => {
+                            if g.status == G_SYSCALL && !self.syscall_bp {
+                                w.ips.push(marker(S::WP_UNW_NOT_MAPPED));
+                            }
+                            w.done = true;
+                            continue;
+                        }
+                    };
+                    if w.bp.is_none() {
+                        if ret == 0 {
+                            w.done = true;
+                            continue;
+                        }
+                        w.ips.push(ret);
+                        if next == 0 || next < w.sp || next + 16 > w.hi {
+                            w.done = true;
+                            continue;
+                        }
+                        w.bp = Some(next);
+                    }
+                }
+                // frame records inside this window
+                while let Some(bp) = w.bp.filter(|&bp| bp >= base && bp + 16 <= end) {
+                    let (next, ret) = (word(bp), word(bp + 8));
                     if ret == 0 {
                         w.done = true;
                         break;
                     }
                     w.ips.push(ret);
                     if w.ips.len() >= MAX_FRAMES {
-                        w.ips
-                            .push(marker(crate::bpf::types::wp_unwind_stop::WP_UNW_TRUNCATED));
+                        w.ips.push(marker(S::WP_UNW_TRUNCATED));
                         w.done = true;
                         break;
                     }
@@ -492,16 +618,12 @@ impl Sweeper {
                         w.done = true;
                         break;
                     }
-                    if next <= w.bp || next < w.lo || next + 16 > w.hi {
-                        w.ips
-                            .push(marker(crate::bpf::types::wp_unwind_stop::WP_UNW_UNREADABLE));
+                    if next <= bp || next < w.lo || next + 16 > w.hi {
+                        w.ips.push(marker(S::WP_UNW_UNREADABLE));
                         w.done = true;
                         break;
                     }
-                    w.bp = next;
-                }
-                if w.bp + 16 > w.hi && !w.done {
-                    w.done = true;
+                    w.bp = Some(next);
                 }
             }
         }
@@ -617,19 +739,25 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         mem: Memory {
             pid: pid as libc::pid_t,
             gone: false,
+            scratch: Vec::new(),
         },
         layout,
         bias,
         syscall_bp: minor >= 23,
         funcs: binary.funcs.clone(),
-        cache: HashMap::new(),
-        acc: HashMap::new(),
-        runnable_since: HashMap::new(),
+        cache: FxHashMap::default(),
+        generation: 0,
+        acc: FxHashMap::default(),
+        kept: FxHashMap::default(),
+        interned: FxHashSet::default(),
+        running: FxHashMap::default(),
+        goids: FxHashMap::default(),
+        runnable_since: FxHashMap::default(),
         view,
         buf: Vec::new(),
         last_ns: start_ns,
-        seen: HashSet::new(),
     };
+    let (mut spent, began) = (0u64, std::time::Instant::now());
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let now = if stopping {
@@ -638,23 +766,35 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
             crate::session::monotonic_ns()
         };
         let cpu = thread_cpu_ns();
+        let before = s.view.samples;
         s.sweep(now);
         let cost = thread_cpu_ns().saturating_sub(cpu);
-        s.view.sweep_cpu_ns.push(cost);
+        spent += cost;
+        s.view.sweep_cpu_ns.push((cost, s.view.samples - before));
         if stopping || s.mem.gone {
             break;
         }
-        // at most BUDGET of a CPU
-        let period = MIN_PERIOD.max(Duration::from_nanos((cost as f64 / BUDGET) as u64));
+        // the next sweep when the sweeps so far are within BUDGET of the time so far
+        let due = Duration::from_nanos((spent as f64 / BUDGET) as u64);
+        let period = due
+            .saturating_sub(began.elapsed())
+            .clamp(MIN_PERIOD, MAX_PERIOD);
         s.view.period_max = s.view.period_max.max(period);
         std::thread::park_timeout(period);
     }
-    s.view.goroutines_seen = s.seen.len() as u64;
+    s.view.session_ns = s.last_ns.saturating_sub(start_ns);
     s.view.target_gone = s.mem.gone;
-    // stacks get ids of their own, beside the kernel's
+    // stacks get ids of their own, beside the kernel's; rows merge by content
     let mut stacks = HashMap::new();
-    for ((state, ips, raced), a) in s.acc {
-        let stack = ips.map(|ips| {
+    let mut rows: HashMap<(GState, Option<u64>, bool), GoroutineRow> = HashMap::new();
+    for ((status, reason, ptr, raced), a) in std::mem::take(&mut s.acc) {
+        let state = match status {
+            G_WAITING => GState::Waiting(s.reason_name(reason)),
+            G_RUNNABLE => GState::Runnable,
+            G_RUNNING => GState::Running,
+            _ => GState::Syscall,
+        };
+        let stack = s.kept.get(&ptr).map(|ips| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             ips.hash(&mut h);
@@ -662,15 +802,21 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
             stacks.insert(id, ips.to_vec());
             id
         });
-        s.view.rows.push(GoroutineRow {
-            state,
-            stack,
-            raced,
-            ns: a.ns,
-            samples: a.samples,
-            goroutines: a.goids.len() as u64,
-        });
+        let row = rows
+            .entry((state.clone(), stack, raced))
+            .or_insert_with(|| GoroutineRow {
+                state,
+                stack,
+                raced,
+                ns: 0,
+                samples: 0,
+                goroutines: 0,
+            });
+        row.ns += a.ns;
+        row.samples += a.samples;
+        row.goroutines += a.goids.len() as u64;
     }
+    s.view.rows = rows.into_values().collect();
     s.view
         .rows
         .sort_by(|a, b| b.ns.cmp(&a.ns).then(a.state.cmp(&b.state)));

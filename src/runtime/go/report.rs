@@ -196,20 +196,25 @@ pub fn write(out: &mut String, view: &GoroutineView, symbols: &Symbols, top: usi
             quantile(spells, 0.99).map_or("-".to_string(), secs),
         );
     }
-    let per_1000 = (costs.iter().sum::<u64>() * 1000)
-        .checked_div(view.samples)
-        .unwrap_or(0);
+    // per 1000 goroutines: the median over the sweeps that read at least 100
+    let per_1000: Vec<u64> = costs
+        .iter()
+        .filter(|c| c.1 >= 100)
+        .map(|c| c.0 * 1000 / c.1)
+        .collect();
+    let cpu: Vec<u64> = costs.iter().map(|c| c.0).collect();
     let _ = writeln!(
         out,
-        "    not seen: {} samples taken while the goroutine ran (no stack), {} g's unreadable, {} sweeps without the goroutine list, {} goroutines beyond the {} read; sweeps cost p50 {} (max {}) of CPU, {} per 1000 goroutines{}",
+        "    not seen: {} samples taken while the goroutine ran (no stack), {} g's unreadable, {} sweeps without the goroutine list, {} goroutines beyond the {} read; sweeps cost p50 {} (max {}) of CPU, {} per 1000 goroutines (median), {:.2}% of one CPU over the session{}",
         view.raced,
         view.unreadable_gs,
         view.unreadable_sweeps,
         view.beyond_limit,
         super::goroutines::MAX_GOROUTINES,
-        secs(quantile(costs, 0.5).unwrap_or(0)),
-        secs(costs.iter().copied().max().unwrap_or(0)),
-        secs(per_1000),
+        secs(quantile(&cpu, 0.5).unwrap_or(0)),
+        secs(cpu.iter().copied().max().unwrap_or(0)),
+        quantile(&per_1000, 0.5).map_or("-".to_string(), secs),
+        pct(cpu.iter().sum(), view.session_ns),
         if view.rows.iter().any(|r| r.state == GState::Running) {
             "; a running goroutine is shown by its start function only"
         } else {

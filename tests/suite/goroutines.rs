@@ -1,0 +1,311 @@
+//! The goroutine view of Go programs: goroutines that wait in known functions for known
+//! reasons (tests/fixtures/gowaits, which measures its own waits), built with every Go
+//! on the machine, with and without symbols and DWARF; the runtime layouts waitprof
+//! carries checked against each binary's DWARF and symbol table; and a goroutine list
+//! that churns while it is read, which must never yield a stack a goroutine did not have.
+
+use object::{Object, ObjectSymbol};
+use waitprof::runtime::go::{binary, offsets, pclntab::GoFuncs};
+
+use super::common::*;
+use super::golang::{go_build, toolchains};
+
+/// Sampled time against the fixture's own measurement.
+const TOLERANCE: f64 = 0.05;
+/// A goroutine created half-way through that sleeps 500 ms then exits: 50 samples at
+/// the fastest rate, so one sample either way is 2%.
+const LATE_TOLERANCE: f64 = 0.10;
+
+fn gowaits(go: &str, version: &str, stripped: bool) -> String {
+    if stripped {
+        go_build(
+            go,
+            "gowaits",
+            &format!("gowaits-{version}-s"),
+            &["-ldflags=-s -w"],
+        )
+    } else {
+        go_build(go, "gowaits", &format!("gowaits-{version}"), &[])
+    }
+}
+
+/// `NAME_ns=N` from the fixture's `measured ...` line.
+fn measured(stdout: &str, name: &str) -> u64 {
+    let key = format!("{name}_ns=");
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the fixture printed no {name}:\n{stdout}"))
+}
+
+/// Runs waitprof on `fixture ARGS` and returns the run and its goroutine view's lines.
+fn profile(fixture: &str, args: &[&str]) -> (Run, Vec<(String, u64)>) {
+    let all: Vec<&str> = ["--"]
+        .into_iter()
+        .chain([fixture])
+        .chain(args.iter().copied())
+        .collect();
+    let run = waitprof(&all);
+    assert_eq!(run.code(), Some(0), "waitprof failed:\n{}", run.stderr());
+    let path = run.svg.with_extension("goroutines.folded");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no goroutine view ({e}):\n{}", run.stderr()));
+    (run, parse_folded(&text))
+}
+
+#[test]
+fn goroutine_waits_match_what_the_fixture_measured_for_every_go() {
+    let _s = root_session();
+    for (version, go) in toolchains() {
+        let minor: u32 = binary::minor_version(version).expect("a go1.N version");
+        for stripped in [false, true] {
+            let what =
+                |w: &str| format!("{version}{}: {w}", if stripped { " stripped" } else { "" });
+            let (run, folded) = profile(&gowaits(go, version, stripped), &["waits", "4000"]);
+            let out = run.stdout();
+            let stderr = run.stderr();
+            assert!(
+                stderr.contains(&format!("goroutines ({version};")),
+                "the summary does not name {version}:\n{stderr}"
+            );
+            let from = if stripped {
+                "waitprof's table for Go"
+            } else {
+                "DWARF"
+            };
+            assert!(
+                stderr.contains(&format!("g layout from {from}")),
+                "{stderr}"
+            );
+            // the mutex's wait reason is its own from Go 1.21 on
+            let lock = if minor >= 21 {
+                "[sync.Mutex.Lock]"
+            } else {
+                "[semacquire]"
+            };
+            for (name, frames, tolerance) in [
+                (
+                    "pool",
+                    vec![
+                        "runtime.goexit",
+                        "main.poolWorker",
+                        "main.(*Pool).Get",
+                        "runtime.gopark",
+                        "[chan receive]",
+                    ],
+                    TOLERANCE,
+                ),
+                (
+                    "mutex",
+                    vec![
+                        "runtime.goexit",
+                        "main.lockedWork",
+                        "sync.(*Mutex).lockSlow",
+                        "runtime.gopark",
+                        lock,
+                    ],
+                    TOLERANCE,
+                ),
+                (
+                    "chan",
+                    vec![
+                        "runtime.goexit",
+                        "main.consumer",
+                        "runtime.chanrecv",
+                        "[chan receive]",
+                    ],
+                    TOLERANCE,
+                ),
+                (
+                    "select",
+                    vec![
+                        "runtime.goexit",
+                        "main.selector",
+                        "runtime.selectgo",
+                        "[select]",
+                    ],
+                    TOLERANCE,
+                ),
+                (
+                    "net",
+                    vec![
+                        "runtime.goexit",
+                        "main.slowRead",
+                        "net.(*conn).Read",
+                        "internal/poll.(*FD).Read",
+                        "runtime.netpollblock",
+                        "[IO wait]",
+                    ],
+                    TOLERANCE,
+                ),
+                (
+                    "sleep",
+                    vec!["runtime.goexit", "main.napper", "time.Sleep", "[sleep]"],
+                    TOLERANCE,
+                ),
+                (
+                    "late",
+                    vec![
+                        "runtime.goexit",
+                        "main.lateSleeper",
+                        "time.Sleep",
+                        "[sleep]",
+                    ],
+                    LATE_TOLERANCE,
+                ),
+            ] {
+                let us = attributed_us(&folded, &frames);
+                assert_close(&what(name), us * 1000, measured(&out, name), tolerance);
+            }
+            // the findings name the pool and the lock by the program's own functions
+            assert!(
+                stderr.contains("in `main.(*Pool).Get` (chan receive)"),
+                "{stderr}"
+            );
+            assert!(stderr.contains("in `main.lockedWork`"), "{stderr}");
+            // the runtime's own goroutines are idle, never a finding
+            assert!(
+                !stderr.contains("`runtime."),
+                "a runtime goroutine in the findings:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn goroutines_runnable_behind_cpu_bound_ones_at_gomaxprocs_1() {
+    let _s = root_session();
+    for (version, go) in toolchains() {
+        let (run, folded) = profile(&gowaits(go, version, false), &["runnable", "3000"]);
+        let us = attributed_us(
+            &folded,
+            &[
+                "runtime.goexit",
+                "main.spinner",
+                "[runnable: waiting for a P]",
+            ],
+        );
+        // spinners not yet running show as their start only
+        let unstarted: u64 = folded
+            .iter()
+            .filter(|(s, _)| {
+                s.ends_with("[runnable: waiting for a P]_[j]") && !s.contains("main.spinner")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_close(
+            &format!("{version}: runnable"),
+            (us + unstarted) * 1000,
+            measured(&run.stdout(), "runnable"),
+            TOLERANCE,
+        );
+        let stderr = run.stderr();
+        assert!(stderr.contains("runnable for a P"), "no finding:\n{stderr}");
+    }
+}
+
+/// Offsets, the goroutine list and the wait reasons that a stripped binary is read with
+/// (the table, the code of runtime.allgadd) are what the same binary's DWARF and symbol
+/// table say, for every Go on the machine.
+#[test]
+fn the_runtime_layout_tables_match_each_binarys_dwarf_and_symbols() {
+    for (version, go) in toolchains() {
+        let path = gowaits(go, version, false);
+        let data = std::fs::read(&path).expect("reading the fixture");
+        let file = object::File::parse(&*data).expect("an ELF file");
+        let minor = binary::minor_version(version).expect("a go1.N version");
+        let dwarf = offsets::from_dwarf(&file)
+            .expect("DWARF parses")
+            .expect("DWARF present");
+        assert_eq!(
+            offsets::table(minor),
+            Some(dwarf),
+            "{version}: the table differs from DWARF"
+        );
+        let allgs = file
+            .symbols()
+            .find(|s| s.name() == Ok("runtime.allgs"))
+            .expect("runtime.allgs in the symbol table")
+            .address();
+        let funcs = GoFuncs::load(&*data);
+        assert_eq!(
+            binary::allgs_from_code(&file, funcs.as_ref()),
+            Some(allgs),
+            "{version}: runtime.allgadd's code gives another address"
+        );
+        let read = binary::GoBinary::read(&*data).expect("a Go binary");
+        assert_eq!(read.version, *version);
+        let layout = read.layout.expect("a layout");
+        assert_eq!(layout.wait_reasons_from, "runtime.waitReasonStrings");
+        let table: Vec<String> = offsets::wait_reasons(minor)
+            .expect("a wait reason table")
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(layout.wait_reasons, table, "{version}: wait reasons differ");
+        // and stripped, the same from the table and the code
+        let stripped = std::fs::read(gowaits(go, version, true)).expect("reading");
+        let s = binary::GoBinary::read(&*stripped)
+            .expect("a Go binary")
+            .layout
+            .expect("a layout");
+        assert_eq!(
+            (s.offsets, s.allgs_from),
+            (dwarf, "the code of runtime.allgadd")
+        );
+    }
+}
+
+/// 10,000 goroutines parked in main.parked, a tenth replaced every 10 ms: a sweep reads
+/// goroutines as they are created and destroyed. Every stack shown must be one a
+/// goroutine of the fixture had: parked in main.parked, or not yet run (its start).
+#[test]
+fn a_goroutine_list_that_churns_never_gives_a_stack_a_goroutine_did_not_have() {
+    let _s = root_session();
+    let (version, go) = toolchains().last().expect("a Go");
+    let (run, folded) = profile(
+        &gowaits(go, version, false),
+        &["idle", "3000", "10000", "10"],
+    );
+    let parked = "main.parked;runtime.chanrecv1;runtime.chanrecv;runtime.gopark;[chan receive]_[j]";
+    let mut total = 0;
+    for (stack, us) in &folded {
+        let Some(at) = stack.find("main.parked") else {
+            continue;
+        };
+        total += us;
+        let tail = &stack[at..];
+        assert!(
+            tail == parked
+                || tail == "main.parked;[runnable: waiting for a P]_[j]"
+                || tail == "main.parked;[running]_[j]",
+            "a stack main.parked never had: {stack}\n{}",
+            run.stderr()
+        );
+    }
+    assert!(
+        total > 1_000_000,
+        "only {total} us of main.parked:\n{}",
+        run.stderr()
+    );
+    let stderr = run.stderr();
+    let raced = stderr
+        .split(" samples taken while the goroutine ran")
+        .next()
+        .and_then(|r| r.rsplit(' ').next())
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no race count:\n{stderr}"));
+    eprintln!("{version}: {raced} samples raced with the runtime, {total} us of main.parked");
+}
+
+#[test]
+fn no_goroutines_turns_the_view_off() {
+    let _s = root_session();
+    let (version, go) = toolchains().last().expect("a Go");
+    let fixture = gowaits(go, version, false);
+    let run = waitprof(&["--no-goroutines", "--", &fixture, "waits", "500"]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert!(!run.svg.with_extension("goroutines.svg").exists());
+    assert!(!run.stderr().contains("goroutines ("), "{}", run.stderr());
+}
