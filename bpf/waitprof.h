@@ -336,6 +336,7 @@ enum wp_unwind_stop {
 	WP_UNW_NOT_MAPPED = 5,  /* code no table covers, and its frame pointer led nowhere */
 	WP_UNW_PENDING = 6,     /* walked by frame pointer: the tables were not loaded yet */
 	WP_UNW_OUTSIDE = 7,     /* walked by frame pointer from code outside the tables */
+	WP_UNW_OTHER_PROCESS = 8, /* (user space) a waker in another process: leaf only */
 	WP_UNW_STOP_MAX = 15,
 };
 

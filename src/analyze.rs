@@ -101,7 +101,7 @@ fn futex_class(ustack: StackRef, symbols: &Symbols) -> WaitClass {
 }
 
 /// Frames of libraries and runtimes, skipped when naming the code behind a wait.
-const LIBRARY_PREFIXES: [&str; 21] = [
+const LIBRARY_PREFIXES: [&str; 22] = [
     "std::",
     "core::",
     "alloc::",
@@ -112,6 +112,7 @@ const LIBRARY_PREFIXES: [&str; 21] = [
     "syscall",
     "futex",
     "runtime.",
+    "runtime/",
     "sync.",
     "internal/",
     "parking_lot",
@@ -128,11 +129,28 @@ const LIBRARY_PREFIXES: [&str; 21] = [
 /// The leaf-most frame of a user stack that belongs to the program itself, not to a
 /// library or runtime: the function a person would recognise.
 pub fn app_frame(frames: &[Arc<str>]) -> Option<&str> {
+    // a Go stack: the program's own package (main, or a module path), never the
+    // standard library's
+    if crate::runtime::go::frames::is_go_stack(frames) {
+        return crate::runtime::go::report::own_frame(frames);
+    }
     frames
         .iter()
         .rev()
         .map(|f| &**f)
         .find(|f| !LIBRARY_PREFIXES.iter().any(|p| f.starts_with(p)))
+}
+
+/// How a waiting stack is named: its own code, else (a Go runtime thread) what the
+/// scheduler was doing, else `[unknown code]`.
+pub fn waiter_name(frames: &[Arc<str>]) -> String {
+    match app_frame(frames) {
+        Some(f) => format!("`{f}`"),
+        None => match crate::runtime::go::frames::scheduler_place(frames) {
+            Some(place) => format!("the Go runtime (`{place}`)"),
+            None => "[unknown code]".to_string(),
+        },
+    }
 }
 
 fn kernel_frames(stack: StackRef, symbols: &Symbols) -> &[Arc<str>] {
@@ -376,9 +394,7 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
             .ustack
             .id()
             .and_then(|id| symbols.user.get(&id))
-            .and_then(|f| app_frame(f))
-            .map(|f| format!("`{f}`"))
-            .unwrap_or_else(|| "[unknown code]".to_string());
+            .map_or_else(|| "[unknown code]".to_string(), |f| waiter_name(f));
         *a.waiters.entry(waiter).or_default() += row.blocked_ns;
         if row.blocked_ns > 0 && row.waker.ctx != WakerCtx::None {
             let (what, thread) = waker_group(&row.waker, collected.pid, symbols);
@@ -390,6 +406,18 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
     let mut threads: HashMap<(Kind, u64), HashSet<u32>> = HashMap::new();
     for w in &collected.waiters {
         threads.entry((w.kind, w.object)).or_default().insert(w.tid);
+    }
+    // a wait that never ended (the whole session, or before attach) left no waiter pair:
+    // its row still names its thread
+    for row in collected
+        .rows
+        .iter()
+        .filter(|r| r.object != 0 && r.tid != 0)
+    {
+        threads
+            .entry((row.kind, row.object))
+            .or_default()
+            .insert(row.tid);
     }
     let mut out: Vec<ObjectReport> = acc
         .into_iter()
@@ -815,10 +843,15 @@ pub fn findings(
         found.push((
             total,
             format!(
-                "{} waited {} for a CPU: {} after a wakeup, {} after preemption{p99}; \
+                "{} waited {} for a CPU{}: {} after a wakeup, {} after preemption{p99}; \
                  most: {}-{} ({})",
                 threads(runq.len()),
                 secs(total),
+                if collected.goroutines.is_some() {
+                    " (the kernel's run queue; goroutines waiting for a P are counted apart)"
+                } else {
+                    ""
+                },
                 secs(woken),
                 secs(total - woken.min(total)),
                 worst.comm,

@@ -296,6 +296,7 @@ pub fn run(
     close_open_threads(attached, cfg, &mut collected)?;
     add_unseen_threads(cfg, &mut collected);
     read_stacks(attached, &mut collected)?;
+    only_leaves_of_other_processes(&mut collected);
     fill_from_snapshot(&mut collected);
     if let Some((view, stacks)) = goroutines {
         collected.stacks.extend(stacks);
@@ -795,6 +796,29 @@ fn lock_holder(pid: u32, addr: u64) -> Option<u32> {
     [u32::try_from(owner).unwrap_or(0), pi_owner]
         .into_iter()
         .find(|&t| is_thread(t))
+}
+
+/// A waker in another process was walked by frame pointer without its unwind tables
+/// (they are built for the target only): past its first frame that walk may be
+/// garbage in code without frame pointers, so only the leaf is kept, and marked.
+fn only_leaves_of_other_processes(collected: &mut Collected) {
+    use crate::bpf::types::wp_unwind_stop as S;
+    for row in &collected.rows {
+        if row.waker.tgid == collected.pid || row.waker.ctx != WakerCtx::Task {
+            continue;
+        }
+        if let Some(ips) = row
+            .waker
+            .ustack
+            .id()
+            .and_then(|id| collected.stacks.get_mut(&id))
+        {
+            if ips.len() > 1 {
+                ips.truncate(1);
+                ips.push(u64::from(S::WP_UNW_OTHER_PROCESS.0));
+            }
+        }
+    }
 }
 
 fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {

@@ -178,16 +178,23 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         }
     }
 
-    // heaviest (user stack, syscall) pairs: what the program was doing when it waited
+    // heaviest (user stack, syscall) pairs: what the program was doing when it waited,
+    // by its own code first (the last frames of a stack are library wrappers)
     let mut stacks: HashMap<String, u64> = HashMap::new();
-    for row in &collected.rows {
+    for row in collected.rows.iter().filter(|r| r.blocked_ns > 0) {
         let user = match row.ustack {
             StackRef::Id(id) => symbols
                 .user
                 .get(&id)
                 .map(|f| {
-                    let start = f.len().saturating_sub(4);
-                    f[start..].join(" > ")
+                    let start = f.len().saturating_sub(2);
+                    let tail = f[start..].join(" > ");
+                    match analyze::app_frame(f) {
+                        Some(own) if !f[start..].iter().any(|t| &**t == own) => {
+                            format!("{own} > .. > {tail}")
+                        }
+                        _ => tail,
+                    }
                 })
                 .unwrap_or_else(|| "[missed user stack]".into()),
             StackRef::BeforeAttach => "[blocked before attach]".into(),
@@ -195,13 +202,18 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             _ => "[missed user stack]".into(),
         };
         let key = format!("{user} > {}", fold::syscall_frame(row));
-        *stacks.entry(key).or_default() += row.blocked_ns + row.runq_ns;
+        *stacks.entry(key).or_default() += row.blocked_ns;
     }
     let total_off: u64 = stacks.values().sum();
+    // what rounds to nothing says nothing
+    stacks.retain(|_, ns| *ns >= 500);
     let mut stacks: Vec<(String, u64)> = stacks.into_iter().collect();
     stacks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     if !stacks.is_empty() && top > 0 {
-        let _ = writeln!(out, "  top waits (last user frames > syscall):");
+        let _ = writeln!(
+            out,
+            "  top waits (blocked time; own code > .. > last user frames > syscall):"
+        );
         for (s, ns) in stacks.iter().take(top) {
             let _ = writeln!(
                 out,

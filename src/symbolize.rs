@@ -98,6 +98,8 @@ impl Symbolizer {
     pub fn resolve(&self, collected: &Collected) -> Result<Symbols> {
         let mut user_ids: HashMap<u32, HashSet<u64>> = HashMap::new();
         let mut kernel_ids = HashSet::new();
+        // stacks seen only as a waker's: a Go waker's is cut at fewer switches
+        let mut waker_only: HashSet<u64> = HashSet::new();
         for row in &collected.rows {
             user_ids
                 .entry(collected.pid)
@@ -106,6 +108,7 @@ impl Symbolizer {
             kernel_ids.extend(row.kstack.id());
             if let Some(id) = row.waker.ustack.id() {
                 user_ids.entry(row.waker.tgid).or_default().insert(id);
+                waker_only.insert(id);
             }
             kernel_ids.extend(row.waker.kstack.id());
         }
@@ -120,6 +123,11 @@ impl Symbolizer {
         // a Go program's goroutines
         for row in collected.goroutines.iter().flat_map(|g| &g.rows) {
             user_ids.entry(collected.pid).or_default().extend(row.stack);
+        }
+        for row in &collected.rows {
+            if let Some(id) = row.ustack.id() {
+                waker_only.remove(&id);
+            }
         }
         let mut symbols = Symbols::default();
         for (pid, ids) in &user_ids {
@@ -138,7 +146,7 @@ impl Symbolizer {
                 names,
                 ids,
                 collected,
-                true,
+                Some(&waker_only),
                 &mut symbols.truncated_stacks,
                 &mut symbols.unknown_why,
             );
@@ -167,7 +175,7 @@ impl Symbolizer {
             kernel_names,
             &kernel_ids,
             collected,
-            false,
+            None,
             &mut symbols.truncated_stacks,
             &mut BTreeMap::new(),
         );
@@ -301,7 +309,8 @@ fn resolve_set(
     names: impl FnOnce(&[u64]) -> Names,
     ids: &HashSet<u64>,
     collected: &Collected,
-    user: bool,
+    // user stacks: Some(the ids that are only wakers' stacks)
+    user: Option<&HashSet<u64>>,
     truncated: &mut usize,
     unknown_why: &mut BTreeMap<&'static str, usize>,
 ) -> (HashMap<u64, Frames>, usize) {
@@ -352,8 +361,12 @@ fn resolve_set(
                 None => frames.push(label("not symbolized")),
             }
         }
-        if user {
-            frames = crate::runtime::go::frames::cut_at_g0(frames);
+        if let Some(waker_only) = user {
+            frames = if waker_only.contains(&id) {
+                crate::runtime::go::frames::cut_waker_at_g0(frames)
+            } else {
+                crate::runtime::go::frames::cut_at_g0(frames)
+            };
         }
         out.insert(id, frames);
     }
@@ -610,6 +623,9 @@ fn unwind_stop(ip: u64) -> Option<&'static str> {
         _ if ip == stop(S::WP_UNW_PENDING) => "frame pointers only, unwind tables not loaded yet",
         _ if ip == stop(S::WP_UNW_OUTSIDE) => {
             "frame pointers from code outside the unwind tables (just mapped, or JIT)"
+        }
+        _ if ip == stop(S::WP_UNW_OTHER_PROCESS) => {
+            "another process, whose unwind tables waitprof does not hold: not walked further"
         }
         _ if ip <= stop(S::WP_UNW_STOP_MAX) => "unwinder stopped",
         _ => return None,

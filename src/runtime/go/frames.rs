@@ -14,7 +14,61 @@ use crate::symbolize::Frames;
 /// root, so scheduler idling is never attributed to a goroutine's code.
 pub const G0_ROOT: &str = "[go scheduler (g0)]";
 
-pub fn cut_at_g0(mut frames: Frames) -> Frames {
+/// Whether a stack (root first) is a Go thread's or goroutine's.
+pub fn is_go_stack(frames: &[Arc<str>]) -> bool {
+    frames.iter().any(|f| {
+        matches!(
+            &**f,
+            "runtime.goexit" | "runtime.mstart" | "runtime.rt0_go" | G0_ROOT
+        )
+    })
+}
+
+/// What a Go runtime thread waits in, most telling first: the scheduler looking for work,
+/// the netpoller, sysmon, the template thread, a runtime lock.
+const SCHEDULER_PLACES: [&str; 9] = [
+    "runtime.lock2",
+    "runtime.notetsleepg",
+    "runtime.netpoll",
+    "runtime.stopm",
+    "runtime.sysmon",
+    "runtime.templateThread",
+    "runtime.stoplockedm",
+    "runtime.findRunnable",
+    "runtime.findrunnable",
+];
+
+/// The scheduler's place in a Go runtime thread's stack (root first), if any.
+pub fn scheduler_place(frames: &[Arc<str>]) -> Option<&str> {
+    SCHEDULER_PLACES
+        .iter()
+        .find(|p| frames.iter().any(|f| &**f == **p))
+        .copied()
+}
+
+/// A waker's stack is cut only where the thread left a goroutine for good (`mcall`,
+/// `morestack`, `gogo`): `systemstack` is a call that returns, so what is rootward of it
+/// is the goroutine that woke the thread.
+pub fn cut_waker_at_g0(frames: Frames) -> Frames {
+    cut(
+        frames,
+        &["runtime.mcall", "runtime.morestack", "runtime.gogo"],
+    )
+}
+
+pub fn cut_at_g0(frames: Frames) -> Frames {
+    cut(
+        frames,
+        &[
+            "runtime.mcall",
+            "runtime.systemstack",
+            "runtime.morestack",
+            "runtime.gogo",
+        ],
+    )
+}
+
+fn cut(mut frames: Frames, switches: &[&str]) -> Frames {
     // a stack walked before the unwind tables loaded keeps saying so, at its root
     let pending = frames
         .first()
@@ -31,12 +85,7 @@ pub fn cut_at_g0(mut frames: Frames) -> Frames {
     let starts_on_g0 = frames
         .first()
         .is_some_and(|f| matches!(&**f, "runtime.mstart" | "runtime.rt0_go"));
-    let switch = frames.iter().position(|f| {
-        matches!(
-            &**f,
-            "runtime.mcall" | "runtime.systemstack" | "runtime.morestack"
-        )
-    });
+    let switch = frames.iter().position(|f| switches.contains(&&**f));
     if let (Some(i), false) = (switch, starts_on_g0) {
         frames.splice(..i, std::iter::once(Arc::from(G0_ROOT)));
     }

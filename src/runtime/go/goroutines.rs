@@ -696,7 +696,9 @@ impl Sampler {
 static END_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sampled> {
-    // a launched command is recognised once it has exec'd
+    // a launched command is recognised once it has exec'd: until then it is a copy of
+    // waitprof
+    let before_exec = exe_id(std::process::id());
     let mut checked = None;
     let (binary, mapping) = loop {
         let id = exe_id(pid);
@@ -705,7 +707,7 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
             if let Some(found) = go_binary(pid) {
                 break found;
             }
-            if !launched {
+            if !launched || id != before_exec {
                 return None;
             }
         }

@@ -54,6 +54,24 @@ pub fn state_label(state: &GState) -> String {
 struct Heavy {
     ns: u64,
     goroutines: u64,
+    /// The lock it waited for, when it waited in `sync.Mutex` or `sync.RWMutex` (Go
+    /// before 1.21 gives their waits the reason `semacquire`).
+    lock: Option<&'static str>,
+}
+
+/// The sync lock a goroutine's frames wait in.
+fn lock_of(frames: &[Arc<str>]) -> Option<&'static str> {
+    frames.iter().rev().find_map(|f| {
+        if f.starts_with("sync.(*Mutex).") {
+            Some("sync.Mutex.Lock")
+        } else if f.starts_with("sync.(*RWMutex).RLock") {
+            Some("sync.RWMutex.RLock")
+        } else if f.starts_with("sync.(*RWMutex).") {
+            Some("sync.RWMutex.Lock")
+        } else {
+            None
+        }
+    })
 }
 
 fn secs(ns: u64) -> String {
@@ -90,7 +108,9 @@ fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Hea
         let h = by.entry((row.state.clone(), place)).or_insert(Heavy {
             ns: 0,
             goroutines: 0,
+            lock: None,
         });
+        h.lock = h.lock.or(lock_of(frames));
         h.ns += row.ns;
         h.goroutines += row.goroutines;
     }
@@ -239,18 +259,12 @@ pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
             continue;
         }
         let text = match state {
-            GState::Waiting(r)
-                if matches!(
-                    r.as_str(),
-                    "sync.Mutex.Lock" | "sync.RWMutex.Lock" | "sync.RWMutex.RLock"
-                ) =>
-            {
-                format!(
-                    "`{r}` in `{place}`: {} over {} goroutines (lock contention)",
-                    secs(h.ns),
-                    h.goroutines
-                )
-            }
+            GState::Waiting(_) if h.lock.is_some() => format!(
+                "`{}` in `{place}`: {} over {} goroutines (lock contention)",
+                h.lock.unwrap_or_default(),
+                secs(h.ns),
+                h.goroutines
+            ),
             GState::Waiting(r) => format!(
                 "{} goroutines waited {} in `{place}` ({r})",
                 h.goroutines,
