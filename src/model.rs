@@ -507,6 +507,15 @@ pub struct GoroutineRow {
     pub goroutines: u64,
 }
 
+/// A goroutine in a system call on one thread (from `g.m.procid`), sampled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineThread {
+    pub tid: u32,
+    pub goid: u64,
+    pub stack: Option<u64>,
+    pub ns: u64,
+}
+
 /// What the goroutine sampler saw of a Go program.
 #[derive(Clone, Debug, Default)]
 pub struct GoroutineView {
@@ -538,6 +547,8 @@ pub struct GoroutineView {
     pub runnable_series: Vec<(u64, u32)>,
     /// How long each spell of a goroutine runnable lasted, as the sweeps saw it.
     pub runnable_spells_ns: Vec<u64>,
+    /// Goroutines seen in system calls, by the thread that ran them.
+    pub in_syscalls: Vec<GoroutineThread>,
     /// The program exited during the session.
     pub target_gone: bool,
     /// The time the sweeps covered.

@@ -257,7 +257,11 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     write_unwinding(&mut out, collected, symbols);
     write_snapshots(&mut out, collected, symbols);
     if let Some(view) = &collected.goroutines {
-        crate::runtime::go::report::write(&mut out, view, symbols, top);
+        let thread_name = |tid: u32| match collected.threads.iter().find(|t| t.tid == tid) {
+            Some(t) => format!("{}-{tid}", t.comm),
+            None => tid.to_string(),
+        };
+        crate::runtime::go::report::write(&mut out, view, symbols, top, thread_name);
     }
     if l.waiters_dropped + l.listeners_dropped > 0 {
         let _ = writeln!(

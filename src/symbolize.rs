@@ -121,8 +121,10 @@ impl Symbolizer {
             kernel_ids.extend(b.kstack_id);
         }
         // a Go program's goroutines
-        for row in collected.goroutines.iter().flat_map(|g| &g.rows) {
-            user_ids.entry(collected.pid).or_default().extend(row.stack);
+        for g in &collected.goroutines {
+            let ids = user_ids.entry(collected.pid).or_default();
+            ids.extend(g.rows.iter().filter_map(|r| r.stack));
+            ids.extend(g.in_syscalls.iter().filter_map(|t| t.stack));
         }
         for row in &collected.rows {
             if let Some(id) = row.ustack.id() {

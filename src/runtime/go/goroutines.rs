@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::binary::{GoBinary, Layout};
-use crate::model::{GState, GoroutineRow, GoroutineView, Mapping};
+use crate::model::{GState, GoroutineRow, GoroutineThread, GoroutineView, Mapping};
 use crate::target::files::TargetFile;
 
 /// The shortest time between sweeps.
@@ -302,6 +302,8 @@ struct Sweeper {
     running: FxHashMap<u64, Arc<[u64]>>,
     /// g address -> the goid last seen there, to count goroutines.
     goids: FxHashMap<u64, u64>,
+    /// (thread, goid, stack identity) -> time in a system call.
+    threads: FxHashMap<(u32, u64, usize), u64>,
     /// goid -> when it was first seen runnable in its current runnable spell.
     runnable_since: FxHashMap<u64, u64>,
     view: GoroutineView,
@@ -430,6 +432,7 @@ impl Sweeper {
 
         let mut runnable = 0u64;
         let mut now_runnable = FxHashSet::default();
+        let mut in_syscall = Vec::new();
         for (i, g) in gs.iter().enumerate() {
             let status = match g.status {
                 G_PREEMPTED => G_RUNNABLE,
@@ -449,12 +452,35 @@ impl Sweeper {
                 self.kept.entry(ptr).or_insert(s);
             }
             let reason = if status == G_WAITING { g.reason } else { 0 };
+            if status == G_SYSCALL {
+                in_syscall.push((i, ptr));
+            }
             let a = self.acc.entry((status, reason, ptr, raced[i])).or_default();
             a.ns += dt;
             a.samples += 1;
             if a.goids.len() < MAX_GOIDS {
                 a.goids.insert(g.goid);
             }
+        }
+        // the threads of goroutines in system calls: g.m's procid is the thread's id
+        if !in_syscall.is_empty() {
+            let reqs: Vec<(u64, usize)> = in_syscall
+                .iter()
+                .map(|&(i, _)| (gs[i].m.wrapping_add(o.m_procid), 8))
+                .collect();
+            let mut buf = std::mem::take(&mut self.buf);
+            let ok = self.mem.read_many(&reqs, &mut buf);
+            for (k, &(i, ptr)) in in_syscall.iter().enumerate() {
+                let tid = u64_at(&buf, k as u64 * 8);
+                if !ok[k] || gs[i].m == 0 || tid == 0 || tid > u64::from(u32::MAX) {
+                    continue;
+                }
+                *self
+                    .threads
+                    .entry((tid as u32, gs[i].goid, ptr))
+                    .or_default() += dt;
+            }
+            self.buf = buf;
         }
         // runnable spells that ended
         let ended: Vec<u64> = self
@@ -632,6 +658,17 @@ impl Sweeper {
     }
 }
 
+/// A goroutine stack's id among the profile's stacks (beside the kernel's ids: the top
+/// bit set), registered in `stacks`.
+fn stack_id(stacks: &mut HashMap<u64, Vec<u64>>, ips: &[u64]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ips.hash(&mut h);
+    let id = h.finish() | (1 << 63);
+    stacks.entry(id).or_insert_with(|| ips.to_vec());
+    id
+}
+
 /// The sampler's thread and its stop flag.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -754,6 +791,7 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         interned: FxHashSet::default(),
         running: FxHashMap::default(),
         goids: FxHashMap::default(),
+        threads: FxHashMap::default(),
         runnable_since: FxHashMap::default(),
         view,
         buf: Vec::new(),
@@ -796,14 +834,7 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
             G_RUNNING => GState::Running,
             _ => GState::Syscall,
         };
-        let stack = s.kept.get(&ptr).map(|ips| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            ips.hash(&mut h);
-            let id = h.finish() | (1 << 63);
-            stacks.insert(id, ips.to_vec());
-            id
-        });
+        let stack = s.kept.get(&ptr).map(|ips| stack_id(&mut stacks, ips));
         let row = rows
             .entry((state.clone(), stack, raced))
             .or_insert_with(|| GoroutineRow {
@@ -819,6 +850,18 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         row.goroutines += a.goids.len() as u64;
     }
     s.view.rows = rows.into_values().collect();
+    for ((tid, goid, ptr), ns) in std::mem::take(&mut s.threads) {
+        let stack = s.kept.get(&ptr).map(|ips| stack_id(&mut stacks, ips));
+        s.view.in_syscalls.push(GoroutineThread {
+            tid,
+            goid,
+            stack,
+            ns,
+        });
+    }
+    s.view
+        .in_syscalls
+        .sort_by(|a, b| b.ns.cmp(&a.ns).then(a.tid.cmp(&b.tid)));
     s.view
         .rows
         .sort_by(|a, b| b.ns.cmp(&a.ns).then(a.state.cmp(&b.state)));

@@ -136,7 +136,13 @@ fn running(view: &GoroutineView, symbols: &Symbols) -> Vec<(String, u64)> {
 }
 
 /// The summary's goroutine section.
-pub fn write(out: &mut String, view: &GoroutineView, symbols: &Symbols, top: usize) {
+pub fn write(
+    out: &mut String,
+    view: &GoroutineView,
+    symbols: &Symbols,
+    top: usize,
+    thread_name: impl Fn(u32) -> String,
+) {
     if let Some(why) = &view.missing {
         let _ = writeln!(
             out,
@@ -202,6 +208,28 @@ pub fn write(out: &mut String, view: &GoroutineView, symbols: &Symbols, top: usi
                 secs(h.ns),
                 state_label(state),
                 h.goroutines
+            );
+        }
+    }
+    if !view.in_syscalls.is_empty() && top > 0 {
+        let _ = writeln!(
+            out,
+            "    goroutines in system calls, by the thread that ran them (sampled):"
+        );
+        for t in view.in_syscalls.iter().take(top) {
+            let frames = t
+                .stack
+                .and_then(|id| symbols.user.get(&id))
+                .map_or(&[][..], |f| f.as_slice());
+            let place = own_frame(frames)
+                .or(frames.last().map(|f| &**f))
+                .unwrap_or("[no stack]");
+            let _ = writeln!(
+                out,
+                "      {:>10}  thread {} ran goroutine {} in `{place}`",
+                secs(t.ns),
+                thread_name(t.tid),
+                t.goid
             );
         }
     }
