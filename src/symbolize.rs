@@ -121,7 +121,7 @@ impl Symbolizer {
             kernel_ids.extend(b.kstack_id);
         }
         // a Go program's goroutines
-        for g in &collected.goroutines {
+        if let Some(g) = &collected.goroutines {
             let ids = user_ids.entry(collected.pid).or_default();
             ids.extend(g.rows.iter().filter_map(|r| r.stack));
             ids.extend(g.in_syscalls.iter().filter_map(|t| t.stack));
