@@ -261,7 +261,21 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             Some(t) => format!("{}-{tid}", t.comm),
             None => tid.to_string(),
         };
-        crate::runtime::go::report::write(&mut out, view, symbols, top, thread_name);
+        // the netpoller, as the threads' epoll waits show it
+        let mut netpoll = crate::runtime::go::report::Netpoll::default();
+        let mut pollers = std::collections::HashSet::new();
+        for r in collected.rows.iter().filter(|r| r.kind == Kind::Epoll) {
+            netpoll.waits += r.count;
+            netpoll.blocked_ns += r.blocked_ns;
+            pollers.insert(r.tid);
+            match r.outcome {
+                Outcome::Ok => netpoll.with_events += r.count,
+                Outcome::Timeout => netpoll.timed_out += r.count,
+                _ => {}
+            }
+        }
+        netpoll.threads = pollers.len();
+        crate::runtime::go::report::write(&mut out, view, symbols, top, thread_name, &netpoll);
     }
     if l.waiters_dropped + l.listeners_dropped > 0 {
         let _ = writeln!(

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use waitprof::fold::{self, FoldOptions, View};
 use waitprof::model::{Collected, EndReason, Kind, Listener, Losses, Outcome, Row, StackRef};
+use waitprof::model::{GState, GoroutineRow, GoroutineThread, GoroutineView};
 use waitprof::model::{ThreadTotals, Waiter, Waker, WakerCtx};
 use waitprof::symbolize::Symbols;
 use waitprof::unwind::UnwindReport;
@@ -416,5 +417,138 @@ fn golden_summary() {
     golden(
         "server.summary",
         &summary::render(&collected, &symbols, 5, true),
+    );
+}
+
+/// A Go service's goroutines: a pool, a lock (as Go 1.19 names it), an accept loop and a
+/// GC worker (idle), runnable goroutines behind a CPU-bound one, one in a system call,
+/// and a sample that raced with the runtime.
+fn go_profile() -> (Collected, Symbols) {
+    let (mut collected, mut symbols) = profile();
+    let frames = |names: &[&str]| {
+        names
+            .iter()
+            .map(|s| std::sync::Arc::from(*s))
+            .collect::<Vec<_>>()
+    };
+    let stacks: [(u64, &[&str]); 7] = [
+        (
+            1 << 63 | 1,
+            &[
+                "runtime.goexit",
+                "main.handle",
+                "main.(*Pool).Get",
+                "runtime.chanrecv1",
+                "runtime.gopark",
+            ],
+        ),
+        (
+            1 << 63 | 2,
+            &[
+                "runtime.goexit",
+                "main.handle",
+                "main.update",
+                "sync.(*Mutex).lockSlow",
+                "sync.runtime_SemacquireMutex",
+                "runtime.gopark",
+            ],
+        ),
+        (
+            1 << 63 | 3,
+            &[
+                "runtime.goexit",
+                "main.main",
+                "net/http.(*Server).Serve",
+                "net.(*netFD).accept",
+                "runtime.gopark",
+            ],
+        ),
+        (
+            1 << 63 | 4,
+            &["runtime.goexit", "runtime.gcBgMarkWorker", "runtime.gopark"],
+        ),
+        (
+            1 << 63 | 5,
+            &["runtime.goexit", "main.handle", "main.render"],
+        ),
+        (1 << 63 | 6, &["main.hashLoop"]),
+        (
+            1 << 63 | 7,
+            &[
+                "runtime.goexit",
+                "main.handle",
+                "os.(*File).Sync",
+                "syscall.Syscall",
+            ],
+        ),
+    ];
+    for (id, names) in stacks {
+        symbols.user.insert(id, frames(names));
+    }
+    let row = |state: GState, stack: Option<u64>, ms: u64, goroutines: u64| GoroutineRow {
+        state,
+        stack,
+        raced: stack.is_none(),
+        ns: ms * MS,
+        samples: ms / 10,
+        goroutines,
+    };
+    let waiting = |r: &str| GState::Waiting(r.to_string());
+    collected.goroutines = Some(GoroutineView {
+        version: "go1.19.8".into(),
+        how: "g layout from DWARF, goroutine list from the symbol table, wait reasons from runtime.waitReasonStrings".into(),
+        rows: vec![
+            row(waiting("chan receive"), Some(1 << 63 | 1), 4100, 412),
+            row(waiting("semacquire"), Some(1 << 63 | 2), 3200, 96),
+            row(waiting("IO wait"), Some(1 << 63 | 3), 1000, 1),
+            row(waiting("GC worker (idle)"), Some(1 << 63 | 4), 2000, 2),
+            row(GState::Runnable, Some(1 << 63 | 5), 1300, 40),
+            row(GState::Running, Some(1 << 63 | 6), 2000, 2),
+            row(GState::Syscall, Some(1 << 63 | 7), 300, 1),
+            row(waiting("chan receive"), None, 20, 2),
+        ],
+        sweeps: 100,
+        samples: 55_600,
+        period_max: std::time::Duration::from_millis(10),
+        sweep_cpu_ns: vec![(150_000, 556); 100],
+        goroutines_max: 556,
+        goroutines_seen: 600,
+        raced: 2,
+        runnable_max: 12,
+        runnable_spells_ns: (1..=100).map(|i| i * MS / 4).collect(),
+        in_syscalls: vec![GoroutineThread {
+            tid: 102,
+            goid: 77,
+            stack: Some(1 << 63 | 7),
+            ns: 300 * MS,
+        }],
+        session_ns: 1000 * MS,
+        ..Default::default()
+    });
+    (collected, symbols)
+}
+
+#[test]
+fn golden_goroutines() {
+    let (collected, symbols) = go_profile();
+    let view = |hide_idle| {
+        fold::fold(
+            &collected,
+            &symbols,
+            &FoldOptions {
+                per_thread: false,
+                hide_idle,
+                view: View::Goroutines,
+            },
+        )
+    };
+    golden("go.goroutines.folded", view(false).text());
+    // idle goroutines (the accept loop, the GC worker) leave the graph with --hide-idle
+    let hidden = view(true);
+    assert!(!hidden.text().contains("gcBgMarkWorker") && !hidden.text().contains("accept"));
+    assert_eq!(view(false).total_us() - hidden.total_us(), 3_000_000);
+    golden(
+        "go.summary",
+        &summary::render(&collected, &symbols, 5, false),
     );
 }

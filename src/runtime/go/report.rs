@@ -98,7 +98,7 @@ fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Hea
     let mut by: HashMap<(GState, String), Heavy> = HashMap::new();
     for row in &view.rows {
         let frames = frames_of(row, symbols);
-        if is_idle(&row.state, frames) || row.state == GState::Running {
+        if is_idle(&row.state, frames) || row.state == GState::Running || row.raced {
             continue;
         }
         let place = own_frame(frames)
@@ -135,6 +135,17 @@ fn running(view: &GoroutineView, symbols: &Symbols) -> Vec<(String, u64)> {
     v
 }
 
+/// The netpoller as the thread level saw it: the target's epoll waits that blocked (a
+/// poll that found events at once never leaves the CPU, and is not counted).
+#[derive(Clone, Debug, Default)]
+pub struct Netpoll {
+    pub waits: u64,
+    pub threads: usize,
+    pub with_events: u64,
+    pub timed_out: u64,
+    pub blocked_ns: u64,
+}
+
 /// The summary's goroutine section.
 pub fn write(
     out: &mut String,
@@ -142,6 +153,7 @@ pub fn write(
     symbols: &Symbols,
     top: usize,
     thread_name: impl Fn(u32) -> String,
+    netpoll: &Netpoll,
 ) {
     if let Some(why) = &view.missing {
         let _ = writeln!(
@@ -195,6 +207,19 @@ pub fn write(
         pct(idle, total),
         pct(io_wait, total)
     );
+    if netpoll.waits > 0 {
+        let session_s = view.session_ns as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "    netpoller: {} blocking epoll waits by {} thread(s), {:.0}/s ({} returned events, {} timed out), {} blocked in them",
+            netpoll.waits,
+            netpoll.threads,
+            if session_s > 0.0 { netpoll.waits as f64 / session_s } else { 0.0 },
+            netpoll.with_events,
+            netpoll.timed_out,
+            secs(netpoll.blocked_ns)
+        );
+    }
     let heavy = heaviest(view, symbols);
     if !heavy.is_empty() && top > 0 {
         let _ = writeln!(

@@ -1,0 +1,310 @@
+//! What the goroutine view costs a Go service: a Go HTTP server (tests/fixtures/gohttp,
+//! on CPU 0) under `wrk -t1 -c32` (on CPU 1), with 100 and with 10,000 goroutines,
+//! profiled by waitprof with the goroutine view on (the default) and off
+//! (`--no-goroutines`), and not profiled, alternated round by round with the order
+//! rotated. Reports each median with its min–max, the ratio of on to off, and what
+//! the sweeps cost as waitprof's own summary counts it. Run by `.ci/bench-goroutines`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+// only part of what the benchmarks share is used here
+#[allow(dead_code)]
+mod common;
+use common::Res;
+
+const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
+const ROUND_SECS: u32 = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Off,
+    On,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "no profiler",
+            Mode::Off => "waitprof --no-goroutines",
+            Mode::On => "waitprof (goroutine view on)",
+        }
+    }
+}
+
+const MODES: [Mode; 3] = [Mode::None, Mode::Off, Mode::On];
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+/// Builds the server with the newest Go on the machine.
+fn build(dir: &Path) -> Res<PathBuf> {
+    let mut gos: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("go-"))
+        .map(|d| d.path().join("bin/go"))
+        .filter(|p| p.exists())
+        .collect();
+    gos.sort();
+    let go = gos.pop().unwrap_or_else(|| PathBuf::from("go"));
+    let out = dir.join("gohttp");
+    let status = Command::new(&go)
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gohttp"
+        ))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .map_err(|e| format!("running {}: {e}", go.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "building the Go server with {} failed",
+            go.display()
+        ));
+    }
+    Ok(out)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(bin: &Path, goroutines: usize) -> Res<Server> {
+        let mut child = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(bin)
+            .arg(goroutines.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the Go server: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().ok_or("no stdout")?)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let port = line
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("the server said {line:?}"))?;
+        common::wait_listening(port, "the Go server")?;
+        Ok(Server { child, port })
+    }
+
+    fn wrk(&self, secs: u32) -> Res<f64> {
+        let out = Command::new("taskset")
+            .args(["-c", "1", "wrk", "-t1", "-c32"])
+            .arg(format!("-d{secs}s"))
+            .arg(format!("http://127.0.0.1:{}/", self.port))
+            .output()
+            .map_err(|e| format!("running wrk: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One round: the profiler attached (or not) for the whole wrk run; returns the rate and
+/// waitprof's summary.
+fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, String)> {
+    let mut child = match mode {
+        Mode::None => None,
+        _ => {
+            let mut c = Command::new(WAITPROF);
+            c.args(["-p", &server.child.id().to_string(), "-o"])
+                .arg(dir.join("bench.svg"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if mode == Mode::Off {
+                c.arg("--no-goroutines");
+            }
+            let mut child = c.spawn().map_err(|e| format!("starting waitprof: {e}"))?;
+            let mut err = BufReader::new(child.stderr.take().ok_or("no stderr")?);
+            let mut said = String::new();
+            loop {
+                let mut line = String::new();
+                if err.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                    return Err(format!("waitprof did not start:\n{said}"));
+                }
+                said.push_str(&line);
+                if line.contains("profiling pid") {
+                    break;
+                }
+            }
+            Some((child, err))
+        }
+    };
+    let rate = server.wrk(ROUND_SECS)?;
+    let mut summary = String::new();
+    if let Some((c, mut err)) = child.take() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        err.read_to_string(&mut summary)
+            .map_err(|e| e.to_string())?;
+        let mut c = c;
+        let status = c.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("waitprof exited with {status}:\n{summary}"));
+        }
+    }
+    Ok((rate, summary))
+}
+
+/// The sweeps' cost from a summary: its "sweeps cost" clause and the sweep count.
+fn sweep_cost(summary: &str) -> String {
+    let sweeps = summary
+        .split(" sweeps, every")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap_or("?");
+    let cost = summary
+        .split("sweeps cost ")
+        .nth(1)
+        .and_then(|s| s.split("; a running").next())
+        .map(|s| s.lines().next().unwrap_or(""))
+        .unwrap_or("not found");
+    let most = summary
+        .split(" goroutines at most")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap_or("?");
+    format!("{sweeps} sweeps of up to {most} goroutines; cost {cost}")
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "the goroutine benchmark loads BPF programs: run it as root (.ci/bench-goroutines)"
+        );
+        std::process::exit(2);
+    }
+    for tool in ["wrk", "taskset"] {
+        if which::which(tool).is_err() {
+            eprintln!("missing: {tool}; .ci/bench-goroutines installs it");
+            std::process::exit(2);
+        }
+    }
+    let rounds: usize = std::env::var("WAITPROF_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bin = match build(dir.path()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "## Goroutine view: run of {} ({rounds} rounds of {ROUND_SECS} s per mode, order rotated)",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
+    let mut failed = false;
+    for goroutines in [100usize, 10_000] {
+        eprint!("Go HTTP server with {goroutines} parked goroutines ");
+        let result = (|| -> Res<()> {
+            let server = Server::start(&bin, goroutines)?;
+            server.wrk(1)?; // warm up
+            let mut rates: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+            let mut costs = Vec::new();
+            for r in 0..rounds {
+                for i in 0..MODES.len() {
+                    let k = (i + r) % MODES.len();
+                    let (rate, summary) = round(MODES[k], &server, dir.path())?;
+                    rates[k].push(rate);
+                    if MODES[k] == Mode::On {
+                        costs.push(sweep_cost(&summary));
+                    }
+                }
+                eprint!(".");
+            }
+            eprintln!();
+            let _ = writeln!(
+                report,
+                "\n### {goroutines} parked goroutines (+ 32 connections)\n\n| | median requests/s | min–max | vs no profiler | runs |\n|---|---:|---:|---:|---|"
+            );
+            let base = median(&rates[0]);
+            for (k, mode) in MODES.iter().enumerate() {
+                let (lo, hi) = spread(&rates[k]);
+                let runs: Vec<String> = rates[k].iter().map(|x| format!("{x:.0}")).collect();
+                let _ = writeln!(
+                    report,
+                    "| {} | {:.0} | {lo:.0}–{hi:.0} | {:.3} | {} |",
+                    mode.name(),
+                    median(&rates[k]),
+                    median(&rates[k]) / base,
+                    runs.join(" ")
+                );
+            }
+            // on / off, round by round (the same round's neighbours), and overall
+            let ratios: Vec<f64> = rates[2]
+                .iter()
+                .zip(&rates[1])
+                .map(|(on, off)| on / off)
+                .collect();
+            let (lo, hi) = spread(&ratios);
+            let _ = writeln!(
+                report,
+                "\ngoroutine view on / off: median of medians {:.3}; per round {:.3} (min {lo:.3}, max {hi:.3})\n",
+                median(&rates[2]) / median(&rates[1]),
+                median(&ratios)
+            );
+            let _ = writeln!(
+                report,
+                "sweeps (waitprof's summary, each round with the view on):\n"
+            );
+            for c in costs {
+                let _ = writeln!(report, "- {c}");
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("\nfailed: {e}");
+            let _ = writeln!(report, "\n{goroutines} goroutines: FAILED: {e}");
+            failed = true;
+        }
+    }
+    println!("{report}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/goroutines.md");
+    if std::fs::write(&out, &report).is_ok() {
+        eprintln!("written to {}", out.display());
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
