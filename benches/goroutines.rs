@@ -53,8 +53,8 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
-/// Builds the server with the newest Go on the machine.
-fn build(dir: &Path) -> Res<PathBuf> {
+/// Builds tests/fixtures/`name` with the newest Go on the machine.
+fn build(dir: &Path, name: &str) -> Res<PathBuf> {
     let mut gos: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
         .map_err(|e| e.to_string())?
         .flatten()
@@ -64,15 +64,16 @@ fn build(dir: &Path) -> Res<PathBuf> {
         .collect();
     gos.sort();
     let go = gos.pop().unwrap_or_else(|| PathBuf::from("go"));
-    let out = dir.join("gohttp");
+    let out = dir.join(name);
     let status = Command::new(&go)
         .args(["build", "-o"])
         .arg(&out)
         .arg(".")
-        .current_dir(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/gohttp"
-        ))
+        .current_dir(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
         .env("GOCACHE", dir.join("gocache"))
         .env("GOTOOLCHAIN", "local")
         .env("GOFLAGS", "-mod=mod")
@@ -181,6 +182,71 @@ fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, String)> {
     Ok((rate, summary))
 }
 
+/// Peak RSS (KiB) of a child that has exited, and its status.
+fn wait_rss(child: &Child) -> Res<(i32, u64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok((status, ru.ru_maxrss as u64))
+}
+
+/// 1,000 to 100,000 parked goroutines (tests/fixtures/gowaits idle), profiled from their
+/// start to their end (6 s): the sweeps, their cost, waitprof's peak memory, and the
+/// goroutine time found in main.parked against what the fixture had (COUNT × 6 s).
+fn scale(report: &mut String, dir: &Path) -> Res<()> {
+    eprintln!("scale");
+    let bin = build(dir, "gowaits")?;
+    let _ = writeln!(
+        report,
+        "\n### Scale: COUNT goroutines parked for 6 s (`waitprof -- gowaits idle 6000 COUNT 0`)\n\n| goroutines | main.parked found / expected | waitprof peak RSS | sweeps and their cost (waitprof's summary) |\n|---:|---:|---:|---|"
+    );
+    for n in [1_000u64, 10_000, 100_000] {
+        let out = dir.join(format!("scale-{n}.svg"));
+        let mut child = Command::new(WAITPROF)
+            .arg("-o")
+            .arg(&out)
+            .arg("--")
+            .arg(&bin)
+            .args(["idle", "6000", &n.to_string(), "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting waitprof: {e}"))?;
+        let mut summary = String::new();
+        child
+            .stderr
+            .take()
+            .ok_or("no stderr")?
+            .read_to_string(&mut summary)
+            .map_err(|e| e.to_string())?;
+        let (status, rss_kib) = wait_rss(&child)?;
+        if status != 0 {
+            return Err(format!("waitprof exited with {status}:\n{summary}"));
+        }
+        let folded = std::fs::read_to_string(out.with_extension("goroutines.folded"))
+            .map_err(|e| format!("no goroutine view: {e}\n{summary}"))?;
+        let parked_us: u64 = folded
+            .lines()
+            .filter(|l| l.contains("main.parked"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        let expected_us = n * 6_000_000;
+        let _ = writeln!(
+            report,
+            "| {n} | {:.3} | {:.0} MB | {} |",
+            parked_us as f64 / expected_us as f64,
+            rss_kib as f64 / 1024.0,
+            sweep_cost(&summary)
+        );
+    }
+    Ok(())
+}
+
 /// The sweeps' cost from a summary: its "sweeps cost" clause and the sweep count.
 fn sweep_cost(summary: &str) -> String {
     let sweeps = summary
@@ -221,7 +287,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let bin = match build(dir.path()) {
+    let bin = match build(dir.path(), "gohttp") {
         Ok(b) => b,
         Err(e) => {
             eprintln!("{e}");
@@ -298,6 +364,11 @@ fn main() {
             let _ = writeln!(report, "\n{goroutines} goroutines: FAILED: {e}");
             failed = true;
         }
+    }
+    if let Err(e) = scale(&mut report, dir.path()) {
+        eprintln!("\nscale failed: {e}");
+        let _ = writeln!(report, "\nscale: FAILED: {e}");
+        failed = true;
     }
     println!("{report}");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/goroutines.md");

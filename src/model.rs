@@ -542,6 +542,8 @@ pub struct GoroutineView {
     pub unreadable_sweeps: u64,
     /// Goroutines beyond the most read in one sweep.
     pub beyond_limit: u64,
+    /// Samples that kept no stack because too many distinct stacks were kept already.
+    pub stacks_dropped: u64,
     /// Goroutines runnable at once, at most, and at each sweep (time, count).
     pub runnable_max: u64,
     pub runnable_series: Vec<(u64, u32)>,

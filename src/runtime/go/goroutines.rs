@@ -31,7 +31,13 @@ pub const BUDGET: f64 = 0.01;
 /// goroutines the budget is exceeded rather than the profile left empty.
 pub const MAX_PERIOD: Duration = Duration::from_secs(1);
 /// The most goroutines read in a sweep (the rest are counted, not read).
-pub const MAX_GOROUTINES: usize = 1 << 20;
+pub const MAX_GOROUTINES: usize = 400_000;
+/// The most distinct goroutine stacks kept: a target whose stacks never repeat costs
+/// bounded memory (the samples beyond keep their time, not their stacks).
+const MAX_STACKS: usize = 200_000;
+/// Goroutines read (and walked) per batch: what one batch's buffers hold is bounded
+/// (CHUNK × 1 KiB at most), however long a list the target claims.
+const CHUNK: usize = 8192;
 /// The deepest goroutine stack walked, in frames.
 const MAX_FRAMES: usize = 127;
 /// Bytes of stack read per frame-pointer step (most frames are smaller: one read then
@@ -349,21 +355,25 @@ impl Sweeper {
             .filter(|&g| g != 0 && g % 8 == 0)
             .collect();
         let glen = o.g_read_len() as usize;
-        let reqs: Vec<(u64, usize)> = gptrs.iter().map(|&g| (g, glen)).collect();
-        let ok = self.mem.read_many(&reqs, &mut buf);
-        let gs: Vec<G> = gptrs
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| ok[i])
-            .map(|(i, &g)| G::parse(g, &buf[i * glen..(i + 1) * glen], &o))
-            .filter(|g| {
-                matches!(
-                    g.status,
-                    G_RUNNABLE | G_RUNNING | G_SYSCALL | G_WAITING | G_PREEMPTED
-                )
-            })
-            .collect();
-        self.view.unreadable_gs += ok.iter().filter(|&&k| !k).count() as u64;
+        let mut gs: Vec<G> = Vec::with_capacity(gptrs.len());
+        for batch in gptrs.chunks(CHUNK) {
+            let reqs: Vec<(u64, usize)> = batch.iter().map(|&g| (g, glen)).collect();
+            let ok = self.mem.read_many(&reqs, &mut buf);
+            gs.extend(
+                batch
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| ok[i])
+                    .map(|(i, &g)| G::parse(g, &buf[i * glen..(i + 1) * glen], &o))
+                    .filter(|g| {
+                        matches!(
+                            g.status,
+                            G_RUNNABLE | G_RUNNING | G_SYSCALL | G_WAITING | G_PREEMPTED
+                        )
+                    }),
+            );
+            self.view.unreadable_gs += ok.iter().filter(|&&k| !k).count() as u64;
+        }
         self.buf = buf;
 
         // stacks: reused while a goroutine's registers are unchanged, else walked
@@ -393,36 +403,10 @@ impl Sweeper {
                 self.view.goroutines_seen += 1;
             }
         }
-        let walked = self.walk(&gs, &walk);
-        // a goroutine that ran while its stack was read has a stack it may not have had
-        let reqs: Vec<(u64, usize)> = walk.iter().map(|&i| (gs[i].addr, glen)).collect();
-        let mut buf = std::mem::take(&mut self.buf);
-        let ok = self.mem.read_many(&reqs, &mut buf);
         let mut raced = vec![false; gs.len()];
-        for (k, (&i, ips)) in walk.iter().zip(walked).enumerate() {
-            let again = G::parse(
-                gs[i].addr,
-                buf.get(k * glen..(k + 1) * glen).unwrap_or(&[]),
-                &o,
-            );
-            if !ok[k] || again.regs() != gs[i].regs() {
-                raced[i] = true;
-                self.view.raced += 1;
-                continue;
-            }
-            // one Arc per distinct stack: samples are keyed by it
-            let ips = ips.map(|ips| match self.interned.get(&ips) {
-                Some(same) => same.clone(),
-                None => {
-                    self.interned.insert(ips.clone());
-                    ips
-                }
-            });
-            self.cache
-                .insert(gs[i].addr, (gs[i].regs(), ips.clone(), generation));
-            stacks[i] = ips;
+        for walk in walk.chunks(CHUNK) {
+            self.walk_batch(&gs, walk, glen, generation, &mut stacks, &mut raced);
         }
-        self.buf = buf;
         // the caches keep only goroutines that still exist
         self.cache.retain(|_, c| c.2 == generation);
         if self.goids.len() > 2 * gs.len() + 1024 {
@@ -501,6 +485,52 @@ impl Sweeper {
         self.view.goroutines_max = self.view.goroutines_max.max(gs.len() as u64);
         self.view.samples += gs.len() as u64;
         self.view.sweeps += 1;
+    }
+
+    /// Walks the stacks of `gs[walk]`, then reads each `g` again: a goroutine that ran
+    /// while its stack was read has a stack it may not have had, and keeps none.
+    fn walk_batch(
+        &mut self,
+        gs: &[G],
+        walk: &[usize],
+        glen: usize,
+        generation: u64,
+        stacks: &mut [Ips],
+        raced: &mut [bool],
+    ) {
+        let o = self.layout.offsets;
+        let walked = self.walk(gs, walk);
+        let reqs: Vec<(u64, usize)> = walk.iter().map(|&i| (gs[i].addr, glen)).collect();
+        let mut buf = std::mem::take(&mut self.buf);
+        let ok = self.mem.read_many(&reqs, &mut buf);
+        for (k, (&i, ips)) in walk.iter().zip(walked).enumerate() {
+            let again = G::parse(
+                gs[i].addr,
+                buf.get(k * glen..(k + 1) * glen).unwrap_or(&[]),
+                &o,
+            );
+            if !ok[k] || again.regs() != gs[i].regs() {
+                raced[i] = true;
+                self.view.raced += 1;
+                continue;
+            }
+            // one Arc per distinct stack: samples are keyed by it
+            let ips = ips.and_then(|ips| match self.interned.get(&ips) {
+                Some(same) => Some(same.clone()),
+                None if self.interned.len() < MAX_STACKS => {
+                    self.interned.insert(ips.clone());
+                    Some(ips)
+                }
+                None => {
+                    self.view.stacks_dropped += 1;
+                    None
+                }
+            });
+            self.cache
+                .insert(gs[i].addr, (gs[i].regs(), ips.clone(), generation));
+            stacks[i] = ips;
+        }
+        self.buf = buf;
     }
 
     fn reason_name(&self, reason: u8) -> String {

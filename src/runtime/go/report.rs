@@ -278,12 +278,13 @@ pub fn write(
     let cpu: Vec<u64> = costs.iter().map(|c| c.0).collect();
     let _ = writeln!(
         out,
-        "    not seen: {} samples taken while the goroutine ran (no stack), {} g's unreadable, {} sweeps without the goroutine list, {} goroutines beyond the {} read; sweeps cost p50 {} (max {}) of CPU, {} per 1000 goroutines (median), {:.2}% of one CPU over the session{}",
+        "    not seen: {} samples taken while the goroutine ran (no stack), {} g's unreadable, {} sweeps without the goroutine list, {} goroutines beyond the {} read, {} stacks not kept (too many distinct); sweeps cost p50 {} (max {}) of CPU, {} per 1000 goroutines (median), {:.2}% of one CPU over the session{}",
         view.raced,
         view.unreadable_gs,
         view.unreadable_sweeps,
         view.beyond_limit,
         super::goroutines::MAX_GOROUTINES,
+        view.stacks_dropped,
         secs(quantile(&cpu, 0.5).unwrap_or(0)),
         secs(cpu.iter().copied().max().unwrap_or(0)),
         quantile(&per_1000, 0.5).map_or("-".to_string(), secs),
@@ -350,4 +351,34 @@ pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
         found.push((h.ns, text));
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_code_is_main_or_a_module_path_never_the_standard_library() {
+        for own in [
+            "main.main",
+            "main.(*Pool).Get",
+            "main.main.func1",
+            "github.com/acme/svc/db.(*Conn).Query",
+            "example.com/x.Run",
+        ] {
+            assert!(own_code(own), "{own}");
+        }
+        for std in [
+            "net/http.(*conn).serve",
+            "net.(*netFD).accept",
+            "runtime.gopark",
+            "runtime/internal/syscall.Syscall6",
+            "internal/poll.(*FD).Read",
+            "sync.(*Mutex).lockSlow",
+            "time.Sleep",
+            "[unknown: not mapped]",
+        ] {
+            assert!(!own_code(std), "{std}");
+        }
+    }
 }
