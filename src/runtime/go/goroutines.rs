@@ -280,6 +280,9 @@ const MAX_GOIDS: usize = 100_000;
 /// walk stopped short), or none.
 type Ips = Option<Arc<[u64]>>;
 
+/// Samples are accumulated by (status, wait reason, stack identity, raced).
+type AccKey = (u32, u8, usize, bool);
+
 /// A goroutine's registers as read: (goid, pc, sp, bp, status).
 type Regs = (u64, u64, u64, u64, u32);
 
@@ -299,7 +302,7 @@ struct Sweeper {
     cache: FxHashMap<u64, (Regs, Ips, u64)>,
     generation: u64,
     /// (status, wait reason, stack identity, raced) -> samples.
-    acc: FxHashMap<(u32, u8, usize, bool), Acc>,
+    acc: FxHashMap<AccKey, Acc>,
     /// Every distinct stack walked, once.
     interned: FxHashSet<Arc<[u64]>>,
     /// The stacks the samples refer to, by identity.
@@ -308,6 +311,9 @@ struct Sweeper {
     running: FxHashMap<u64, Arc<[u64]>>,
     /// g address -> the goid last seen there, to count goroutines.
     goids: FxHashMap<u64, u64>,
+    /// The samples of the last sweep read, and how many sweeps were read.
+    last_keys: Vec<AccKey>,
+    sweeps_read: u64,
     /// (thread, goid, stack identity) -> time in a system call.
     threads: FxHashMap<(u32, u64, usize), u64>,
     /// goid -> when it was first seen runnable in its current runnable spell.
@@ -334,12 +340,14 @@ impl Sweeper {
             .read_many(&[(self.layout.allgs + self.bias, 24)], &mut buf);
         if !ok[0] {
             self.view.unreadable_sweeps += 1;
+            self.carry(dt);
             self.buf = buf;
             return;
         }
         let (ptr, len, cap) = (u64_at(&buf, 0), u64_at(&buf, 8), u64_at(&buf, 16));
         if ptr == 0 || len > cap || len == 0 {
             self.view.unreadable_sweeps += 1;
+            self.carry(dt);
             self.buf = buf;
             return;
         }
@@ -347,6 +355,7 @@ impl Sweeper {
         self.view.beyond_limit = self.view.beyond_limit.max(len.saturating_sub(n as u64));
         if !self.mem.read_many(&[(ptr, n * 8)], &mut buf)[0] {
             self.view.unreadable_sweeps += 1;
+            self.carry(dt);
             self.buf = buf;
             return;
         }
@@ -417,6 +426,9 @@ impl Sweeper {
         let mut runnable = 0u64;
         let mut now_runnable = FxHashSet::default();
         let mut in_syscall = Vec::new();
+        // the second half of the interval goes to the samples before it
+        self.carry(dt - dt / 2);
+        let mut keys = Vec::with_capacity(gs.len());
         for (i, g) in gs.iter().enumerate() {
             let status = match g.status {
                 G_PREEMPTED => G_RUNNABLE,
@@ -439,13 +451,19 @@ impl Sweeper {
             if status == G_SYSCALL {
                 in_syscall.push((i, ptr));
             }
-            let a = self.acc.entry((status, reason, ptr, raced[i])).or_default();
-            a.ns += dt;
+            let key = (status, reason, ptr, raced[i]);
+            keys.push(key);
+            let a = self.acc.entry(key).or_default();
+            // each sample stands for half the interval before it and half the one after
+            // (the first for all the time before it)
+            a.ns += if self.sweeps_read == 0 { dt } else { dt / 2 };
             a.samples += 1;
             if a.goids.len() < MAX_GOIDS {
                 a.goids.insert(g.goid);
             }
         }
+        self.last_keys = keys;
+        self.sweeps_read += 1;
         // the threads of goroutines in system calls: g.m's procid is the thread's id
         if !in_syscall.is_empty() {
             let reqs: Vec<(u64, usize)> = in_syscall
@@ -531,6 +549,20 @@ impl Sweeper {
             stacks[i] = ips;
         }
         self.buf = buf;
+    }
+
+    /// Gives `ns` to each sample of the last sweep read: the half of an interval that
+    /// follows it, or (the program gone, the goroutines unreadable) half of what is left.
+    fn carry(&mut self, ns: u64) {
+        if self.sweeps_read == 0 {
+            return;
+        }
+        let ns = if self.mem.gone { ns / 2 } else { ns };
+        for key in &self.last_keys {
+            if let Some(a) = self.acc.get_mut(key) {
+                a.ns += ns;
+            }
+        }
     }
 
     fn reason_name(&self, reason: u8) -> String {
@@ -822,6 +854,8 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         running: FxHashMap::default(),
         goids: FxHashMap::default(),
         threads: FxHashMap::default(),
+        last_keys: Vec::new(),
+        sweeps_read: 0,
         runnable_since: FxHashMap::default(),
         view,
         buf: Vec::new(),
