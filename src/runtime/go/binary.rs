@@ -176,7 +176,7 @@ fn bytes_at<'d, R: ReadRef<'d>>(
 ) -> Option<Cow<'d, [u8]>> {
     file.sections()
         .filter(|s| s.kind() != object::SectionKind::UninitializedData)
-        .find(|s| addr >= s.address() && addr < s.address() + s.size())
+        .find(|s| addr >= s.address() && addr < s.address().saturating_add(s.size()))
         .and_then(|s| s.data_range(addr, len).ok().flatten())
         .map(Cow::Borrowed)
 }

@@ -32,6 +32,9 @@ pub const BUDGET: f64 = 0.01;
 pub const MAX_PERIOD: Duration = Duration::from_secs(1);
 /// The most goroutines read in a sweep (the rest are counted, not read).
 pub const MAX_GOROUTINES: usize = 400_000;
+/// The most runnable spells and (thread, goroutine, stack) triples remembered.
+const MAX_SPELLS: usize = 1 << 20;
+const MAX_THREAD_PAIRS: usize = 100_000;
 /// The most distinct goroutine stacks kept: a target whose stacks never repeat costs
 /// bounded memory (the samples beyond keep their time, not their stacks).
 const MAX_STACKS: usize = 200_000;
@@ -94,7 +97,10 @@ impl Memory {
         let mut merged: Vec<(u64, u64, Vec<usize>)> = Vec::new();
         for i in order {
             let (a, len) = reqs[i];
-            let end = a.saturating_add(len as u64);
+            // a range that runs past the end of the address space is never read
+            let Some(end) = a.checked_add(len as u64) else {
+                continue;
+            };
             match merged.last_mut() {
                 Some(m)
                     if a <= m.1.saturating_add(COALESCE_GAP)
@@ -214,16 +220,24 @@ impl Memory {
     }
 }
 
+// Addresses and offsets come from the target's memory: every sum below saturates, and
+// a word outside what was read is 0 (which ends a walk).
 fn u64_at(b: &[u8], at: u64) -> u64 {
-    let at = at as usize;
-    b.get(at..at + 8)
-        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+    let Ok(at) = usize::try_from(at) else {
+        return 0;
+    };
+    b.get(at..at.saturating_add(8))
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], at: u64) -> u32 {
-    let at = at as usize;
-    b.get(at..at + 4)
-        .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+    let Ok(at) = usize::try_from(at) else {
+        return 0;
+    };
+    b.get(at..at.saturating_add(4))
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 /// What one read of a `g` says.
@@ -337,7 +351,7 @@ impl Sweeper {
         // the slice header, then its array
         let ok = self
             .mem
-            .read_many(&[(self.layout.allgs + self.bias, 24)], &mut buf);
+            .read_many(&[(self.layout.allgs.wrapping_add(self.bias), 24)], &mut buf);
         if !ok[0] {
             self.view.unreadable_sweeps += 1;
             self.carry(dt);
@@ -477,10 +491,10 @@ impl Sweeper {
                 if !ok[k] || gs[i].m == 0 || tid == 0 || tid > u64::from(u32::MAX) {
                     continue;
                 }
-                *self
-                    .threads
-                    .entry((tid as u32, gs[i].goid, ptr))
-                    .or_default() += dt;
+                let key = (tid as u32, gs[i].goid, ptr);
+                if self.threads.len() < MAX_THREAD_PAIRS || self.threads.contains_key(&key) {
+                    *self.threads.entry(key).or_default() += dt;
+                }
             }
             self.buf = buf;
         }
@@ -493,9 +507,11 @@ impl Sweeper {
             .collect();
         for goid in ended {
             if let Some(since) = self.runnable_since.remove(&goid) {
-                self.view
-                    .runnable_spells_ns
-                    .push(now_ns.saturating_sub(since));
+                if self.view.runnable_spells_ns.len() < MAX_SPELLS {
+                    self.view
+                        .runnable_spells_ns
+                        .push(now_ns.saturating_sub(since));
+                }
             }
         }
         self.view.runnable_max = self.view.runnable_max.max(runnable);
@@ -644,13 +660,13 @@ impl Sweeper {
                     w.done = true;
                     continue;
                 }
-                let end = base + len as u64;
-                let word = |a: u64| u64_at(window, a - base);
+                let end = base.saturating_add(len as u64);
+                let word = |a: u64| u64_at(window, a.wrapping_sub(base));
                 if w.bp.is_none() {
                     // the first frame
                     let (ret, next) = match deltas[k] {
-                        Some(0) if w.sp + 8 <= end => (word(w.sp), g.bp),
-                        Some(d) if d >= 8 && w.sp + d + 8 <= end => {
+                        Some(0) if w.sp.saturating_add(8) <= end => (word(w.sp), g.bp),
+                        Some(d) if d >= 8 && w.sp.saturating_add(d).saturating_add(8) <= end => {
                             (word(w.sp + d), word(w.sp + d - 8))
                         }
                         // a frame bigger than the window: from the saved bp
@@ -660,7 +676,7 @@ impl Sweeper {
                         }
                         None if g.bp != 0 => {
                             w.bp = Some(g.bp);
-                            if g.bp < base || g.bp + 16 > end {
+                            if g.bp < base || g.bp.saturating_add(16) > end {
                                 continue;
                             }
                             (0, 0)
@@ -680,7 +696,7 @@ impl Sweeper {
                             continue;
                         }
                         w.ips.push(ret);
-                        if next == 0 || next < w.sp || next + 16 > w.hi {
+                        if next == 0 || next < w.sp || next.saturating_add(16) > w.hi {
                             w.done = true;
                             continue;
                         }
@@ -688,7 +704,9 @@ impl Sweeper {
                     }
                 }
                 // frame records inside this window
-                while let Some(bp) = w.bp.filter(|&bp| bp >= base && bp + 16 <= end) {
+                while let Some(bp) =
+                    w.bp.filter(|&bp| bp >= base && bp.saturating_add(16) <= end)
+                {
                     let (next, ret) = (word(bp), word(bp + 8));
                     if ret == 0 {
                         w.done = true;
@@ -706,7 +724,7 @@ impl Sweeper {
                         w.done = true;
                         break;
                     }
-                    if next <= bp || next < w.lo || next + 16 > w.hi {
+                    if next <= bp || next < w.lo || next.saturating_add(16) > w.hi {
                         w.ips.push(marker(S::WP_UNW_UNREADABLE));
                         w.done = true;
                         break;
@@ -930,4 +948,44 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         .rows
         .sort_by(|a, b| b.ns.cmp(&a.ns).then(a.state.cmp(&b.state)));
     Some((s.view, stacks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ranges are read together where they are close, and a range that cannot be read
+    /// (unmapped, or running past the end of the address space) costs only itself.
+    #[test]
+    fn ranges_read_together_and_a_bad_one_costs_only_itself() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let base = data.as_ptr() as u64;
+        let mut mem = Memory {
+            pid: std::process::id() as libc::pid_t,
+            gone: false,
+            scratch: Vec::new(),
+        };
+        let reqs = [
+            (base + 100, 16),
+            (0x10, 8),
+            (base + 130, 8),
+            (u64::MAX - 4, 8),
+            (base + 4000, 96),
+        ];
+        let mut out = Vec::new();
+        let ok = mem.read_many(&reqs, &mut out);
+        assert_eq!(ok, [true, false, true, false, true]);
+        assert_eq!(&out[..16], &data[100..116]);
+        assert_eq!(&out[24..32], &data[130..138]);
+        assert_eq!(&out[40..136], &data[4000..4096]);
+    }
+
+    #[test]
+    fn words_outside_what_was_read_are_zero() {
+        let b = [1u8, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(u64_at(&b, 0), 1);
+        assert_eq!(u64_at(&b, 2), 0);
+        assert_eq!(u64_at(&b, u64::MAX), 0);
+        assert_eq!(u32_at(&b, u64::MAX - 1), 0);
+    }
 }
