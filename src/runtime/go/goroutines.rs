@@ -560,8 +560,12 @@ impl Sweeper {
                     None
                 }
             });
-            self.cache
-                .insert(gs[i].addr, (gs[i].regs(), ips.clone(), generation));
+            // a walk that could not read some of the stack is tried again next time
+            let unreadable = marker(crate::bpf::types::wp_unwind_stop::WP_UNW_UNREADABLE);
+            if ips.as_ref().is_none_or(|s| s.last() != Some(&unreadable)) {
+                self.cache
+                    .insert(gs[i].addr, (gs[i].regs(), ips.clone(), generation));
+            }
             stacks[i] = ips;
         }
         self.buf = buf;
