@@ -7,9 +7,10 @@
 //! have is never reported. A parked goroutine's stack does not change until it runs, so
 //! the stack walked once is reused while its goid and saved registers stay the same.
 //!
-//! Durations are sampled: each sweep gives every goroutine the time since the previous
-//! sweep, in the state it is in now. The sweep rate adapts so that sweeping costs at
-//! most `BUDGET` of one CPU (10 ms between sweeps at the fastest).
+//! Durations are sampled: each sample stands for half the interval before it and half
+//! the one after (the first sweep's for all the time before it). The sweep rate adapts
+//! so that sweeping costs at most `BUDGET` of one CPU over the session (10 ms between
+//! sweeps at the fastest, `MAX_PERIOD` at the slowest).
 
 use std::collections::HashMap;
 
@@ -342,7 +343,8 @@ fn marker(m: crate::bpf::types::wp_unwind_stop) -> u64 {
 }
 
 impl Sweeper {
-    /// One sweep at `now_ns`: every goroutine's state gets `now_ns - last`.
+    /// One sweep at `now_ns`: the interval since the last sweep is split between the
+    /// samples of the last sweep and those of this one (see `carry`).
     fn sweep(&mut self, now_ns: u64) {
         let dt = now_ns.saturating_sub(self.last_ns);
         self.last_ns = now_ns;

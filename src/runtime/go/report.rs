@@ -175,7 +175,7 @@ pub fn write(
     );
     let _ = writeln!(
         out,
-        "    {} goroutines at most, {} seen; goroutine time by state (sampled: each sample counts the time since the sweep before it):",
+        "    {} goroutines at most, {} seen; goroutine time by state (sampled: each sample counts half the time to the sweeps either side of it):",
         view.goroutines_max, view.goroutines_seen
     );
     let total: u64 = view.rows.iter().map(|r| r.ns).sum();
