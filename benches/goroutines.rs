@@ -138,7 +138,23 @@ impl Drop for Server {
 
 /// One round: the profiler attached (or not) for the whole wrk run; returns the rate and
 /// waitprof's summary.
-fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, String)> {
+/// A process's CPU time so far (user + system), in clock ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> Res<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let after = stat.rsplit_once(')').ok_or("no comm in stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // after the comm: state is field 3, utime 14 and stime 15
+    let tick = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(tick(14) + tick(15))
+}
+
+/// One round: the profiler attached (or not) for the whole wrk run; returns the rate,
+/// the server's CPU time per request (µs), and waitprof's summary.
+fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, f64, String)> {
     let mut child = match mode {
         Mode::None => None,
         _ => {
@@ -166,7 +182,12 @@ fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, String)> {
             Some((child, err))
         }
     };
+    let before = cpu_ticks(server.child.id())?;
     let rate = server.wrk(ROUND_SECS)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu_s = cpu_ticks(server.child.id())?.saturating_sub(before) as f64 / hz;
+    let cpu_per_request_us = cpu_s * 1e6 / (rate * f64::from(ROUND_SECS)).max(1.0);
     let mut summary = String::new();
     if let Some((c, mut err)) = child.take() {
         // SAFETY: signalling our own child.
@@ -179,7 +200,7 @@ fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, String)> {
             return Err(format!("waitprof exited with {status}:\n{summary}"));
         }
     }
-    Ok((rate, summary))
+    Ok((rate, cpu_per_request_us, summary))
 }
 
 /// Peak RSS (KiB) of a child that has exited, and its status.
@@ -307,12 +328,14 @@ fn main() {
             let server = Server::start(&bin, goroutines)?;
             server.wrk(1)?; // warm up
             let mut rates: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+            let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
             let mut costs = Vec::new();
             for r in 0..rounds {
                 for i in 0..MODES.len() {
                     let k = (i + r) % MODES.len();
-                    let (rate, summary) = round(MODES[k], &server, dir.path())?;
+                    let (rate, per_request, summary) = round(MODES[k], &server, dir.path())?;
                     rates[k].push(rate);
+                    cpu[k].push(per_request);
                     if MODES[k] == Mode::On {
                         costs.push(sweep_cost(&summary));
                     }
@@ -322,18 +345,20 @@ fn main() {
             eprintln!();
             let _ = writeln!(
                 report,
-                "\n### {goroutines} parked goroutines (+ 32 connections)\n\n| | median requests/s | min–max | vs no profiler | runs |\n|---|---:|---:|---:|---|"
+                "\n### {goroutines} parked goroutines (+ 32 connections)\n\n| | median requests/s | min–max | vs no profiler | server CPU µs per request, median (min–max) | runs |\n|---|---:|---:|---:|---:|---|"
             );
             let base = median(&rates[0]);
             for (k, mode) in MODES.iter().enumerate() {
                 let (lo, hi) = spread(&rates[k]);
                 let runs: Vec<String> = rates[k].iter().map(|x| format!("{x:.0}")).collect();
+                let (clo, chi) = spread(&cpu[k]);
                 let _ = writeln!(
                     report,
-                    "| {} | {:.0} | {lo:.0}–{hi:.0} | {:.3} | {} |",
+                    "| {} | {:.0} | {lo:.0}–{hi:.0} | {:.3} | {:.2} ({clo:.2}–{chi:.2}) | {} |",
                     mode.name(),
                     median(&rates[k]),
                     median(&rates[k]) / base,
+                    median(&cpu[k]),
                     runs.join(" ")
                 );
             }
