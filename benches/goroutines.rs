@@ -10,10 +10,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-// only part of what the benchmarks share is used here
-#[allow(dead_code)]
 mod common;
-use common::Res;
+use common::{median, wait_rss, Res};
 
 const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
 const ROUND_SECS: u32 = 3;
@@ -36,16 +34,6 @@ impl Mode {
 }
 
 const MODES: [Mode; 3] = [Mode::None, Mode::Off, Mode::On];
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 fn spread(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -115,17 +103,7 @@ impl Server {
     }
 
     fn wrk(&self, secs: u32) -> Res<f64> {
-        let out = Command::new("taskset")
-            .args(["-c", "1", "wrk", "-t1", "-c32"])
-            .arg(format!("-d{secs}s"))
-            .arg(format!("http://127.0.0.1:{}/", self.port))
-            .output()
-            .map_err(|e| format!("running wrk: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
+        common::wrk_rate(self.port, secs)
     }
 }
 
@@ -201,19 +179,6 @@ fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, f64, String)> {
         }
     }
     Ok((rate, cpu_per_request_us, summary))
-}
-
-/// Peak RSS (KiB) of a child that has exited, and its status.
-fn wait_rss(child: &Child) -> Res<(i32, u64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok((status, ru.ru_maxrss as u64))
 }
 
 /// 1,000 to 100,000 parked goroutines (tests/fixtures/gowaits idle), profiled from their

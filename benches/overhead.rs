@@ -21,20 +21,10 @@ const FIXTURE: &str = env!("CARGO_BIN_EXE_waitprof-fixture");
 const ROUND_MS: u64 = 2000;
 
 mod common;
-use common::Res;
+use common::{median, wait_rss, Res};
 
 /// One comparison: appends its table to the report.
 type Step = fn(&mut String, usize, &Path) -> Res<()>;
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 /// A profiler under test, attached to one pid until stopped.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -368,17 +358,7 @@ impl Nginx {
 
     /// Requests per second of one bounded wrk run, wrk on CPU 1 (nginx is on CPU 0).
     fn wrk(&self, secs: u32) -> Res<f64> {
-        let out = Command::new("taskset")
-            .args(["-c", "1", "wrk", "-t1", "-c32"])
-            .arg(format!("-d{secs}s"))
-            .arg(format!("http://127.0.0.1:{}/", self.port))
-            .output()
-            .map_err(|e| format!("running wrk: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
+        common::wrk_rate(self.port, secs)
     }
 }
 
@@ -447,19 +427,6 @@ fn per_event(report: &mut String, dir: &Path) -> Res<()> {
     })();
     let _ = std::fs::write(stats, was.trim());
     result
-}
-
-/// wait4 for the peak RSS of a child.
-fn wait_rss(child: &Child) -> Res<(i32, u64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok((status, ru.ru_maxrss as u64))
 }
 
 fn large_profile(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {

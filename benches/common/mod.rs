@@ -1,5 +1,9 @@
 //! What the benchmarks share: starting a server on a free loopback port (nginx among
-//! them) and waiting until it listens.
+//! them) and waiting until it listens, driving it with wrk, medians, and a child's peak
+//! memory.
+
+// each benchmark uses part of this
+#![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -58,4 +62,44 @@ pub fn start_nginx(dir: &Path, pin: bool) -> Res<(Child, u16)> {
         .map_err(|e| format!("starting nginx: {e}"))?;
     wait_listening(port, "nginx")?;
     Ok((child, port))
+}
+
+/// The median; NaN for no values.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Requests per second of one bounded `wrk -t1 -c32` run against the loopback `port`,
+/// wrk on CPU 1 (the servers measured run on CPU 0).
+pub fn wrk_rate(port: u16, secs: u32) -> Res<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c32"])
+        .arg(format!("-d{secs}s"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// wait4 for a child that has exited: its status and peak RSS (KiB).
+pub fn wait_rss(child: &Child) -> Res<(i32, u64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok((status, ru.ru_maxrss as u64))
 }
