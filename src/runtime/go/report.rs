@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::classify::is_idle;
-use crate::model::{GState, GoroutineRow, GoroutineView};
+use crate::model::{GState, GoroutineView};
 use crate::symbolize::Symbols;
 
 /// Whether a Go function is the program's own code rather than the standard library's
@@ -34,10 +34,15 @@ pub fn own_frame(frames: &[Arc<str>]) -> Option<&str> {
     frames.iter().rev().map(|f| &**f).find(|f| own_code(f))
 }
 
-fn frames_of<'a>(row: &GoroutineRow, symbols: &'a Symbols) -> &'a [Arc<str>] {
-    row.stack
+fn frames_of(stack: Option<u64>, symbols: &Symbols) -> &[Arc<str>] {
+    stack
         .and_then(|id| symbols.user.get(&id))
         .map_or(&[], |f| f.as_slice())
+}
+
+/// Where a goroutine is, in words: its own code's leaf-most frame, else its leaf.
+fn place(frames: &[Arc<str>]) -> Option<&str> {
+    own_frame(frames).or(frames.last().map(|f| &**f))
 }
 
 /// A state as the summary names it.
@@ -97,14 +102,11 @@ fn quantile(values: &[u64], q: f64) -> Option<u64> {
 fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Heavy)> {
     let mut by: HashMap<(GState, String), Heavy> = HashMap::new();
     for row in &view.rows {
-        let frames = frames_of(row, symbols);
+        let frames = frames_of(row.stack, symbols);
         if is_idle(&row.state, frames) || row.state == GState::Running || row.raced {
             continue;
         }
-        let place = own_frame(frames)
-            .or(frames.last().map(|f| &**f))
-            .unwrap_or("[no stack]")
-            .to_string();
+        let place = place(frames).unwrap_or("[no stack]").to_string();
         let h = by.entry((row.state.clone(), place)).or_insert(Heavy {
             ns: 0,
             goroutines: 0,
@@ -124,10 +126,7 @@ fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Hea
 fn running(view: &GoroutineView, symbols: &Symbols) -> Vec<(String, u64)> {
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
     for row in view.rows.iter().filter(|r| r.state == GState::Running) {
-        let f = frames_of(row, symbols);
-        let name = own_frame(f)
-            .or(f.last().map(|f| &**f))
-            .unwrap_or("[unknown]");
+        let name = place(frames_of(row.stack, symbols)).unwrap_or("[unknown]");
         *by.entry(name.to_string()).or_default() += row.ns;
     }
     let mut v: Vec<(String, u64)> = by.into_iter().collect();
@@ -183,7 +182,7 @@ pub fn write(
     let (mut idle, mut io_wait) = (0u64, 0u64);
     for row in &view.rows {
         *by_state.entry(state_label(&row.state)).or_default() += row.ns;
-        if is_idle(&row.state, frames_of(row, symbols)) {
+        if is_idle(&row.state, frames_of(row.stack, symbols)) {
             idle += row.ns;
         }
         if row.state == GState::Waiting("IO wait".to_string()) {
@@ -242,13 +241,7 @@ pub fn write(
             "    goroutines in system calls, by the thread that ran them (sampled):"
         );
         for t in view.in_syscalls.iter().take(top) {
-            let frames = t
-                .stack
-                .and_then(|id| symbols.user.get(&id))
-                .map_or(&[][..], |f| f.as_slice());
-            let place = own_frame(frames)
-                .or(frames.last().map(|f| &**f))
-                .unwrap_or("[no stack]");
+            let place = place(frames_of(t.stack, symbols)).unwrap_or("[no stack]");
             let _ = writeln!(
                 out,
                 "      {:>10}  thread {} ran goroutine {} in `{place}`",
@@ -304,7 +297,7 @@ pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
     let costly: u64 = view
         .rows
         .iter()
-        .filter(|r| !is_idle(&r.state, frames_of(r, symbols)))
+        .filter(|r| !is_idle(&r.state, frames_of(r.stack, symbols)))
         .map(|r| r.ns)
         .sum();
     let worth = |ns: u64| costly > 0 && ns * 20 >= costly && ns > 0;
