@@ -70,6 +70,17 @@ struct Memory {
     scratch: Vec<u8>,
 }
 
+/// Where each range's bytes go when read back to back, and their total.
+fn layout(reqs: &[(u64, usize)]) -> (Vec<usize>, usize) {
+    let mut starts = Vec::with_capacity(reqs.len());
+    let mut total = 0;
+    for r in reqs {
+        starts.push(total);
+        total += r.1;
+    }
+    (starts, total)
+}
+
 /// Makes `buf` at least `len` long (what is beyond the ranges read is never looked at:
 /// each range's bytes are used only if it was read in full).
 fn room(buf: &mut Vec<u8>, len: usize) {
@@ -117,12 +128,7 @@ impl Memory {
             merged.iter().map(|m| (m.0, (m.1 - m.0) as usize)).collect();
         let mut scratch = std::mem::take(&mut self.scratch);
         let ok = self.read_raw(&ranges, &mut scratch);
-        let mut starts = Vec::with_capacity(reqs.len());
-        let mut total = 0;
-        for r in reqs {
-            starts.push(total);
-            total += r.1;
-        }
+        let (starts, total) = layout(reqs);
         room(out, total);
         let mut done = vec![false; reqs.len()];
         let mut retry = Vec::new();
@@ -161,15 +167,9 @@ impl Memory {
 
     /// Reads each range as it is, up to IOV_MAX per call.
     fn read_raw(&mut self, reqs: &[(u64, usize)], out: &mut Vec<u8>) -> Vec<bool> {
-        let total: usize = reqs.iter().map(|r| r.1).sum();
+        let (starts, total) = layout(reqs);
         room(out, total);
         let mut ok = vec![false; reqs.len()];
-        let mut starts = Vec::with_capacity(reqs.len());
-        let mut at = 0;
-        for r in reqs {
-            starts.push(at);
-            at += r.1;
-        }
         let mut i = 0;
         while i < reqs.len() && !self.gone {
             let n = (reqs.len() - i).min(IOV_MAX);
