@@ -516,6 +516,20 @@ pub struct GoroutineThread {
     pub ns: u64,
 }
 
+/// The Go runtime's own scheduler statistics over the session (`runtime.sched`, read at
+/// the start and the end): the runtime's sample, not waitprof's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeSched {
+    /// How long goroutines waited runnable before they ran (`timeToRun`): (from ns, to
+    /// ns, count) of each bucket that counted any, shortest first.
+    pub time_to_run: Vec<(u64, u64, u64)>,
+    /// Waits longer than the histogram holds (2^48 ns).
+    pub overflow: u64,
+    /// The runtime's estimate of time waited in `sync.Mutex` and `sync.RWMutex`
+    /// (`totalMutexWaitTime`, Go 1.20 and later).
+    pub mutex_wait_ns: Option<u64>,
+}
+
 /// What the goroutine sampler saw of a Go program.
 #[derive(Clone, Debug, Default)]
 pub struct GoroutineView {
@@ -555,4 +569,6 @@ pub struct GoroutineView {
     pub target_gone: bool,
     /// The time the sweeps covered.
     pub session_ns: u64,
+    /// The runtime's own statistics over the session, or why they were not read.
+    pub runtime_sched: Option<Result<RuntimeSched, String>>,
 }

@@ -523,6 +523,11 @@ fn go_profile() -> (Collected, Symbols) {
             ns: 300 * MS,
         }],
         session_ns: 1000 * MS,
+        runtime_sched: Some(Ok(waitprof::model::RuntimeSched {
+            time_to_run: vec![(40_960, 49_152, 30), (8 << 20, 10 << 20, 9), (12 << 20, 14 << 20, 1)],
+            overflow: 0,
+            mutex_wait_ns: Some(3_100 * MS),
+        })),
         ..Default::default()
     });
     (collected, symbols)

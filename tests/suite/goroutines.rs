@@ -29,6 +29,37 @@ fn gowaits(go: &str, version: &str, stripped: bool) -> String {
     }
 }
 
+/// The runtime's own samples (1 in 8 goroutine transitions, its mutex time scaled by 8)
+/// against the fixture: a wrong offset would read garbage, far outside this; the
+/// runtime's sampling and its histogram's quarter-octave buckets account for the rest.
+const RUNTIME_TOLERANCE: f64 = 0.25;
+
+/// The number and unit after `key` in the summary's lines on the runtime's own
+/// statistics: `41.9 ms`.
+fn runtime_line(stderr: &str, key: &str) -> Option<String> {
+    let line = stderr
+        .lines()
+        .skip_while(|l| !l.contains("the runtime's own sample"))
+        .take(2)
+        .find(|l| l.contains(key))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    let words: Vec<&str> = rest.split_whitespace().take(2).collect();
+    (words.len() == 2).then(|| words.join(" "))
+}
+
+/// `41.9 ms` -> ns.
+fn parse_secs(s: &str) -> u64 {
+    let (n, unit) = s.split_once(' ').expect("a number and a unit");
+    let n: f64 = n.parse().expect("a number");
+    let scale = match unit {
+        "s" => 1e9,
+        "ms" => 1e6,
+        "us" => 1e3,
+        _ => panic!("unknown unit in {s:?}"),
+    };
+    (n * scale) as u64
+}
+
 /// `NAME_ns=N` from the fixture's `measured ...` line.
 fn measured(stdout: &str, name: &str) -> u64 {
     let key = format!("{name}_ns=");
@@ -192,6 +223,22 @@ fn goroutine_waits_match_what_the_fixture_measured_for_every_go() {
                 findings.contains("`sync.Mutex.Lock` in `main.lockedWork`"),
                 "{stderr}"
             );
+            // the runtime's own estimate of the mutex wait (Go 1.20 on), from runtime.sched:
+            // it needs the symbol table
+            let estimate = runtime_line(&stderr, "sync.Mutex and sync.RWMutex: ");
+            match (stripped, minor >= 21) {
+                (false, true) => assert_close(
+                    &what("the runtime's mutex estimate"),
+                    parse_secs(&estimate.expect("an estimate")),
+                    measured(&out, "mutex"),
+                    RUNTIME_TOLERANCE,
+                ),
+                (false, false) => assert!(estimate.is_none(), "{stderr}"),
+                (true, _) => assert!(
+                    stderr.contains("latency histogram was not read: a stripped binary"),
+                    "{stderr}"
+                ),
+            }
         }
     }
 }
@@ -225,6 +272,13 @@ fn goroutines_runnable_behind_cpu_bound_ones_at_gomaxprocs_1() {
         );
         let stderr = run.stderr();
         assert!(stderr.contains("runnable for a P"), "no finding:\n{stderr}");
+        // the runtime's own histogram: the bucket of its median holds the fixture's
+        let p50 = runtime_line(&stderr, "p50 <= ").expect("the runtime's histogram");
+        let (got, want) = (parse_secs(&p50), measured(&run.stdout(), "spell_p50"));
+        assert!(
+            got as f64 >= want as f64 * 0.8 && got as f64 <= want as f64 * 1.6,
+            "{version}: the runtime's p50 (upper bound) {got} ns, the fixture's {want} ns:\n{stderr}"
+        );
     }
 }
 

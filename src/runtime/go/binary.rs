@@ -38,6 +38,9 @@ pub struct Layout {
     /// Wait reason names, by the runtime's `waitReason` number.
     pub wait_reasons: Vec<String>,
     pub wait_reasons_from: String,
+    /// The file address of `runtime.sched`, from the symbol table (a stripped binary
+    /// has none: its scheduler statistics are then not read).
+    pub sched: Option<u64>,
     /// The first address of the binary's text, for the load bias of a position-independent
     /// executable (0 for a fixed-address one).
     pub pie: bool,
@@ -164,6 +167,7 @@ fn layout<'d, R: ReadRef<'d>>(
         allgs_from,
         wait_reasons,
         wait_reasons_from,
+        sched: symbol("runtime.sched").map(|(a, _)| a),
         pie: file.kind() == object::ObjectKind::Dynamic,
     })
 }

@@ -755,6 +755,34 @@ fn stack_id(stacks: &mut HashMap<u64, Vec<u64>>, ips: &[u64]) -> u64 {
     id
 }
 
+/// Where `runtime.sched`'s statistics are in the target, or why they cannot be read.
+fn sched_place(layout: &Layout, bias: u64, minor: u32) -> Result<super::sched::Place, String> {
+    let addr = layout
+        .sched
+        .ok_or("a stripped binary: no symbol for runtime.sched")?
+        .wrapping_add(bias);
+    let hist =
+        super::sched::Hist::for_minor(minor).ok_or("waitprof does not know this Go's histogram")?;
+    let time_to_run = layout
+        .offsets
+        .sched_time_to_run
+        .ok_or("the runtime.schedt layout has no timeToRun")?;
+    Ok(super::sched::Place {
+        time_to_run: addr.wrapping_add(time_to_run),
+        hist,
+        mutex_wait: layout
+            .offsets
+            .sched_mutex_wait
+            .map(|o| addr.wrapping_add(o)),
+    })
+}
+
+fn read_sched(mem: &mut Memory, place: &super::sched::Place) -> Option<super::sched::Reading> {
+    let mut buf = Vec::new();
+    let ok = mem.read_raw(&place.ranges(), &mut buf);
+    place.parse(&buf, &ok)
+}
+
 /// The sampler's thread and its stop flag.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -885,6 +913,9 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         buf: Vec::new(),
         last_ns: start_ns,
     };
+    let sched = sched_place(&s.layout, bias, minor);
+    let first = sched.as_ref().ok().and_then(|p| read_sched(&mut s.mem, p));
+    let mut last = None;
     let (mut spent, began) = (0u64, std::time::Instant::now());
     loop {
         let stopping = stop.load(Ordering::SeqCst);
@@ -896,6 +927,10 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         let cpu = thread_cpu_ns();
         let before = s.view.samples;
         s.sweep(now);
+        // read at every sweep, so that a program that exits keeps its last reading
+        if let Ok(p) = &sched {
+            last = read_sched(&mut s.mem, p).or(last);
+        }
         let cost = thread_cpu_ns().saturating_sub(cpu);
         spent += cost;
         s.view.sweep_cpu_ns.push((cost, s.view.samples - before));
@@ -912,6 +947,11 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
     }
     s.view.session_ns = s.last_ns.saturating_sub(start_ns);
     s.view.target_gone = s.mem.gone;
+    s.view.runtime_sched = Some(sched.and_then(|p| {
+        let first = first.ok_or("runtime.sched could not be read at the start")?;
+        let last = last.ok_or("runtime.sched could not be read after the start")?;
+        super::sched::over_session(p.hist, &first, &last)
+    }));
     // stacks get ids of their own, beside the kernel's; rows merge by content
     let mut stacks = HashMap::new();
     let mut rows: HashMap<(GState, Option<u64>, bool), GoroutineRow> = HashMap::new();

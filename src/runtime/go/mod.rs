@@ -1,5 +1,6 @@
 //! The Go runtime, read from outside: its function table (`pclntab`, which survives
-//! stripping) and the shape of its stacks (`frames`).
+//! stripping), the shape of its stacks (`frames`), its goroutines (`goroutines`, read by
+//! a sampler) and its own scheduler statistics (`sched`).
 
 pub mod binary;
 pub mod classify;
@@ -8,3 +9,4 @@ pub mod goroutines;
 pub mod offsets;
 pub mod pclntab;
 pub mod report;
+pub mod sched;

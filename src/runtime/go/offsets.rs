@@ -25,6 +25,9 @@ pub struct Offsets {
     pub startpc: u64,
     pub m_procid: u64,
     pub m_curg: u64,
+    /// Within `runtime.schedt`: `timeToRun` and (Go 1.20 on) `totalMutexWaitTime`.
+    pub sched_time_to_run: Option<u64>,
+    pub sched_mutex_wait: Option<u64>,
 }
 
 impl Offsets {
@@ -49,7 +52,11 @@ impl Offsets {
 
     /// A layout that could be a `g`'s: every field inside the first 1 KiB.
     fn sane(&self) -> bool {
-        self.g_read_len() <= 1024 && self.m_procid < 2048 && self.m_curg < 2048
+        self.g_read_len() <= 1024
+            && self.m_procid < 2048
+            && self.m_curg < 2048
+            && self.sched_time_to_run.is_none_or(|o| o < 1 << 16)
+            && self.sched_mutex_wait.is_none_or(|o| o < 1 << 16)
     }
 }
 
@@ -80,6 +87,8 @@ pub fn table(minor: u32) -> Option<Offsets> {
         startpc,
         m_procid: 72,
         m_curg: 192,
+        sched_time_to_run: Some(if minor == 19 { 312 } else { 320 }),
+        sched_mutex_wait: (minor >= 20).then_some(1624),
     })
 }
 
@@ -170,7 +179,13 @@ pub fn wait_reasons(minor: u32) -> Option<&'static [&'static str]> {
 type Section<'a> = EndianSlice<'a, LittleEndian>;
 
 /// The struct members waitprof needs, by struct.
-const WANTED: [&str; 4] = ["runtime.g", "runtime.m", "runtime.gobuf", "runtime.stack"];
+const WANTED: [&str; 5] = [
+    "runtime.g",
+    "runtime.m",
+    "runtime.gobuf",
+    "runtime.stack",
+    "runtime.schedt",
+];
 
 /// The layout from the binary's DWARF: None when it has none (built with `-w`), an
 /// error when it has DWARF that does not describe the runtime's structs.
@@ -210,6 +225,9 @@ pub fn from_dwarf<'d, R: ReadRef<'d>>(
         startpc: get("runtime.g", "startpc")?,
         m_procid: get("runtime.m", "procid")?,
         m_curg: get("runtime.m", "curg")?,
+        // the scheduler's statistics are extra: without them the goroutines are still read
+        sched_time_to_run: get("runtime.schedt", "timeToRun").ok(),
+        sched_mutex_wait: get("runtime.schedt", "totalMutexWaitTime").ok(),
     };
     if !o.sane() {
         return Err(format!(

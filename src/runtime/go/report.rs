@@ -91,6 +91,15 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A histogram bucket's upper bound: `<= 1.0 ms`.
+fn upto(ns: u64) -> String {
+    if ns == u64::MAX {
+        "> 78 h".to_string()
+    } else {
+        format!("<= {}", secs(ns))
+    }
+}
+
 /// The q-quantile of sampled values.
 fn quantile(values: &[u64], q: f64) -> Option<u64> {
     let mut v = values.to_vec();
@@ -262,6 +271,34 @@ pub fn write(
             quantile(spells, 0.99).map_or("-".to_string(), secs),
         );
     }
+    match &view.runtime_sched {
+        Some(Ok(r)) => {
+            let q = |q: f64| r.quantile(q).map_or("-".to_string(), upto);
+            let _ = writeln!(
+                out,
+                "    the runtime's own sample (runtime.sched, 1 in 8 goroutine transitions): {} waits runnable before running over the session, p50 {} p90 {} p99 {} max {}",
+                r.samples(),
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(1.0)
+            );
+            if let Some(ns) = r.mutex_wait_ns {
+                let _ = writeln!(
+                    out,
+                    "      and its estimate of the time goroutines waited in sync.Mutex and sync.RWMutex: {}",
+                    secs(ns)
+                );
+            }
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(
+                out,
+                "    the runtime's own scheduling latency histogram was not read: {why}"
+            );
+        }
+        None => {}
+    }
     // per 1000 goroutines: the median over the sweeps that read at least 100
     let per_1000: Vec<u64> = costs
         .iter()
@@ -326,8 +363,15 @@ pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
                     .map(|(f, ns)| format!("`{f}` {:.0}%", pct(*ns, ran_total)))
                     .collect::<Vec<_>>()
                     .join(", ");
+                let runtime_p99 = match &view.runtime_sched {
+                    Some(Ok(r)) => r
+                        .quantile(0.99)
+                        .map(|p| format!("p99 {} by the runtime's own sample; ", upto(p)))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
                 format!(
-                    "goroutines waited {} runnable for a P (at most {} at once, spells p99 {}, sampled), in `{place}`{}",
+                    "goroutines waited {} runnable for a P (at most {} at once, {runtime_p99}spells p99 {}, sampled), in `{place}`{}",
                     secs(h.ns),
                     view.runnable_max,
                     quantile(&view.runnable_spells_ns, 0.99).map_or("-".to_string(), secs),
