@@ -99,6 +99,14 @@ struct {
 	__type(value, struct wp_listener);
 } listeners SEC(".maps");
 
+/* The target's epoll fds, polled (see wp_poll). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wp_poll);
+} polls SEC(".maps");
+
 /*
  * Where a stack is captured before it is hashed; one slot per hook context that captures.
  * sched_switch and sched_waking run with interrupts off, but sys_exit can be interrupted
@@ -428,12 +436,129 @@ static __noinline void add_waiter(struct thread_state *ts, __u64 ns)
 	__sync_fetch_and_add(val, ns);
 }
 
+/*
+ * log2 of a run-queue wait in microseconds: the histogram slot (runqlat's buckets).
+ * Branch-free halvings rather than a loop: fewer states for the verifier.
+ */
+static __always_inline __u32 runq_slot(__u64 ns)
+{
+	__u64 v = ns / 1000;
+	__u32 r, shift;
+
+	r = (v > 0xFFFFFFFF) << 5;
+	v >>= r;
+	shift = (v > 0xFFFF) << 4;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r < WP_RUNQ_SLOTS ? r : WP_RUNQ_SLOTS - 1;
+}
+
+/* A new fd's counts start from this (never written): too large for the BPF stack. */
+struct wp_poll poll_zero = {};
+
+static __always_inline struct wp_poll *poll_of(__u32 fd)
+{
+	struct wp_poll *p;
+
+	p = lookup_or_init(&polls, &fd, &poll_zero);
+	if (!p)
+		stat_add(WP_STAT_POLLS_FULL, 1);
+	return p;
+}
+
+static __always_inline void poll_gap(struct wp_poll *p, __u64 now, __u32 tid)
+{
+	__u64 gap;
+	__u32 slot;
+
+	if (!p->last_ns || now <= p->last_ns)
+		return;
+	gap = now - p->last_ns;
+	__sync_fetch_and_add(&p->gaps, 1);
+	__sync_fetch_and_add(&p->gap_sum_ns, gap);
+	if (gap > p->gap_max_ns) {
+		p->gap_max_ns = gap;
+		p->gap_max_end_ns = now;
+		p->gap_max_tid = tid;
+	}
+	slot = runq_slot(gap);
+	if (slot < WP_RUNQ_SLOTS)
+		__sync_fetch_and_add(&p->gap_hist[slot], 1);
+}
+
+/* An epoll call on `fd` blocked at `now`: from here the fd is watched, and a gap ends. */
+static __always_inline void poll_blocked(struct thread_state *ts, __u32 fd, __u64 now)
+{
+	struct wp_poll *p = poll_of(fd);
+
+	if (!p)
+		return;
+	/* read, then added: a fetching add needs BPF ISA v3, which older kernels lack */
+	if (!p->watching)
+		poll_gap(p, now, ts->tid);
+	__sync_fetch_and_add(&p->watching, 1);
+	ts->flags |= WP_TF_POLL_WATCHING;
+	ts->poll_fd = fd;
+}
+
+/* The blocked epoll call of `ts` ended, however it ended (see close_episode). */
+static __always_inline void poll_unblocked(struct thread_state *ts, __u64 now)
+{
+	struct wp_poll *p;
+
+	if (!(ts->flags & WP_TF_POLL_WATCHING))
+		return;
+	ts->flags &= ~WP_TF_POLL_WATCHING;
+	p = bpf_map_lookup_elem(&polls, &ts->poll_fd);
+	if (!p)
+		return;
+	__sync_fetch_and_add(&p->watching, -1);
+	p->last_ns = now;
+}
+
+/* An epoll call on `fd` returned at `now`. */
+static __always_inline void poll_returned(struct thread_state *ts, __u32 tid, __u32 fd, __u64 now)
+{
+	bool blocked = ts && (ts->flags & WP_TF_POLL_WATCHING) && ts->poll_fd == fd;
+	struct wp_poll *p = poll_of(fd);
+
+	if (!p)
+		return;
+	__sync_fetch_and_add(&p->polls, 1);
+	if (ts) {
+		ts->polls++;
+		if (blocked)
+			ts->polls_blocking++;
+	}
+	if (blocked) {
+		__sync_fetch_and_add(&p->blocking, 1);
+		poll_unblocked(ts, now);
+		return;
+	}
+	/* a call that did not block ends a gap unless another call watches the fd */
+	if (!p->watching)
+		poll_gap(p, now, tid);
+	p->last_ns = now;
+}
+
 static __always_inline void close_episode(struct thread_state *ts, __u8 outcome)
 {
 	aggregate(ts, outcome, ts->ep_ustack, ts->ep_kstack, &ts->ep_waker, 1, ts->ep_blocked_ns,
 		  ts->ep_runq_ns);
 	add_waiter(ts, ts->ep_blocked_ns + ts->ep_runq_ns);
 	ts->flags &= ~WP_TF_IN_EPISODE;
+	/* normally ended at sys_exit by poll_returned; here if the exit was not seen */
+	poll_unblocked(ts, bpf_ktime_get_ns());
 	ts->ep_blocked_ns = 0;
 	ts->ep_runq_ns = 0;
 }
@@ -501,6 +626,9 @@ static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid,
 	if (ts->kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
 		ts->object = object_of(task, regs, ts->kind, nr, false);
+		/* blocked since before the session: the fd was watched all along */
+		if (ts->kind == WP_KIND_EPOLL && ts->object)
+			poll_blocked(ts, ts->object - 1, start);
 	}
 	return ts;
 }
@@ -625,37 +753,12 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		ts->ep_kstack = kstack;
 		ts->object = object_of(prev, regs, kind, nr, true);
 		__builtin_memset(&ts->ep_waker, 0, sizeof(ts->ep_waker));
+		if (kind == WP_KIND_EPOLL && ts->object)
+			poll_blocked(ts, ts->object - 1, now);
 	} else {
 		ts->cur_ustack = ustack;
 		ts->cur_kstack = kstack;
 	}
-}
-
-/*
- * log2 of a run-queue wait in microseconds: the histogram slot (runqlat's buckets).
- * Branch-free halvings rather than a loop: fewer states for the verifier.
- */
-static __always_inline __u32 runq_slot(__u64 ns)
-{
-	__u64 v = ns / 1000;
-	__u32 r, shift;
-
-	r = (v > 0xFFFFFFFF) << 5;
-	v >>= r;
-	shift = (v > 0xFFFF) << 4;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0xFF) << 3;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0xF) << 2;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0x3) << 1;
-	v >>= shift;
-	r |= shift;
-	r |= (v >> 1);
-	return r < WP_RUNQ_SLOTS ? r : WP_RUNQ_SLOTS - 1;
 }
 
 static __always_inline void switch_in(struct thread_state *ts, __u64 now)
@@ -862,6 +965,12 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 	if (!recording() || !selected(id >> 32, tid))
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &tid);
+	regs = current_regs();
+	nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr < 0 || nr >= WP_MAX_SYSCALL_NR)
+		nr = 0;
+	if (cfg.sysclass[nr] == WP_SYS_EPOLL)
+		poll_returned(ts, tid, (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs), bpf_ktime_get_ns());
 	if (!ts)
 		return 0;
 	/*
@@ -874,9 +983,7 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 		stat_add(WP_STAT_MISSED_RECOVERED, 1);
 		switch_in(ts, bpf_ktime_get_ns());
 	}
-	regs = current_regs();
-	nr = BPF_CORE_READ(regs, orig_ax);
-	if (nr >= 0 && nr < WP_MAX_SYSCALL_NR && cfg.sysclass[nr] == WP_SYS_ACCEPT)
+	if (cfg.sysclass[nr] == WP_SYS_ACCEPT)
 		sample_listener(regs, ret);
 	if (!(ts->flags & WP_TF_IN_EPISODE))
 		return 0;

@@ -76,6 +76,7 @@ enum wp_thread_flag {
 	WP_TF_RUNNABLE_OUT = 1 << 1,  /* switched out while runnable (preempted) */
 	WP_TF_IN_EPISODE = 1 << 2,    /* inside a tracked syscall that has blocked */
 	WP_TF_BEFORE_ATTACH = 1 << 3, /* first seen already off-CPU */
+	WP_TF_POLL_WATCHING = 1 << 4, /* blocked in an epoll call, counted in its wp_poll.watching */
 };
 
 /* Where a wakeup came from (wp_waker.ctx). */
@@ -156,8 +157,13 @@ struct thread_state {
 	struct wp_waker ep_waker;
 	__u64 runq_woken_ns; /* the part of runq_ns that followed a wakeup (not a preemption) */
 	__u32 runq_hist[WP_RUNQ_SLOTS];
+	/* epoll calls that returned, and how many of them blocked (see wp_poll) */
+	__u32 polls;
+	__u32 polls_blocking;
+	__u32 poll_fd; /* the epoll fd of the blocked call it counts as watching */
+	__u32 __pad3;
 };
-_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES + 8 + 96 + 8 + 4 * WP_RUNQ_SLOTS,
+_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES + 8 + 96 + 8 + 4 * WP_RUNQ_SLOTS + 16,
 	       "thread_state layout changed: keep it packed");
 
 /*
@@ -215,6 +221,28 @@ struct wp_listener {
 };
 _Static_assert(sizeof(struct wp_listener) == 64, "wp_listener layout changed");
 
+/*
+ * One epoll fd of the target, polled: how often, and the gaps between polls. A gap runs
+ * from the end of one epoll call on the fd to the start of the next, while no call on it
+ * is blocked (a blocked call watches the fd: events wake it). For an event loop, or Go's
+ * netpoller, a gap is how long a ready event could wait before anyone looked. The start
+ * of a call that does not block is its exit, a few microseconds late. Updated without a
+ * lock from every CPU: two calls that end at the same instant can miscount one gap.
+ */
+struct wp_poll {
+	__u64 polls;          /* epoll calls that returned */
+	__u64 blocking;       /* ... of which blocked */
+	__u64 last_ns;        /* the end of the last call, or the start of a blocked one */
+	__u64 gaps;
+	__u64 gap_sum_ns;
+	__u64 gap_max_ns;
+	__u64 gap_max_end_ns; /* when the longest gap ended */
+	__u32 gap_max_tid;    /* the thread whose call ended it */
+	__u32 watching;       /* calls blocked on it now */
+	__u32 gap_hist[WP_RUNQ_SLOTS]; /* log2 us, as the run-queue histograms */
+};
+_Static_assert(sizeof(struct wp_poll) == 64 + 4 * WP_RUNQ_SLOTS, "wp_poll layout changed");
+
 /* One listening TCP socket, as sockets.bpf.c's iterator reports it. */
 struct wp_listen_sample {
 	__u64 inode;
@@ -245,6 +273,7 @@ enum wp_stat {
 	WP_STAT_KSTACK_DIFFERED,   /* ... and found different: the reuse there had been wrong */
 	WP_STAT_WAITERS_FULL,      /* waiter map full: a (object, thread) pair was not counted */
 	WP_STAT_LISTENERS_FULL,    /* listener map full: a listening socket was not sampled */
+	WP_STAT_POLLS_FULL,        /* poll map full: an epoll fd's polls were not counted */
 	WP_STAT_UNWIND_DWARF,      /* user stacks unwound with the target's unwind tables */
 	WP_STAT_UNWIND_NOT_MAPPED, /* ... that reached code no table covers (walked by frame pointer) */
 	WP_STAT_COUNT,

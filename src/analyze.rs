@@ -471,6 +471,15 @@ pub fn object_name(r: &ObjectReport, collected: &Collected, symbols: &Symbols) -
     }
 }
 
+/// A thread as the summary names it: `comm-tid`, or the bare tid of a thread the session
+/// never saw.
+pub fn thread_label(collected: &Collected, tid: u32) -> String {
+    match collected.threads.iter().find(|t| t.tid == tid) {
+        Some(t) => format!("{}-{tid}", t.comm),
+        None => tid.to_string(),
+    }
+}
+
 pub fn listener_name(l: &crate::model::Listener) -> String {
     match l.addr {
         Some(a) => a.to_string(),
@@ -549,6 +558,11 @@ pub fn pct(part: u64, whole: u64) -> f64 {
         part as f64 * 100.0 / whole as f64
     }
 }
+
+/// A gap between polls of an epoll fd this long is a finding: an event loop (or Go's
+/// netpoller, which sysmon polls at least every 10 ms when the Ps are busy) that left
+/// ready events unseen for that long.
+const POLL_GAP_FINDING_NS: u64 = 50_000_000;
 
 /// Listener problems rank above any time: a dropped connection is a failed request.
 const RANK_DROPS: u64 = u64::MAX;
@@ -857,6 +871,29 @@ pub fn findings(
                 worst.comm,
                 worst.tid,
                 secs(worst.ns)
+            ),
+        ));
+    }
+    for p in collected
+        .polls
+        .iter()
+        .filter(|p| p.gap_max_ns >= POLL_GAP_FINDING_NS)
+    {
+        let q99 = quantile_ns(&p.gap_hist, 0.99).map_or("-".to_string(), secs);
+        let who = if go {
+            format!("the netpoller (epoll fd {})", p.fd)
+        } else {
+            format!("epoll fd {}", p.fd)
+        };
+        found.push((
+            p.gap_max_ns,
+            format!(
+                "{who} was not polled for {} (until +{}, when {} polled it; {} gaps, p99 under {q99}): \
+                 an event that became ready waited that long before anyone looked",
+                secs(p.gap_max_ns),
+                secs(p.gap_max_end_ns.saturating_sub(collected.start_ns)),
+                thread_label(collected, p.gap_max_tid),
+                p.gaps
             ),
         ));
     }

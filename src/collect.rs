@@ -15,11 +15,11 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
 use crate::bpf::sockets::{wp_listen_sample, SocketsSkel, SocketsSkelBuilder};
-use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_stat};
+use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_poll, wp_stat};
 use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::{Config, Target, Unwind};
 use crate::model::Row;
-use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Outcome};
+use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Outcome, Poll};
 use crate::model::{Snapshots, StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
@@ -60,6 +60,8 @@ fn totals_of(ts: &thread_state, end_ns: u64, exited: bool) -> ThreadTotals {
         runq_ns: ts.runq_ns,
         runq_woken_ns: ts.runq_woken_ns,
         runq_hist: ts.runq_hist.iter().map(|&n| u64::from(n)).collect(),
+        polls: u64::from(ts.polls),
+        polls_blocking: u64::from(ts.polls_blocking),
         exited,
     }
 }
@@ -290,6 +292,7 @@ pub fn run(
     read_rows(attached, &mut collected)?;
     read_waiters(attached, &mut collected)?;
     read_listeners(attached, &mut collected)?;
+    read_polls(attached, &mut collected)?;
     if let (Some(start), Some(end)) = (sockets_at_start, sockets_at_end) {
         drops_over_the_session(&mut collected.listeners, &start, &end);
     }
@@ -332,6 +335,7 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         kstacks_differed: s(wp_stat::WP_STAT_KSTACK_DIFFERED),
         waiters_dropped: s(wp_stat::WP_STAT_WAITERS_FULL),
         listeners_dropped: s(wp_stat::WP_STAT_LISTENERS_FULL),
+        polls_dropped: s(wp_stat::WP_STAT_POLLS_FULL),
         ustacks_unwound: s(wp_stat::WP_STAT_UNWIND_DWARF),
         ustacks_through_unmapped: s(wp_stat::WP_STAT_UNWIND_NOT_MAPPED),
         recursion_misses: attached.recursion_misses(),
@@ -400,6 +404,33 @@ fn read_listeners(attached: &Attached<'_>, collected: &mut Collected) -> Result<
         collected.listeners.push(listener_of(inode, &l));
     }
     collected.listeners.sort_by_key(|l| l.inode);
+    Ok(())
+}
+
+fn read_polls(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    let map = &attached.skel.maps.polls;
+    for (fd, p) in read_map::<u32, wp_poll>(map, "the epoll fds' polls")? {
+        let open_gap_ns = if p.watching == 0 && p.last_ns > 0 {
+            collected.end_ns.saturating_sub(p.last_ns)
+        } else {
+            0
+        };
+        collected.polls.push(Poll {
+            fd,
+            polls: p.polls,
+            blocking: p.blocking,
+            gaps: p.gaps,
+            gap_sum_ns: p.gap_sum_ns,
+            gap_max_ns: p.gap_max_ns,
+            gap_max_end_ns: p.gap_max_end_ns,
+            gap_max_tid: p.gap_max_tid,
+            gap_hist: p.gap_hist.iter().map(|&n| u64::from(n)).collect(),
+            open_gap_ns,
+        });
+    }
+    collected
+        .polls
+        .sort_by(|a, b| b.longest_ns().cmp(&a.longest_ns()).then(a.fd.cmp(&b.fd)));
     Ok(())
 }
 

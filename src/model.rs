@@ -233,6 +233,9 @@ pub struct ThreadTotals {
     pub runq_woken_ns: u64,
     /// Run-queue waits, counted per log2 bucket of microseconds (slot 0: under 2 us).
     pub runq_hist: Vec<u64>,
+    /// epoll calls that returned, and those of them that blocked.
+    pub polls: u64,
+    pub polls_blocking: u64,
     pub exited: bool,
 }
 
@@ -275,6 +278,8 @@ pub struct Losses {
     pub waiters_dropped: u64,
     /// Listening sockets not sampled because the listener map was full.
     pub listeners_dropped: u64,
+    /// epoll fds whose polls were not counted because the poll map was full.
+    pub polls_dropped: u64,
     /// User stacks unwound with the unwind tables, and those of them that ran through
     /// code no table covered (walked on by frame pointer).
     pub ustacks_unwound: u64,
@@ -309,6 +314,34 @@ pub struct Listener {
     /// which span that is known.
     pub drops: u64,
     pub drops_span: DropsSpan,
+}
+
+/// One epoll fd of the target, polled: how often, and the gaps when nothing watched it
+/// (from the end of one epoll call to the start of the next, while no call on it was
+/// blocked). Exact: every call is counted in the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Poll {
+    pub fd: u32,
+    pub polls: u64,
+    /// Calls that blocked (left the CPU) before they returned.
+    pub blocking: u64,
+    pub gaps: u64,
+    pub gap_sum_ns: u64,
+    pub gap_max_ns: u64,
+    /// When the longest gap ended (CLOCK_MONOTONIC), and the thread that ended it.
+    pub gap_max_end_ns: u64,
+    pub gap_max_tid: u32,
+    /// Gaps per log2 bucket of microseconds, as the run-queue histograms.
+    pub gap_hist: Vec<u64>,
+    /// A gap still open at the end of the session (nothing polled since the last call).
+    pub open_gap_ns: u64,
+}
+
+impl Poll {
+    /// The longest gap, counting one still open at the end.
+    pub fn longest_ns(&self) -> u64 {
+        self.gap_max_ns.max(self.open_gap_ns)
+    }
 }
 
 /// How much of the session a listener's drop count covers.
@@ -452,6 +485,8 @@ pub struct Collected {
     pub stopped_at: Option<std::time::Instant>,
     pub waiters: Vec<Waiter>,
     pub listeners: Vec<Listener>,
+    /// The target's epoll fds, polled: heaviest gap first.
+    pub polls: Vec<Poll>,
     /// epoll fd -> how many fds it watched at the end (from /proc/PID/fdinfo).
     pub epoll_watch: HashMap<u32, usize>,
     /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no

@@ -30,6 +30,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const PF_KTHREAD: u64 = 0x0020_0000;
 /// Listening sockets sampled at accept(2): a server has a handful.
 const MAX_LISTENERS: u32 = 1024;
+/// epoll fds counted: an event loop per thread has one each.
+pub const MAX_POLLED_FDS: u32 = 4096;
 /// The exit records ring buffer: 2 MiB holds ~16k thread exits between two polls.
 const EXITS_RINGBUF_BYTES: u32 = 2 << 20;
 
@@ -364,6 +366,7 @@ fn configure(
     open.maps.stacks.set_max_entries(cfg.stack_storage_size)?;
     open.maps.waiters.set_max_entries(cfg.max_rows)?;
     open.maps.listeners.set_max_entries(MAX_LISTENERS)?;
+    open.maps.polls.set_max_entries(MAX_POLLED_FDS)?;
     open.maps.exits.set_max_entries(EXITS_RINGBUF_BYTES)?;
     open.maps.unwind_rows.set_max_entries(match cfg.unwind {
         crate::cli::Unwind::Dwarf => cfg.unwind_rows,

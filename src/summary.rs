@@ -147,6 +147,7 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     let runq = analyze::runq_threads(collected);
     objects_section(&mut out, &objects, collected, symbols);
     listeners_section(&mut out, collected);
+    polls_section(&mut out, collected);
     runq_section(&mut out, &runq, per_thread);
 
     match accounting_range(collected) {
@@ -257,31 +258,30 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     write_unwinding(&mut out, collected, symbols);
     write_snapshots(&mut out, collected, symbols);
     if let Some(view) = &collected.goroutines {
-        let thread_name = |tid: u32| match collected.threads.iter().find(|t| t.tid == tid) {
-            Some(t) => format!("{}-{tid}", t.comm),
-            None => tid.to_string(),
-        };
-        // the netpoller, as the threads' epoll waits show it
+        let thread_name = |tid: u32| analyze::thread_label(collected, tid);
+        // the netpoller, as the threads' epoll calls show it: Go polls one epoll fd
         let mut netpoll = crate::runtime::go::report::Netpoll::default();
-        let mut pollers = std::collections::HashSet::new();
         for r in collected.rows.iter().filter(|r| r.kind == Kind::Epoll) {
-            netpoll.waits += r.count;
             netpoll.blocked_ns += r.blocked_ns;
-            pollers.insert(r.tid);
             match r.outcome {
                 Outcome::Ok => netpoll.with_events += r.count,
                 Outcome::Timeout => netpoll.timed_out += r.count,
                 _ => {}
             }
         }
-        netpoll.threads = pollers.len();
+        for p in &collected.polls {
+            netpoll.polls += p.polls;
+            netpoll.blocking += p.blocking;
+            netpoll.longest_gap_ns = netpoll.longest_gap_ns.max(p.longest_ns());
+        }
+        netpoll.threads = collected.threads.iter().filter(|t| t.polls > 0).count();
         crate::runtime::go::report::write(&mut out, view, symbols, top, thread_name, &netpoll);
     }
-    if l.waiters_dropped + l.listeners_dropped > 0 {
+    if l.waiters_dropped + l.listeners_dropped + l.polls_dropped > 0 {
         let _ = writeln!(
             out,
-            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full)",
-            l.waiters_dropped, l.listeners_dropped
+            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full), {} epoll calls on fds beyond the {} counted (poll map full)",
+            l.waiters_dropped, l.listeners_dropped, l.polls_dropped, crate::session::MAX_POLLED_FDS
         );
     }
     if l.kstacks_reused > 0 {
@@ -386,6 +386,86 @@ fn listeners_section(out: &mut String, collected: &Collected) {
             l.at_limit,
             l.drops,
             l.drops_span.describe()
+        );
+    }
+}
+
+/// How many epoll fds the summary lists.
+const TOP_POLLS: usize = 5;
+
+/// The target's epoll fds: how often each was polled, and the longest time nobody did.
+fn polls_section(out: &mut String, collected: &Collected) {
+    if collected.polls.is_empty() {
+        return;
+    }
+    let session_s = collected.end_ns.saturating_sub(collected.start_ns) as f64 / 1e9;
+    let _ = writeln!(
+        out,
+        "  epoll fds polled (every call counted; a gap: no call on the fd waiting or returning, so a ready event waited; longest first):"
+    );
+    for p in collected.polls.iter().take(TOP_POLLS) {
+        let q = |q| analyze::quantile_ns(&p.gap_hist, q).map_or("-".to_string(), secs);
+        let longest = if p.gap_max_ns == 0 {
+            "no gap".to_string()
+        } else {
+            format!(
+                "longest {} (ended at +{} by {})",
+                secs(p.gap_max_ns),
+                secs(p.gap_max_end_ns.saturating_sub(collected.start_ns)),
+                analyze::thread_label(collected, p.gap_max_tid)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "    epoll fd {}: {} polls ({:.0}/s; {} blocked, {} returned at once); {} gaps, p50 < {}, p99 < {}, {longest}{}",
+            p.fd,
+            p.polls,
+            if session_s > 0.0 { p.polls as f64 / session_s } else { 0.0 },
+            p.blocking,
+            p.polls - p.blocking.min(p.polls),
+            p.gaps,
+            q(0.5),
+            q(0.99),
+            if p.open_gap_ns > 0 {
+                format!("; not polled since {} before the end", secs(p.open_gap_ns))
+            } else {
+                String::new()
+            }
+        );
+    }
+    if collected.polls.len() > TOP_POLLS {
+        let _ = writeln!(
+            out,
+            "    ... and {} more epoll fds",
+            collected.polls.len() - TOP_POLLS
+        );
+    }
+    let pollers: Vec<&crate::model::ThreadTotals> = {
+        let mut v: Vec<_> = collected.threads.iter().filter(|t| t.polls > 0).collect();
+        v.sort_by(|a, b| b.polls.cmp(&a.polls).then(a.tid.cmp(&b.tid)));
+        v
+    };
+    if !pollers.is_empty() {
+        let names: Vec<String> = pollers
+            .iter()
+            .take(TOP_POLLS)
+            .map(|t| {
+                format!(
+                    "{}-{} {} ({} blocked)",
+                    t.comm, t.tid, t.polls, t.polls_blocking
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "    polled by {} thread(s): {}{}",
+            pollers.len(),
+            names.join(", "),
+            if pollers.len() > TOP_POLLS {
+                ", ..."
+            } else {
+                ""
+            }
         );
     }
 }

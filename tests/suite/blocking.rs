@@ -126,3 +126,45 @@ fn cpu_bound_threads_wait_in_the_run_queue() {
     );
     assert!(run.worst_thread_accounting() >= 99.0);
 }
+
+/// An event loop polls an epoll fd 40 times, every fourth poll blocking 10 ms, with 20 ms
+/// of work after each poll and 100 ms after the middle one: every poll is counted (exact,
+/// in the kernel), and the longest gap between polls is the fixture's own measurement.
+#[test]
+fn epoll_polls_and_the_longest_gap_between_them_are_counted() {
+    let _s = root_session();
+    let run = profile_fixture(&[], &["evloop", "40", "20"]);
+    let stderr = run.stderr();
+    let line = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("  epoll fds polled"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no epoll fd polled:\n{stderr}"));
+    assert!(
+        line.contains(": 40 polls (")
+            && line.contains("; 10 blocked, 30 returned at once); 39 gaps,"),
+        "{line}"
+    );
+    let longest = line
+        .split("longest ")
+        .nth(1)
+        .and_then(|r| r.split(" (ended").next())
+        .unwrap_or_else(|| panic!("no longest gap: {line}"));
+    assert_close(
+        "the longest gap between polls",
+        parse_duration(longest),
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    assert!(line.contains(" by event-loop-"), "{line}");
+    assert!(
+        stderr.contains("polled by 1 thread(s): event-loop-")
+            && stderr.contains(" 40 (10 blocked)"),
+        "{stderr}"
+    );
+    let findings = stderr.split("findings (").nth(1).unwrap_or("");
+    assert!(
+        findings.contains("was not polled for"),
+        "no finding for the gap:\n{stderr}"
+    );
+}

@@ -386,3 +386,16 @@ pub fn signal_during_start_up(signal: i32, delays_ms: &[u64]) {
         assert_programs_unload();
     }
 }
+
+/// A duration as the summary writes it (`41.9 ms`, `1.20 s`, `350 us`) -> ns.
+pub fn parse_duration(s: &str) -> u64 {
+    let (n, unit) = s.split_once(' ').expect("a number and a unit");
+    let n: f64 = n.parse().expect("a number");
+    let scale = match unit {
+        "s" => 1e9,
+        "ms" => 1e6,
+        "us" => 1e3,
+        _ => panic!("unknown unit in {s:?}"),
+    };
+    (n * scale) as u64
+}

@@ -71,6 +71,9 @@ fn thread(tid: u32, comm: &str, oncpu: u64, blocked: u64, runq: u64) -> ThreadTo
         runq_woken_ns: runq / 2,
         // half the waits under 2 us, a quarter in [8, 16) us, a quarter in [1, 2) ms
         runq_hist: [[4u64, 0, 0, 2, 0, 0, 0, 0, 0, 0, 2].as_slice(), &[0; 17]].concat(),
+        // the epoll worker polls: 2 calls blocked, 58 returned at once
+        polls: if comm == "worker-0" { 60 } else { 0 },
+        polls_blocking: if comm == "worker-0" { 2 } else { 0 },
         exited: false,
     }
 }
@@ -223,6 +226,23 @@ fn profile() -> (Collected, Symbols) {
             limit: 8,
             drops: 12,
             drops_span: waitprof::model::DropsSpan::Accepts,
+        }],
+        // 59 gaps: 50 under 1 ms, 8 of 8-16 ms, one of 120 ms (a finding)
+        polls: vec![waitprof::model::Poll {
+            fd: 3,
+            polls: 60,
+            blocking: 2,
+            gaps: 59,
+            gap_sum_ns: 200 * MS,
+            gap_max_ns: 120 * MS,
+            gap_max_end_ns: 700 * MS,
+            gap_max_tid: 102,
+            gap_hist: [
+                [0u64, 0, 0, 0, 0, 0, 0, 0, 0, 50, 0, 0, 0, 8, 0, 0, 1].as_slice(),
+                &[0; 11],
+            ]
+            .concat(),
+            open_gap_ns: 0,
         }],
         epoll_watch: HashMap::from([(3, 2)]),
         wakers: true,

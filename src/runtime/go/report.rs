@@ -143,15 +143,18 @@ fn running(view: &GoroutineView, symbols: &Symbols) -> Vec<(String, u64)> {
     v
 }
 
-/// The netpoller as the thread level saw it: the target's epoll waits that blocked (a
-/// poll that found events at once never leaves the CPU, and is not counted).
+/// The netpoller as the thread level saw it: every epoll call of the target (Go polls
+/// one epoll fd), those that blocked and how they ended, and the longest time nothing
+/// polled.
 #[derive(Clone, Debug, Default)]
 pub struct Netpoll {
-    pub waits: u64,
+    pub polls: u64,
+    pub blocking: u64,
     pub threads: usize,
     pub with_events: u64,
     pub timed_out: u64,
     pub blocked_ns: u64,
+    pub longest_gap_ns: u64,
 }
 
 /// The summary's goroutine section.
@@ -215,17 +218,20 @@ pub fn write(
         pct(idle, total),
         pct(io_wait, total)
     );
-    if netpoll.waits > 0 {
+    if netpoll.polls > 0 {
         let session_s = view.session_ns as f64 / 1e9;
         let _ = writeln!(
             out,
-            "    netpoller: {} blocking epoll waits by {} thread(s), {:.0}/s ({} returned events, {} timed out), {} blocked in them",
-            netpoll.waits,
+            "    netpoller: {} polls by {} thread(s), {:.0}/s ({} returned at once; {} blocked: {} returned events, {} timed out, {} in them); longest gap between polls {}",
+            netpoll.polls,
             netpoll.threads,
-            if session_s > 0.0 { netpoll.waits as f64 / session_s } else { 0.0 },
+            if session_s > 0.0 { netpoll.polls as f64 / session_s } else { 0.0 },
+            netpoll.polls - netpoll.blocking.min(netpoll.polls),
+            netpoll.blocking,
             netpoll.with_events,
             netpoll.timed_out,
-            secs(netpoll.blocked_ns)
+            secs(netpoll.blocked_ns),
+            secs(netpoll.longest_gap_ns)
         );
     }
     let heavy = heaviest(view, symbols);
