@@ -14,7 +14,7 @@ mod common;
 use common::{median, wait_rss, Res};
 
 const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
-const ROUND_SECS: u32 = 3;
+const ROUND_SECS: u32 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -39,6 +39,17 @@ fn spread(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (min, max)
+}
+
+/// The first and third quartiles (nearest rank).
+fn quartiles(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.25), at(0.75))
 }
 
 /// Builds tests/fixtures/`name` with the newest Go on the machine.
@@ -271,7 +282,7 @@ fn main() {
     let rounds: usize = std::env::var("WAITPROF_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+        .unwrap_or(15);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let bin = match build(dir.path(), "gohttp") {
         Ok(b) => b,
@@ -334,11 +345,19 @@ fn main() {
                 .map(|(on, off)| on / off)
                 .collect();
             let (lo, hi) = spread(&ratios);
+            let (q1, q3) = quartiles(&ratios);
+            let cpu_ratios: Vec<f64> = cpu[1]
+                .iter()
+                .zip(&cpu[2])
+                .map(|(off, on)| off / on)
+                .collect();
+            let (c1, c3) = quartiles(&cpu_ratios);
             let _ = writeln!(
                 report,
-                "\ngoroutine view on / off: median of medians {:.3}; per round {:.3} (min {lo:.3}, max {hi:.3})\n",
+                "\ngoroutine view on / off: median of medians {:.3}; per round {:.3} (IQR {q1:.3}–{q3:.3}, min {lo:.3}, max {hi:.3}); server CPU per request off / on, per round {:.3} (IQR {c1:.3}–{c3:.3})\n",
                 median(&rates[2]) / median(&rates[1]),
-                median(&ratios)
+                median(&ratios),
+                median(&cpu_ratios)
             );
             let _ = writeln!(
                 report,

@@ -284,6 +284,7 @@ pub fn run(
         wakers: cfg.wakers,
         unwind: tables.map(|t| t.report),
         other_namespaces,
+        cpus: target.cpus.clone(),
         snapshots,
         ..Default::default()
     };

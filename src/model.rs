@@ -496,6 +496,8 @@ pub struct Collected {
     pub snapshots: Snapshots,
     /// The namespaces the target does not share with waitprof (`mount`, `pid`).
     pub other_namespaces: Vec<&'static str>,
+    /// Where waitprof kept its own threads off the target's CPUs, in words.
+    pub cpus: Option<String>,
     /// What the unwind tables covered; None = frame pointers only (`--unwind fp`).
     pub unwind: Option<crate::unwind::UnwindReport>,
     /// A Go program's goroutines, sampled; None for other programs (or
@@ -578,7 +580,8 @@ pub struct GoroutineView {
     pub sweeps: u64,
     /// Goroutine samples taken (one per goroutine per sweep).
     pub samples: u64,
-    /// The longest time between two sweeps (the rate adapts to the sweeps' cost).
+    /// The longest time between two sweeps, as they ran (the rate adapts to the sweeps'
+    /// cost, and a busy machine can delay them).
     pub period_max: std::time::Duration,
     /// CPU time of each sweep, and the goroutines it read.
     pub sweep_cpu_ns: Vec<(u64, u64)>,

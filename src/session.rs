@@ -90,6 +90,8 @@ pub fn preflight() -> Result<()> {
 pub struct Profiled {
     pub pid: u32,
     pub comm: String,
+    /// Where waitprof keeps its threads off the CPUs a `-p` target is confined to.
+    pub cpus: Option<String>,
     launched: Option<Launched>,
 }
 
@@ -116,6 +118,8 @@ impl Profiled {
                 Ok(Profiled {
                     pid: *pid,
                     comm: proc_comm(*pid, *pid).unwrap_or_else(|| format!("pid{pid}")),
+                    // before anything is loaded: all of waitprof's work avoids its CPUs
+                    cpus: crate::target::keep_off_cpus_of(*pid),
                     launched: None,
                 })
             }
@@ -281,6 +285,8 @@ fn launch(argv: &[OsString]) -> Result<Profiled> {
     let pid = i32::from_ne_bytes(buf) as u32;
     Ok(Profiled {
         pid,
+        // a launched command inherits waitprof's CPUs: nothing to keep off
+        cpus: None,
         comm: Path::new(program)
             .file_name()
             .map(|f| crate::text::printable_bytes(&f.as_encoded_bytes()[..f.len().min(15)]))

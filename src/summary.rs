@@ -59,6 +59,9 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         collected.threads.len(),
         collected.attach
     );
+    if let Some(cpus) = &collected.cpus {
+        let _ = writeln!(out, "  {cpus}");
+    }
     if !collected.other_namespaces.is_empty() {
         let _ = writeln!(
             out,

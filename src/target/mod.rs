@@ -90,8 +90,90 @@ pub fn other_namespaces(pid: u32) -> Vec<&'static str> {
         .collect()
 }
 
+/// The CPUs a task may run on (its affinity mask); None if it cannot be read.
+fn affinity(pid: libc::pid_t) -> Option<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(pid, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    Some(
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: cpu < CPU_SETSIZE, within the set
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect(),
+    )
+}
+
+/// `0-2,5`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// When the target is confined to some of the CPUs waitprof may use (`taskset`, a
+/// cpuset), moves every thread of waitprof to the others, so that its own work (loading,
+/// unwind tables, the goroutine sweeps, the end of the session) takes no CPU time from
+/// the target. Says what it did; None when the target may run anywhere waitprof may.
+pub fn keep_off_cpus_of(pid: u32) -> Option<String> {
+    let target = affinity(pid as libc::pid_t)?;
+    let own = affinity(0)?;
+    let free: Vec<usize> = own
+        .iter()
+        .copied()
+        .filter(|c| !target.contains(c))
+        .collect();
+    if free.is_empty() {
+        return None;
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in &free {
+        // SAFETY: cpu came from a set of CPU_SETSIZE
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // SAFETY: set is a valid cpu_set_t of the size passed; tid is one of our threads.
+        let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+        if rc != 0 {
+            return None;
+        }
+    }
+    Some(format!(
+        "the target may run on CPU {} only: waitprof ran on CPU {}, not to take time from it",
+        cpu_list(&target),
+        cpu_list(&free)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_lists_are_ranges() {
+        assert_eq!(super::cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(super::cpu_list(&[3]), "3");
+        assert_eq!(super::cpu_list(&[]), "");
+    }
+
     #[test]
     fn tcp_addresses_read_as_the_kernel_prints_them() {
         let a = |s| super::tcp_address(s).map(|a| a.to_string());

@@ -114,3 +114,68 @@ fn sigint_at_any_moment_of_start_up() {
     let _s = root_session();
     signal_during_start_up(libc::SIGINT, &[0, 5, 15, 30, 45, 60, 80, 100, 150, 250]);
 }
+
+/// A target confined to CPU 0 (as `taskset -c 0` does): every thread of waitprof runs on
+/// the other CPUs for the whole session, so its own work takes no CPU time from it.
+#[test]
+fn waitprof_keeps_off_the_cpus_a_pinned_target_is_confined_to() {
+    let _s = root_session();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: one CPU, nowhere else to run");
+        return;
+    }
+    let fixture = Fixture::start(&["park"], "parked");
+    for task in std::fs::read_dir(format!("/proc/{}/task", fixture.pid())).expect("tasks") {
+        let tid: i32 = task
+            .expect("a task")
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("a tid");
+        // SAFETY: a zeroed cpu_set_t is empty; CPU 0 is within it; tid is the fixture's.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set),
+                0,
+                "pinning the fixture"
+            );
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_waitprof(fixture.pid(), &dir.path().join("out.svg"));
+    let (started, stderr) = watch_stderr(&mut child);
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("waitprof did not start recording");
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("tasks") {
+        let path = task.expect("a task").path();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default();
+        threads.push((name.trim().to_string(), allowed));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("waitprof");
+    let stderr = stderr.join().expect("the stderr reader");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(threads.len() >= 2, "{threads:?}");
+    for (name, allowed) in &threads {
+        let cpus: Vec<&str> = allowed.split(',').collect();
+        assert!(
+            !cpus.iter().any(|c| *c == "0" || c.starts_with("0-")),
+            "waitprof thread {name} may run on CPU 0: {allowed}"
+        );
+    }
+    assert!(
+        stderr.contains("the target may run on CPU 0 only: waitprof ran on CPU 1"),
+        "{stderr}"
+    );
+}

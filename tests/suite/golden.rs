@@ -247,6 +247,7 @@ fn profile() -> (Collected, Symbols) {
         epoll_watch: HashMap::from([(3, 2)]),
         wakers: true,
         other_namespaces: Vec::new(),
+        cpus: None,
         snapshots: Default::default(),
         unwind: Some(UnwindReport {
             files: 3,

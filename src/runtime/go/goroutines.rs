@@ -27,7 +27,7 @@ use crate::target::files::TargetFile;
 pub const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// The share of one CPU the sweeps may take, over the session (a first sweep that walks
 /// every stack costs more than the ones that reuse them).
-pub const BUDGET: f64 = 0.01;
+pub const BUDGET: f64 = 0.005;
 /// The longest time between sweeps, whatever they cost: with hundreds of thousands of
 /// goroutines the budget is exceeded rather than the profile left empty.
 pub const MAX_PERIOD: Duration = Duration::from_secs(1);
@@ -926,6 +926,14 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         };
         let cpu = thread_cpu_ns();
         let before = s.view.samples;
+        // the longest interval between two sweeps, as it was (a busy machine delays
+        // them); the first sweep's interval runs from the session's start instead
+        if s.view.sweeps > 0 {
+            s.view.period_max = s
+                .view
+                .period_max
+                .max(Duration::from_nanos(now.saturating_sub(s.last_ns)));
+        }
         s.sweep(now);
         // read at every sweep, so that a program that exits keeps its last reading
         if let Ok(p) = &sched {
@@ -942,7 +950,6 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
         let period = due
             .saturating_sub(began.elapsed())
             .clamp(MIN_PERIOD, MAX_PERIOD);
-        s.view.period_max = s.view.period_max.max(period);
         std::thread::park_timeout(period);
     }
     s.view.session_ns = s.last_ns.saturating_sub(start_ns);
