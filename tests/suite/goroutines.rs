@@ -188,6 +188,15 @@ fn goroutine_waits_match_what_the_fixture_measured_for_every_go() {
                 let us = attributed_us(&folded, &frames);
                 assert_close(&what(name), us * 1000, measured(&out, name), tolerance);
             }
+            // the thread view shows whose code blocked the thread: a Go thread in a
+            // system call runs on the goroutine's stack
+            let thread_us = attributed_us(&run.folded(), &["main.slowSyscall", "[nanosleep]"]);
+            assert_close(
+                &what("the blocked thread, in the thread view"),
+                thread_us * 1000,
+                measured(&out, "syscall"),
+                TOLERANCE,
+            );
             // the thread it blocked is named with it
             assert!(
                 stderr.contains("ran goroutine") && stderr.contains("in `main.slowSyscall`"),
