@@ -99,6 +99,20 @@ struct {
 	__type(value, struct wp_listener);
 } listeners SEC(".maps");
 
+/* On-CPU samples of the target's threads: (thread, user stack) -> samples. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct wp_oncpu_key);
+	__type(value, __u64);
+} oncpu SEC(".maps");
+
+/*
+ * Set by user space once the target is known to run Go: its threads are then sampled on
+ * the CPU (oncpu_sample), to tell what its running goroutines run.
+ */
+__u32 oncpu_on = 0;
+
 /* The target's epoll fds, polled (see wp_poll). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -115,9 +129,11 @@ struct {
 #define SCRATCH_SCHED 0
 #define SCRATCH_SYS_EXIT 1
 #define SCRATCH_WAKING 2
+/* the on-CPU sample runs in a timer interrupt, which can strike inside sys_exit */
+#define SCRATCH_SAMPLE 3
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, struct wp_stack);
 } stack_scratch SEC(".maps");
@@ -1029,6 +1045,38 @@ static __always_inline int on_exit(void)
 static __always_inline bool task_runnable(bool preempt, struct task_struct *prev)
 {
 	return preempt || task_state(prev) == TASK_RUNNING;
+}
+
+/*
+ * A timer tick on a CPU (a cpu-clock perf event, a few per second per CPU): if one of the
+ * target's threads runs there, its user stack is counted. A Go program's running
+ * goroutines keep their registers on the CPU, where the sweeps cannot read them: these
+ * samples say what they run.
+ */
+SEC("perf_event")
+int oncpu_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid(), one = 1, *n;
+	struct wp_oncpu_key key = {};
+
+	if (!oncpu_on || !recording() || !selected(id >> 32, (__u32)id))
+		return 0;
+	key.tid = (__u32)id;
+	key.ustack = capture_stack(ctx, true, SCRATCH_SAMPLE, 0);
+	n = bpf_map_lookup_elem(&oncpu, &key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	/* inserted as 1; or another CPU inserted it first, and the lookup finds it */
+	if (!bpf_map_update_elem(&oncpu, &key, &one, BPF_NOEXIST))
+		return 0;
+	n = bpf_map_lookup_elem(&oncpu, &key);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		stat_add(WP_STAT_ONCPU_FULL, 1);
+	return 0;
 }
 
 /* --- tp_btf: typed arguments, and registers of any task --- */

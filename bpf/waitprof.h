@@ -243,6 +243,13 @@ struct wp_poll {
 };
 _Static_assert(sizeof(struct wp_poll) == 64 + 4 * WP_RUNQ_SLOTS, "wp_poll layout changed");
 
+/* One (thread, user stack) of the on-CPU samples. */
+struct wp_oncpu_key {
+	__u64 ustack;
+	__u32 tid;
+	__u32 __pad;
+};
+
 /* One listening TCP socket, as sockets.bpf.c's iterator reports it. */
 struct wp_listen_sample {
 	__u64 inode;
@@ -274,6 +281,7 @@ enum wp_stat {
 	WP_STAT_WAITERS_FULL,      /* waiter map full: a (object, thread) pair was not counted */
 	WP_STAT_LISTENERS_FULL,    /* listener map full: a listening socket was not sampled */
 	WP_STAT_POLLS_FULL,        /* poll map full: an epoll fd's polls were not counted */
+	WP_STAT_ONCPU_FULL,        /* on-CPU sample map full: a sample was not counted */
 	WP_STAT_UNWIND_DWARF,      /* user stacks unwound with the target's unwind tables */
 	WP_STAT_UNWIND_NOT_MAPPED, /* ... that reached code no table covers (walked by frame pointer) */
 	WP_STAT_COUNT,

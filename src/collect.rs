@@ -15,11 +15,13 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
 use crate::bpf::sockets::{wp_listen_sample, SocketsSkel, SocketsSkelBuilder};
-use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_poll, wp_stat};
+use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_oncpu_key};
+use crate::bpf::{wp_poll, wp_stat};
 use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::{Config, Target, Unwind};
+use crate::model::Poll;
 use crate::model::Row;
-use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, Outcome, Poll};
+use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, OnCpu, Outcome};
 use crate::model::{Snapshots, StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
@@ -198,6 +200,7 @@ pub fn run(
         symbolizer.cache_target();
     }
     let mut recache_every = RECACHE_FIRST;
+    let mut sampling_on_cpu = false;
     let mut next_cache = Instant::now() + recache_every;
     let mut last_progress = Instant::now();
     let end_reason = loop {
@@ -220,6 +223,13 @@ pub fn run(
         }
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break EndReason::Duration;
+        }
+        // a Go program's threads are sampled on the CPU: what its running goroutines run
+        if !sampling_on_cpu && goroutines.as_ref().is_some_and(|g| g.found_go()) {
+            sampling_on_cpu = attached.oncpu.is_ok();
+            if sampling_on_cpu {
+                attached.sample_on_cpu()?;
+            }
         }
         let recache = Instant::now() >= next_cache;
         // at the kernel's request, and at the timer too: a library unmapped and another
@@ -294,6 +304,7 @@ pub fn run(
     read_waiters(attached, &mut collected)?;
     read_listeners(attached, &mut collected)?;
     read_polls(attached, &mut collected)?;
+    read_oncpu(attached, &mut collected)?;
     if let (Some(start), Some(end)) = (sockets_at_start, sockets_at_end) {
         drops_over_the_session(&mut collected.listeners, &start, &end);
     }
@@ -302,8 +313,19 @@ pub fn run(
     read_stacks(attached, &mut collected)?;
     only_leaves_of_other_processes(&mut collected);
     fill_from_snapshot(&mut collected);
-    if let Some((view, stacks)) = goroutines {
+    if let Some((mut view, stacks)) = goroutines {
         collected.stacks.extend(stacks);
+        let sampling = match (&attached.oncpu, sampling_on_cpu) {
+            (Err(why), _) => Err(format!("no on-CPU samples ({why})")),
+            (Ok(()), false) => Err("on-CPU samples never started".to_string()),
+            (Ok(()), true) => Ok(()),
+        };
+        crate::runtime::go::running::attribute(
+            &mut view,
+            &collected.oncpu,
+            &collected.stacks,
+            sampling,
+        );
         collected.goroutines = Some(view);
     }
     Ok(collected)
@@ -337,6 +359,7 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         waiters_dropped: s(wp_stat::WP_STAT_WAITERS_FULL),
         listeners_dropped: s(wp_stat::WP_STAT_LISTENERS_FULL),
         polls_dropped: s(wp_stat::WP_STAT_POLLS_FULL),
+        oncpu_dropped: s(wp_stat::WP_STAT_ONCPU_FULL),
         ustacks_unwound: s(wp_stat::WP_STAT_UNWIND_DWARF),
         ustacks_through_unmapped: s(wp_stat::WP_STAT_UNWIND_NOT_MAPPED),
         recursion_misses: attached.recursion_misses(),
@@ -405,6 +428,18 @@ fn read_listeners(attached: &Attached<'_>, collected: &mut Collected) -> Result<
         collected.listeners.push(listener_of(inode, &l));
     }
     collected.listeners.sort_by_key(|l| l.inode);
+    Ok(())
+}
+
+fn read_oncpu(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
+    let map = &attached.skel.maps.oncpu;
+    for (key, samples) in read_map::<wp_oncpu_key, u64>(map, "the on-CPU samples")? {
+        collected.oncpu.push(OnCpu {
+            tid: key.tid,
+            ustack: StackRef::from_raw(key.ustack),
+            samples,
+        });
+    }
     Ok(())
 }
 
@@ -858,6 +893,7 @@ fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()>
         .rows
         .iter()
         .flat_map(|r| [r.ustack, r.kstack, r.waker.ustack, r.waker.kstack])
+        .chain(collected.oncpu.iter().map(|s| s.ustack))
         .filter_map(StackRef::id)
         .collect();
     let map = &attached.skel.maps.stacks;

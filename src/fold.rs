@@ -101,34 +101,44 @@ struct Names {
     made: HashMap<String, Arc<str>>,
 }
 
-/// `name` cleaned and suffixed, once per distinct shared name (keyed by its address).
-fn shared(map: &mut HashMap<usize, Arc<str>>, name: &Arc<str>, suffix: &str) -> Arc<str> {
+/// `name` cleaned and suffixed, looked up once per distinct shared name (keyed by its
+/// address) and interned by its text: the symbolizer may hand out one name for each
+/// address of a function, and equal frames must be one pointer.
+fn shared(
+    map: &mut HashMap<usize, Arc<str>>,
+    made: &mut HashMap<String, Arc<str>>,
+    name: &Arc<str>,
+    suffix: &str,
+) -> Arc<str> {
     let key = Arc::as_ptr(name) as *const u8 as usize;
     map.entry(key)
-        .or_insert_with(|| Arc::from(format!("{}{suffix}", clean(name))))
+        .or_insert_with(|| intern(made, format!("{}{suffix}", clean(name))))
+        .clone()
+}
+
+fn intern(made: &mut HashMap<String, Arc<str>>, name: String) -> Arc<str> {
+    made.entry(name)
+        .or_insert_with_key(|n| Arc::from(n.as_str()))
         .clone()
 }
 
 impl Names {
     fn user(&mut self, name: &Arc<str>) -> Arc<str> {
-        shared(&mut self.user, name, "")
+        shared(&mut self.user, &mut self.made, name, "")
     }
 
     fn kernel(&mut self, name: &Arc<str>) -> Arc<str> {
-        shared(&mut self.kernel, name, "_[k]")
+        shared(&mut self.kernel, &mut self.made, name, "_[k]")
     }
 
     /// A waker's frame, user or kernel: apart from the same function in the blocked part.
     fn waker(&mut self, name: &Arc<str>) -> Arc<str> {
-        shared(&mut self.waker, name, "_[w]")
+        shared(&mut self.waker, &mut self.made, name, "_[w]")
     }
 
     /// A synthetic or derived frame (`[futex]_[i]`, a thread name).
     fn made(&mut self, name: String) -> Arc<str> {
-        self.made
-            .entry(name)
-            .or_insert_with_key(|n| Arc::from(n.as_str()))
-            .clone()
+        intern(&mut self.made, name)
     }
 }
 

@@ -280,6 +280,8 @@ pub struct Losses {
     pub listeners_dropped: u64,
     /// epoll fds whose polls were not counted because the poll map was full.
     pub polls_dropped: u64,
+    /// On-CPU samples not counted because their map was full.
+    pub oncpu_dropped: u64,
     /// User stacks unwound with the unwind tables, and those of them that ran through
     /// code no table covered (walked on by frame pointer).
     pub ustacks_unwound: u64,
@@ -487,6 +489,8 @@ pub struct Collected {
     pub listeners: Vec<Listener>,
     /// The target's epoll fds, polled: heaviest gap first.
     pub polls: Vec<Poll>,
+    /// On-CPU samples of the target's threads (taken for a Go program only).
+    pub oncpu: Vec<OnCpu>,
     /// epoll fd -> how many fds it watched at the end (from /proc/PID/fdinfo).
     pub epoll_watch: HashMap<u32, usize>,
     /// Whether wakers were recorded (`--no-wakers` turns them off): without them, no
@@ -567,6 +571,14 @@ pub struct RuntimeSched {
     pub mutex_wait_ns: Option<u64>,
 }
 
+/// On-CPU samples of one thread at one user stack (`oncpu_sample`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnCpu {
+    pub tid: u32,
+    pub ustack: StackRef,
+    pub samples: u64,
+}
+
 /// What the goroutine sampler saw of a Go program.
 #[derive(Clone, Debug, Default)]
 pub struct GoroutineView {
@@ -609,4 +621,9 @@ pub struct GoroutineView {
     pub session_ns: u64,
     /// The runtime's own statistics over the session, or why they were not read.
     pub runtime_sched: Option<Result<RuntimeSched, String>>,
+    /// Where `runtime.goexit` is in the target (the root of every goroutine's stack).
+    pub goexit: Option<(u64, u64)>,
+    /// The on-CPU samples that gave the running goroutines their stacks, or why the
+    /// running goroutines show their start function only (None: none ran).
+    pub running_from: Option<Result<u64, String>>,
 }

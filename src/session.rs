@@ -32,6 +32,8 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 const MAX_LISTENERS: u32 = 1024;
 /// epoll fds counted: an event loop per thread has one each.
 pub const MAX_POLLED_FDS: u32 = 4096;
+/// (thread, stack) pairs of on-CPU samples: a minute at 99 Hz on 100 CPUs, all distinct.
+const MAX_ONCPU_STACKS: u32 = 1 << 16;
 /// The exit records ring buffer: 2 MiB holds ~16k thread exits between two polls.
 const EXITS_RINGBUF_BYTES: u32 = 2 << 20;
 
@@ -325,7 +327,10 @@ fn take_libbpf_log(max_lines: usize) -> String {
 pub struct Attached<'obj> {
     pub skel: WaitprofSkel<'obj>,
     pub flavour: Flavour,
+    /// Whether on-CPU samples are taken (with the goroutine view), or why not.
+    pub oncpu: Result<(), String>,
     _links: Vec<Link>,
+    _oncpu_links: Vec<Link>,
 }
 
 /// Storage for one attempt per flavour: each open skeleton borrows its own.
@@ -373,6 +378,7 @@ fn configure(
     open.maps.waiters.set_max_entries(cfg.max_rows)?;
     open.maps.listeners.set_max_entries(MAX_LISTENERS)?;
     open.maps.polls.set_max_entries(MAX_POLLED_FDS)?;
+    open.maps.oncpu.set_max_entries(MAX_ONCPU_STACKS)?;
     open.maps.exits.set_max_entries(EXITS_RINGBUF_BYTES)?;
     open.maps.unwind_rows.set_max_entries(match cfg.unwind {
         crate::cli::Unwind::Dwarf => cfg.unwind_rows,
@@ -396,7 +402,64 @@ fn configure(
     ] {
         prog.set_autoload(f == flavour);
     }
+    open.progs.oncpu_sample.set_autoload(cfg.goroutines);
     Ok(())
+}
+
+/// On-CPU samples per second per CPU (see `oncpu_sample`): odd, not to beat in step
+/// with the target's own timers.
+const ONCPU_HZ: u64 = 99;
+
+/// Attaches `oncpu_sample` to a cpu-clock perf event on every CPU: the links, or why
+/// there are none.
+fn attach_oncpu(skel: &WaitprofSkel<'_>) -> Result<Vec<Link>, String> {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as i32;
+    let mut links = Vec::new();
+    let mut last_err = None;
+    for cpu in 0..cpus {
+        let mut attr = libbpf_rs::libbpf_sys::perf_event_attr {
+            type_: libbpf_rs::libbpf_sys::PERF_TYPE_SOFTWARE,
+            size: std::mem::size_of::<libbpf_rs::libbpf_sys::perf_event_attr>() as u32,
+            config: u64::from(libbpf_rs::libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.sample_period = 1_000_000_000 / ONCPU_HZ;
+        // SAFETY: attr is a valid perf_event_attr of the size it says; pid -1 with a cpu
+        // counts every task on that CPU; no group.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const libbpf_rs::libbpf_sys::perf_event_attr,
+                -1,
+                cpu,
+                -1,
+                libbpf_rs::libbpf_sys::PERF_FLAG_FD_CLOEXEC,
+            )
+        } as i32;
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            // an offline CPU has no events
+            if err.raw_os_error() != Some(libc::ENODEV) {
+                last_err = Some(format!("perf_event_open on CPU {cpu}: {err}"));
+            }
+            continue;
+        }
+        match skel.progs.oncpu_sample.attach_perf_event(fd) {
+            // the link owns the event's fd from here, and closes it
+            Ok(link) => links.push(link),
+            Err(e) => {
+                // SAFETY: fd was opened above and nothing else holds it.
+                unsafe { libc::close(fd) };
+                last_err = Some(format!("attaching to CPU {cpu}'s cpu-clock: {e}"));
+            }
+        }
+    }
+    match (links.is_empty(), last_err) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err("no CPU has a cpu-clock perf event".to_string()),
+        _ => Ok(links),
+    }
 }
 
 /// Where the kernel's interrupt entry code is: a waker whose kernel stack runs through it
@@ -545,10 +608,20 @@ fn try_flavour<'obj>(
         }
     })?;
     let links = attach_all(&skel, flavour)?;
+    let (oncpu, oncpu_links) = if cfg.goroutines {
+        match attach_oncpu(&skel) {
+            Ok(l) => (Ok(()), l),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    } else {
+        (Err("the goroutine view is off".to_string()), Vec::new())
+    };
     Ok(Attached {
         skel,
         flavour,
+        oncpu,
         _links: links,
+        _oncpu_links: oncpu_links,
     })
 }
 
@@ -673,6 +746,19 @@ impl Attached<'_> {
                 }
             })
             .sum()
+    }
+
+    /// Starts the on-CPU samples of the target's threads (for a Go program).
+    pub fn sample_on_cpu(&mut self) -> Result<()> {
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .context("the BPF object has no .bss")?;
+        // SAFETY: bss is the program's mmap'ed .bss; a volatile store is seen by the hooks.
+        unsafe { std::ptr::write_volatile(&mut bss.oncpu_on, 1) };
+        Ok(())
     }
 
     /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.

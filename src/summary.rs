@@ -280,11 +280,11 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
         netpoll.threads = collected.threads.iter().filter(|t| t.polls > 0).count();
         crate::runtime::go::report::write(&mut out, view, symbols, top, thread_name, &netpoll);
     }
-    if l.waiters_dropped + l.listeners_dropped + l.polls_dropped > 0 {
+    if l.waiters_dropped + l.listeners_dropped + l.polls_dropped + l.oncpu_dropped > 0 {
         let _ = writeln!(
             out,
-            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full), {} epoll calls on fds beyond the {} counted (poll map full)",
-            l.waiters_dropped, l.listeners_dropped, l.polls_dropped, crate::session::MAX_POLLED_FDS
+            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full), {} epoll calls on fds beyond the {} counted (poll map full), {} on-CPU samples (their map full)",
+            l.waiters_dropped, l.listeners_dropped, l.polls_dropped, crate::session::MAX_POLLED_FDS, l.oncpu_dropped
         );
     }
     if l.kstacks_reused > 0 {

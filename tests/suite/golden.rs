@@ -244,6 +244,7 @@ fn profile() -> (Collected, Symbols) {
             .concat(),
             open_gap_ns: 0,
         }],
+        oncpu: Vec::new(),
         epoll_watch: HashMap::from([(3, 2)]),
         wakers: true,
         other_namespaces: Vec::new(),
@@ -549,6 +550,7 @@ fn go_profile() -> (Collected, Symbols) {
             overflow: 0,
             mutex_wait_ns: Some(3_100 * MS),
         })),
+        running_from: Some(Ok(198)),
         ..Default::default()
     });
     (collected, symbols)

@@ -268,6 +268,22 @@ fn goroutines_runnable_behind_cpu_bound_ones_at_gomaxprocs_1() {
         );
         let stderr = run.stderr();
         assert!(stderr.contains("runnable for a P"), "no finding:\n{stderr}");
+        // the running goroutine's own stack, from the on-CPU samples of its thread (its
+        // registers are live on the CPU, where the sweeps cannot read them)
+        let running: u64 = folded
+            .iter()
+            .filter(|(s, _)| s.ends_with("[running]_[j]"))
+            .map(|(_, v)| v)
+            .sum();
+        let spinning = attributed_us(&folded, &["main.spinner", "[running]"]);
+        assert!(
+            running > 0 && spinning as f64 >= 0.9 * running as f64,
+            "{version}: {spinning} of {running} us running is under main.spinner:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("running goroutines' stacks from "),
+            "{stderr}"
+        );
         // the netpoller: with the P busy, sysmon polls it every 10 ms or so, so no gap
         // between polls comes near a finding (50 ms)
         let netpoller = stderr

@@ -786,6 +786,8 @@ fn read_sched(mem: &mut Memory, place: &super::sched::Place) -> Option<super::sc
 /// The sampler's thread and its stop flag.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
+    /// Set once the target is found to be a Go program whose goroutines can be read.
+    go: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<Option<Sampled>>,
 }
 
@@ -822,15 +824,22 @@ impl Sampler {
     /// command, becomes) a Go program.
     pub fn start(pid: u32, start_ns: u64, launched: bool) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let go = Arc::new(AtomicBool::new(false));
+        let (flag, found) = (stop.clone(), go.clone());
         let handle = std::thread::Builder::new()
             .name("waitprof-go".to_string())
-            .spawn(move || run(pid, start_ns, launched, &flag))
+            .spawn(move || run(pid, start_ns, launched, &flag, &found))
             .ok();
         Sampler {
             stop,
+            go,
             handle: handle.unwrap_or_else(|| std::thread::spawn(|| None)),
         }
+    }
+
+    /// Whether the target is a Go program whose goroutines are being read.
+    pub fn found_go(&self) -> bool {
+        self.go.load(Ordering::Relaxed)
     }
 
     /// Takes a last sweep at `end_ns` and returns what was seen: None for a program that
@@ -846,7 +855,13 @@ impl Sampler {
 /// When the session ended, for the last sweep.
 static END_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sampled> {
+fn run(
+    pid: u32,
+    start_ns: u64,
+    launched: bool,
+    stop: &AtomicBool,
+    found: &AtomicBool,
+) -> Option<Sampled> {
     // a launched command is recognised once it has exec'd: until then it is a copy of
     // waitprof
     let before_exec = exe_id(std::process::id());
@@ -878,6 +893,7 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
             return Some((view, HashMap::new()));
         }
     };
+    found.store(true, Ordering::Relaxed);
     view.how = format!(
         "g layout from {}, goroutine list from {}, wait reasons from {}",
         layout.offsets_from, layout.allgs_from, layout.wait_reasons_from
@@ -887,6 +903,11 @@ fn run(pid: u32, start_ns: u64, launched: bool, stop: &AtomicBool) -> Option<Sam
     } else {
         0
     };
+    view.goexit = binary
+        .funcs
+        .as_ref()
+        .and_then(|f| f.range_of("runtime.goexit"))
+        .map(|(lo, hi)| (lo.wrapping_add(bias), hi.wrapping_add(bias)));
     let minor = super::binary::minor_version(&binary.version).unwrap_or(0);
     let mut s = Sweeper {
         mem: Memory {

@@ -9,4 +9,5 @@ pub mod goroutines;
 pub mod offsets;
 pub mod pclntab;
 pub mod report;
+pub mod running;
 pub mod sched;

@@ -94,7 +94,9 @@ fn pct(part: u64, whole: u64) -> f64 {
 /// A histogram bucket's upper bound: `<= 1.0 ms`.
 fn upto(ns: u64) -> String {
     if ns == u64::MAX {
-        "> 78 h".to_string()
+        "beyond the histogram (> 75 h)".to_string()
+    } else if ns < 1000 {
+        format!("<= {ns} ns")
     } else {
         format!("<= {}", secs(ns))
     }
@@ -325,10 +327,14 @@ pub fn write(
         secs(cpu.iter().copied().max().unwrap_or(0)),
         quantile(&per_1000, 0.5).map_or("-".to_string(), secs),
         pct(cpu.iter().sum(), view.session_ns),
-        if view.rows.iter().any(|r| r.state == GState::Running) {
-            "; a running goroutine is shown by its start function only"
-        } else {
-            ""
+        match &view.running_from {
+            Some(Ok(n)) => format!(
+                "; running goroutines' stacks from {n} on-CPU samples of their threads (99 a second per CPU), their time split by those samples"
+            ),
+            Some(Err(why)) => format!(
+                "; a running goroutine is shown by its start function only: {why}"
+            ),
+            None => String::new(),
         }
     );
 }
