@@ -254,9 +254,11 @@ static __always_inline bool interrupt_entry(__u64 ip)
  * enum wp_stack_marker). `slot` keeps a sys_exit capture, which may be preempted, apart
  * from sched_switch's on the same CPU. With `interrupted`, a kernel stack that runs
  * through an interrupt entry is cut there and *interrupted set: what the interrupt
- * landed on is unrelated, and would make every such stack a new one.
+ * landed on is unrelated, and would make every such stack a new one. With `fp_only`, a user
+ * stack is walked by frame pointer (bpf_get_stack), not with the target's unwind tables.
  */
-static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, bool *interrupted)
+static __always_inline __u64 capture_stack_as(void *ctx, bool user, bool fp_only, __u32 slot,
+					       bool *interrupted)
 {
 	struct wp_stack *buf = bpf_map_lookup_elem(&stack_scratch, &slot);
 	__u64 hash = FNV64_OFFSET;
@@ -272,7 +274,7 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, boo
 	 * inlined copy of this function runs: skip that frame, or one stack gets several hashes.
 	 * The tracing frames below it are the same every time and are trimmed for display.
 	 */
-	len = user ? unwind_user(slot) : -1;
+	len = user && !fp_only ? unwind_user(slot) : -1;
 	if (len >= 0) {
 		len = len > WP_MAX_STACK_DEPTH ? sizeof(buf->ips) : len * sizeof(__u64);
 	} else {
@@ -281,7 +283,7 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, boo
 		/* the target's stack, walked by frame pointer only while its tables load */
 		k = len / sizeof(__u64);
 		asm volatile("" : "+r"(k)); /* keep the bound check on k itself */
-		if (user && cfg.dwarf && len > 0 && k < WP_MAX_STACK_DEPTH &&
+		if (user && !fp_only && cfg.dwarf && len > 0 && k < WP_MAX_STACK_DEPTH &&
 		    bpf_get_current_pid_tgid() >> 32 == cfg.tgid) {
 			buf->ips[k] = WP_UNW_PENDING;
 			len += sizeof(__u64);
@@ -323,6 +325,11 @@ static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, boo
 		}
 	}
 	return hash;
+}
+
+static __always_inline __u64 capture_stack(void *ctx, bool user, __u32 slot, bool *interrupted)
+{
+	return capture_stack_as(ctx, user, false, slot, interrupted);
 }
 
 /* The file behind a task's fd, or NULL. */
@@ -1062,7 +1069,11 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 	if (!oncpu_on || !recording() || !selected(id >> 32, (__u32)id))
 		return 0;
 	key.tid = (__u32)id;
-	key.ustack = capture_stack(ctx, true, SCRATCH_SAMPLE, 0);
+	/*
+	 * By frame pointer, which Go keeps in all its code: the program that samples stays
+	 * small (the DWARF unwinder would cost ~170 ms more to verify at start-up)
+	 */
+	key.ustack = capture_stack_as(ctx, true, true, SCRATCH_SAMPLE, 0);
 	n = bpf_map_lookup_elem(&oncpu, &key);
 	if (n) {
 		__sync_fetch_and_add(n, 1);
