@@ -845,25 +845,38 @@ static __always_inline struct pt_regs *task_regs(struct task_struct *task, bool 
 	return any_task_regs ? (struct pt_regs *)bpf_task_pt_regs(task) : 0;
 }
 
+static __always_inline bool task_runnable(bool preempt, struct task_struct *prev)
+{
+	return preempt || task_state(prev) == TASK_RUNNING;
+}
+
 /*
  * The shared core of sched_switch. The classic flavour only has pids: it passes
  * next_task = NULL and tgid_known = false, and there a thread first seen while off-CPU
  * is not picked up (user space finds it through /proc instead).
  */
-static __always_inline int on_switch(void *ctx, bool preempt, bool runnable,
+static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 				      struct task_struct *prev,
 				      __u32 next_tid, __u32 next_tgid, bool tgid_known,
 				      struct task_struct *next_task, bool any_task_regs)
 {
 	__u64 id = bpf_get_current_pid_tgid(), now;
 	struct thread_state *ts;
+	bool out, in;
 
 	if (!recording())
 		return 0;
+	out = selected(id >> 32, (__u32)id);
+	in = !tgid_known || selected(next_tgid, next_tid);
+	/* nearly every switch on the machine is another process's: leave before the clock */
+	if (!out && !in)
+		return 0;
 	now = bpf_ktime_get_ns();
-	if (selected(id >> 32, (__u32)id))
-		switch_out(ctx, prev, (__u32)id, preempt, runnable, now);
-	if (tgid_known && !selected(next_tgid, next_tid))
+	/* runnable < 0: read from prev's state, only for the target's own switch-out */
+	if (out)
+		switch_out(ctx, prev, (__u32)id, preempt,
+			   runnable < 0 ? task_runnable(preempt, prev) : runnable, now);
+	if (!in)
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &next_tid);
 	if (!ts) {
@@ -1049,11 +1062,6 @@ static __always_inline int on_exit(void)
 	return 0;
 }
 
-static __always_inline bool task_runnable(bool preempt, struct task_struct *prev)
-{
-	return preempt || task_state(prev) == TASK_RUNNING;
-}
-
 /*
  * A timer tick on a CPU (a cpu-clock perf event, a few per second per CPU): if one of the
  * target's threads runs there, its user stack is counted. A Go program's running
@@ -1095,7 +1103,7 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 SEC("tp_btf/sched_switch")
 int BPF_PROG(btf_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	return on_switch(ctx, preempt, task_runnable(preempt, prev), prev, next->pid, next->tgid, true,
+	return on_switch(ctx, preempt, -1, prev, next->pid, next->tgid, true,
 			 next, true);
 }
 
@@ -1122,7 +1130,7 @@ int BPF_PROG(btf_sched_process_exit)
 SEC("raw_tp/sched_switch")
 int BPF_PROG(raw_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	return on_switch(ctx, preempt, task_runnable(preempt, prev), prev, BPF_CORE_READ(next, pid),
+	return on_switch(ctx, preempt, -1, prev, BPF_CORE_READ(next, pid),
 			 BPF_CORE_READ(next, tgid), true, next, false);
 }
 

@@ -225,11 +225,11 @@ pub fn run(
             break EndReason::Duration;
         }
         // a Go program's threads are sampled on the CPU: what its running goroutines run
-        if !sampling_on_cpu && goroutines.as_ref().is_some_and(|g| g.found_go()) {
-            sampling_on_cpu = attached.oncpu.is_ok();
-            if sampling_on_cpu {
-                attached.sample_on_cpu()?;
-            }
+        if !sampling_on_cpu
+            && attached.oncpu.is_ok()
+            && goroutines.as_ref().is_some_and(|g| g.found_go())
+        {
+            sampling_on_cpu = attached.sample_on_cpu();
         }
         let recache = Instant::now() >= next_cache;
         // at the kernel's request, and at the timer too: a library unmapped and another

@@ -327,7 +327,7 @@ fn take_libbpf_log(max_lines: usize) -> String {
 pub struct Attached<'obj> {
     pub skel: WaitprofSkel<'obj>,
     pub flavour: Flavour,
-    /// Whether on-CPU samples are taken (with the goroutine view), or why not.
+    /// Whether on-CPU samples can be taken (with the goroutine view), or why not.
     pub oncpu: Result<(), String>,
     _links: Vec<Link>,
     _oncpu_links: Vec<Link>,
@@ -608,20 +608,17 @@ fn try_flavour<'obj>(
         }
     })?;
     let links = attach_all(&skel, flavour)?;
-    let (oncpu, oncpu_links) = if cfg.goroutines {
-        match attach_oncpu(&skel) {
-            Ok(l) => (Ok(()), l),
-            Err(e) => (Err(e), Vec::new()),
-        }
-    } else {
-        (Err("the goroutine view is off".to_string()), Vec::new())
-    };
     Ok(Attached {
         skel,
         flavour,
-        oncpu,
+        // attached once the target turns out to be Go (sample_on_cpu)
+        oncpu: if cfg.goroutines {
+            Ok(())
+        } else {
+            Err("the goroutine view is off".to_string())
+        },
         _links: links,
-        _oncpu_links: oncpu_links,
+        _oncpu_links: Vec::new(),
     })
 }
 
@@ -748,17 +745,27 @@ impl Attached<'_> {
             .sum()
     }
 
-    /// Starts the on-CPU samples of the target's threads (for a Go program).
-    pub fn sample_on_cpu(&mut self) -> Result<()> {
-        let bss = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .context("the BPF object has no .bss")?;
+    /// Starts the on-CPU samples of the target's threads (for a Go program): attaches
+    /// the sampling program to every CPU's clock, only now, so that no other target pays
+    /// for its interrupts. Returns whether samples are taken; if not, `oncpu` says why.
+    pub fn sample_on_cpu(&mut self) -> bool {
+        if self.oncpu.is_err() {
+            return false;
+        }
+        match attach_oncpu(&self.skel) {
+            Ok(links) => self._oncpu_links = links,
+            Err(e) => {
+                self.oncpu = Err(e);
+                return false;
+            }
+        }
+        let Some(bss) = self.skel.maps.bss_data.as_deref_mut() else {
+            self.oncpu = Err("the BPF object has no .bss".to_string());
+            return false;
+        };
         // SAFETY: bss is the program's mmap'ed .bss; a volatile store is seen by the hooks.
         unsafe { std::ptr::write_volatile(&mut bss.oncpu_on, 1) };
-        Ok(())
+        true
     }
 
     /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.
