@@ -67,9 +67,10 @@ fn thread_blocked_for_the_whole_session() {
 #[test]
 fn target_exits_mid_session() {
     let _s = root_session();
-    // 1.5 s of sleeps: attaching (up to a few hundred ms on a busy machine) takes part
+    // 3 s of sleeps: starting (about 0.9 s in a debug build, more on a busy machine)
+    // takes part, and at least 0.5 s must remain
     let mut child = Command::new(FIXTURE)
-        .args(["sleep", "15", "100"])
+        .args(["sleep", "30", "100"])
         .spawn()
         .expect("fixture");
     let pid = child.id().to_string();
