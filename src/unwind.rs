@@ -255,8 +255,14 @@ pub struct Tables {
     next_row: u32,
     capacity: u32,
     loaded: Vec<Mapping>,
+    /// How often each mapping that could not be placed was tried (see `refresh`).
+    tries: HashMap<Mapping, u32>,
     pub report: UnwindReport,
 }
+
+/// How often a mapping whose file cannot be opened is tried again: a library mapped
+/// again at once is placed on the next try; a file that never opens costs no more.
+const MAX_TRIES: u32 = 8;
 
 impl Tables {
     /// `launched`: a command waitprof started, a copy of waitprof until its exec.
@@ -270,6 +276,7 @@ impl Tables {
             next_row: 0,
             capacity,
             loaded: Vec::new(),
+            tries: HashMap::new(),
             report: UnwindReport {
                 capacity,
                 ..UnwindReport::default()
@@ -290,6 +297,11 @@ impl Tables {
         let started = Instant::now();
         let mut proc_ = wp_unwind_proc::default();
         let mut n = 0usize;
+        // mappings whose file could not be placed now (unmapped before it was opened, a
+        // library dlclose'd and dlopen'ed again): left out of `loaded`, so the next
+        // request or timer tries them again even if the maps look the same then, up to
+        // MAX_TRIES times
+        let mut unplaced = Vec::new();
         for m in &mappings {
             if self.stop.requested() {
                 return Err(
@@ -305,6 +317,7 @@ impl Tables {
             }
             let (rows, bias) = self.place(m, rows_map);
             let Some(bias) = bias else {
+                unplaced.push(m.clone());
                 continue;
             };
             let (lo, hi) = rows.unwrap_or((0, 0));
@@ -327,7 +340,14 @@ impl Tables {
         if !self.loaded.is_empty() {
             self.report.refreshes += 1;
         }
-        self.loaded = mappings;
+        for m in &unplaced {
+            *self.tries.entry(m.clone()).or_default() += 1;
+        }
+        let tries = &self.tries;
+        self.loaded = mappings
+            .into_iter()
+            .filter(|m| !unplaced.contains(m) || tries.get(m).is_some_and(|&t| t >= MAX_TRIES))
+            .collect();
         self.report.build_time += started.elapsed();
         Ok(true)
     }
