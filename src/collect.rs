@@ -30,7 +30,9 @@ use crate::symbolize::Symbolizer;
 use crate::syscalls;
 use crate::unwind;
 
-const POLL: Duration = Duration::from_millis(100);
+/// The longest the collection loop sleeps: how late it may see Ctrl-C (the signal lands
+/// on another thread) and detach the hooks.
+const POLL: Duration = Duration::from_millis(20);
 /// The target's memory maps are re-read so that what it maps during the session (a
 /// launched command's binary and libraries right after exec, libraries loaded later)
 /// still symbolizes after it exits: soon after the start, then less and less often.
@@ -264,6 +266,9 @@ pub fn run(
         }
     };
     let end_ns = attached.stop()?;
+    // nothing the hooks could add is read from here on: they stop costing the host now,
+    // not after the slower work below
+    attached.detach();
     let stopped_at = Instant::now();
     let goroutines = goroutines.and_then(|g| g.finish(end_ns));
     // with the unwind tables still loaded: the threads still waiting at the end

@@ -768,6 +768,13 @@ impl Attached<'_> {
         true
     }
 
+    /// Detaches every hook: the kernel stops running them at once, while their maps
+    /// stay readable for the end of the session.
+    pub fn detach(&mut self) {
+        self._links.clear();
+        self._oncpu_links.clear();
+    }
+
     /// Closes the gate: hooks stop recording, so the maps read afterwards are consistent.
     pub fn stop(&mut self) -> Result<u64> {
         self.set_gate(|bss| &mut bss.session_end_ns)
