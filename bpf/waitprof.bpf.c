@@ -1071,7 +1071,7 @@ static __always_inline int on_exit(void)
 SEC("perf_event")
 int oncpu_sample(struct bpf_perf_event_data *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid(), one = 1, *n;
+	__u64 id = bpf_get_current_pid_tgid(), zero = 0, *n;
 	struct wp_oncpu_key key = {};
 
 	if (!oncpu_on || !recording() || !selected(id >> 32, (__u32)id))
@@ -1082,15 +1082,7 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 	 * small (the DWARF unwinder would cost ~170 ms more to verify at start-up)
 	 */
 	key.ustack = capture_stack_as(ctx, true, true, SCRATCH_SAMPLE, 0);
-	n = bpf_map_lookup_elem(&oncpu, &key);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return 0;
-	}
-	/* inserted as 1; or another CPU inserted it first, and the lookup finds it */
-	if (!bpf_map_update_elem(&oncpu, &key, &one, BPF_NOEXIST))
-		return 0;
-	n = bpf_map_lookup_elem(&oncpu, &key);
+	n = lookup_or_init(&oncpu, &key, &zero);
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	else

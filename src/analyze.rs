@@ -550,6 +550,15 @@ pub fn secs(ns: u64) -> String {
     }
 }
 
+/// `count` events over `ns` as a rate per second (0 for no time).
+pub fn per_second(count: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        0.0
+    } else {
+        count as f64 * 1e9 / ns as f64
+    }
+}
+
 /// `part` as a percentage of `whole` (0 when there is no whole).
 pub fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {

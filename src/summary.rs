@@ -401,7 +401,7 @@ fn polls_section(out: &mut String, collected: &Collected) {
     if collected.polls.is_empty() {
         return;
     }
-    let session_s = collected.end_ns.saturating_sub(collected.start_ns) as f64 / 1e9;
+    let session_ns = collected.end_ns.saturating_sub(collected.start_ns);
     let _ = writeln!(
         out,
         "  epoll fds polled (every call counted; a gap: no call on the fd waiting or returning, so a ready event waited; longest first):"
@@ -423,9 +423,9 @@ fn polls_section(out: &mut String, collected: &Collected) {
             "    epoll fd {}: {} polls ({:.0}/s; {} blocked, {} returned at once); {} gaps, p50 < {}, p99 < {}, {longest}{}",
             p.fd,
             p.polls,
-            if session_s > 0.0 { p.polls as f64 / session_s } else { 0.0 },
+            analyze::per_second(p.polls, session_ns),
             p.blocking,
-            p.polls - p.blocking.min(p.polls),
+            p.polls.saturating_sub(p.blocking),
             p.gaps,
             q(0.5),
             q(0.99),

@@ -221,14 +221,13 @@ pub fn write(
         pct(io_wait, total)
     );
     if netpoll.polls > 0 {
-        let session_s = view.session_ns as f64 / 1e9;
         let _ = writeln!(
             out,
             "    netpoller: {} polls by {} thread(s), {:.0}/s ({} returned at once; {} blocked: {} returned events, {} timed out, {} in them); longest gap between polls {}",
             netpoll.polls,
             netpoll.threads,
-            if session_s > 0.0 { netpoll.polls as f64 / session_s } else { 0.0 },
-            netpoll.polls - netpoll.blocking.min(netpoll.polls),
+            crate::analyze::per_second(netpoll.polls, view.session_ns),
+            netpoll.polls.saturating_sub(netpoll.blocking),
             netpoll.blocking,
             netpoll.with_events,
             netpoll.timed_out,
