@@ -227,6 +227,45 @@ static __always_inline struct pt_regs *current_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+/*
+ * Whether cfg.preempt_from_rq leads to this CPU's preempt count: 0 = not checked yet,
+ * 1 = it held what a context switch holds (preemption off, no interrupt), 2 = it did not,
+ * and no waker stack is reused for the rest of the session.
+ */
+__u32 preempt_count_ok = 0;
+
+#define WP_SOFTIRQ_OFFSET 0x100U
+#define WP_SOFTIRQ_MASK 0xff00U
+#define WP_HARDIRQ_MASK 0xf0000U
+#define WP_NMI_MASK 0xf00000U
+
+/* This CPU's preempt count, reached through the current task's run queue. */
+static __always_inline bool this_preempt_count(struct task_struct *cur, __u32 *count)
+{
+	struct rq *rq;
+
+	if (!cfg.preempt_from_rq || !bpf_core_field_exists(cur->se.cfs_rq) ||
+	    !bpf_core_field_exists(struct cfs_rq, rq))
+		return false;
+	rq = BPF_CORE_READ(cur, se.cfs_rq, rq);
+	if (!rq || BPF_CORE_READ(rq, cpu) != (int)bpf_get_smp_processor_id())
+		return false;
+	return !bpf_probe_read_kernel(count, sizeof(*count), (void *)rq + cfg.preempt_from_rq);
+}
+
+/* Checks the preempt count's address once, in a context switch of the target. */
+static __always_inline void check_preempt_count(void)
+{
+	__u32 count;
+
+	if (preempt_count_ok || !cfg.preempt_from_rq)
+		return;
+	if (!this_preempt_count(bpf_get_current_task_btf(), &count))
+		return;
+	preempt_count_ok = (count & 0xff) >= 1 && !(count & (WP_SOFTIRQ_MASK | WP_HARDIRQ_MASK |
+								 WP_NMI_MASK)) ? 1 : 2;
+}
+
 /* The task's state word: __state since 5.14, state before. */
 static __always_inline unsigned int task_state(struct task_struct *t)
 {
@@ -407,6 +446,7 @@ static __always_inline void aggregate(struct thread_state *ts, __u8 outcome, __u
 	struct agg_val *val, init = {};
 
 	__builtin_memcpy(&key.waker, waker, sizeof(key.waker));
+	key.waker.reused = 0;
 	if (!cfg.rows_per_thread)
 		key.waker.tid = 0;
 
@@ -809,6 +849,9 @@ static __always_inline void switch_in(struct thread_state *ts, __u64 now)
 		blocked = w - ts->out_ts;
 		runq = now - w;
 		waker = &ts->waking;
+		if (cfg.wakers)
+			stat_add(waker->reused ? WP_STAT_WAKER_REUSED_NS : WP_STAT_WAKER_WALKED_NS,
+				 blocked);
 		ts->runq_woken_ns += runq;
 	} else {
 		stat_add(WP_STAT_NO_WAKEUP, 1);
@@ -872,6 +915,8 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 	if (!out && !in)
 		return 0;
 	now = bpf_ktime_get_ns();
+	if (out)
+		check_preempt_count();
 	/* runnable < 0: read from prev's state, only for the target's own switch-out */
 	if (out)
 		switch_out(ctx, prev, (__u32)id, preempt,
@@ -895,24 +940,25 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 
 /*
  * Who is waking the target's thread, in sched_waking on the waker's CPU (sched_wakeup
- * may run on the wakee's). An interrupt (a timer expiring, a packet arriving) has
- * interrupted an unrelated task: only its kernel stack says anything. Both stacks are
- * walked every time: a known place cannot stand in for the kernel stack here, since an
- * interrupt can strike at any place, and only the walked stack tells it apart.
+ * may run on the wakee's), with both its stacks walked. An interrupt (a timer expiring, a
+ * packet arriving) has interrupted an unrelated task: only its kernel stack says anything,
+ * and the walk tells it by the interrupt entry it runs through. A global function: the
+ * verifier checks it once, on its own, rather than on every path of its caller.
  */
-static __always_inline void capture_waker(void *ctx, struct wp_waker *w)
+__noinline int walk_waker(void *ctx __arg_ctx, struct wp_waker *w __arg_nonnull)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
 	__u64 id = bpf_get_current_pid_tgid();
 	bool interrupted = false;
 
+	w->reused = 0;
 	w->kstack = capture_stack(ctx, false, SCRATCH_WAKING, &interrupted);
 	if (interrupted) {
 		w->ctx = WP_WAKER_INTERRUPT;
 		w->tgid = w->tid = 0;
 		__builtin_memset(w->comm, 0, sizeof(w->comm));
 		w->ustack = WP_STACK_IN_INTERRUPT;
-		return;
+		return 0;
 	}
 	w->ctx = WP_WAKER_TASK;
 	w->tgid = id >> 32;
@@ -922,12 +968,103 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w)
 		w->ustack = WP_STACK_KERNEL_THREAD;
 	else
 		w->ustack = capture_stack(ctx, true, SCRATCH_WAKING, 0);
+	return 0;
+}
+
+/* A place a thread woke another from, with the waker stacks walked there. */
+struct wp_waker_place {
+	__u64 ustack;
+	__u64 kstack;
+	__u32 reuses; /* since the stacks were walked */
+	__u32 __pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct wp_waker_place);
+} waker_places SEC(".maps");
+
+/*
+ * The waker of a wakeup. Walking both its stacks costs about 2.5 us, most of it the
+ * kernel's, so they are walked where they matter: a wakeup that ends a wait of
+ * cfg.waker_walk_ns or more, and any wakeup from an interrupt (the preempt count says so
+ * without a walk), a kernel thread or a place not seen before. A thread in a syscall at a
+ * place it woke from before (the same registers at syscall entry) reuses the stacks walked
+ * there, and walks them again every cfg.recapture_every-th time, counting differences: two
+ * call paths can reach one place with the same registers. The blocked time each kind of
+ * wakeup ended is counted (see switch_in), so the summary says how much was walked.
+ */
+static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 waited)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	__u64 id = bpf_get_current_pid_tgid(), sig = 0;
+	struct wp_waker_place *p = 0, init = {};
+	struct pt_regs *regs;
+	__u32 count;
+	long nr;
+
+	if (waited < cfg.waker_walk_ns && cfg.recapture_every > 1 && preempt_count_ok == 1 &&
+	    !(cur->flags & PF_KTHREAD) && this_preempt_count(cur, &count) &&
+	    !(count & (WP_SOFTIRQ_OFFSET | WP_HARDIRQ_MASK | WP_NMI_MASK))) {
+		regs = current_regs();
+		nr = BPF_CORE_READ(regs, orig_ax);
+		/* nr < 0: in the kernel, not from a syscall (an exception): walk */
+		if (nr >= 0) {
+			sig = fnv_mix(FNV64_OFFSET, id);
+			sig = fnv_mix(sig, BPF_CORE_READ(regs, ip));
+			sig = fnv_mix(sig, BPF_CORE_READ(regs, sp));
+			sig = fnv_mix(sig, BPF_CORE_READ(regs, bp));
+			sig = fnv_mix(sig, nr);
+			/* the operation of a multiplexed call (futex's wake or requeue) */
+			sig = fnv_mix(sig, PT_REGS_PARM2_CORE_SYSCALL(regs));
+			sig |= 1;
+			p = bpf_map_lookup_elem(&waker_places, &sig);
+		}
+	}
+	if (p && ++p->reuses < cfg.recapture_every) {
+		stat_add(WP_STAT_WAKER_REUSED, 1);
+		w->ctx = WP_WAKER_TASK;
+		w->tgid = id >> 32;
+		w->tid = (__u32)id;
+		bpf_get_current_comm(w->comm, sizeof(w->comm));
+		w->ustack = p->ustack;
+		w->kstack = p->kstack;
+		w->reused = 1;
+		return;
+	}
+	/* the only call: the walk is the largest code the verifier checks */
+	walk_waker(ctx, w);
+	if (!sig)
+		return;
+	if (p) {
+		stat_add(WP_STAT_WAKER_RECHECKED, 1);
+		if (p->ustack != w->ustack || p->kstack != w->kstack || w->ctx != WP_WAKER_TASK)
+			stat_add(WP_STAT_WAKER_DIFFERED, 1);
+	}
+	/* only real stacks are worth reusing, not the reason one is missing */
+	if (w->ctx != WP_WAKER_TASK || w->ustack < WP_STACK_ID_MIN || w->kstack < WP_STACK_ID_MIN) {
+		if (p)
+			bpf_map_delete_elem(&waker_places, &sig);
+		return;
+	}
+	if (p) {
+		p->ustack = w->ustack;
+		p->kstack = w->kstack;
+		p->reuses = 0;
+		return;
+	}
+	init.ustack = w->ustack;
+	init.kstack = w->kstack;
+	bpf_map_update_elem(&waker_places, &sig, &init, BPF_ANY);
 }
 
 static __always_inline int on_waking(void *ctx, __u32 tid, __u32 tgid, bool tgid_known,
 				     struct task_struct *task, bool any_task_regs)
 {
 	struct thread_state *ts;
+	bool fresh = false;
 	__u64 now;
 
 	if (!recording() || (tgid_known && !selected(tgid, tid)))
@@ -935,6 +1072,7 @@ static __always_inline int on_waking(void *ctx, __u32 tid, __u32 tgid, bool tgid
 	now = bpf_ktime_get_ns();
 	ts = bpf_map_lookup_elem(&threads, &tid);
 	if (!ts) {
+		fresh = true;
 		if (!task || (BPF_CORE_READ(task, flags) & PF_EXITING))
 			return 0;
 		ts = thread_found_off_cpu(tid, task, task_regs(task, any_task_regs),
@@ -943,9 +1081,11 @@ static __always_inline int on_waking(void *ctx, __u32 tid, __u32 tgid, bool tgid
 			return 0;
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), task->comm);
 	}
-	ts->waking_ts = now;
 	if (cfg.wakers)
-		capture_waker(ctx, &ts->waking);
+		/* a thread first seen now has waited since before the session: walk */
+		capture_waker(ctx, &ts->waking,
+			      fresh ? ~0ULL : ts->flags & WP_TF_ON_CPU ? 0 : now - ts->out_ts);
+	ts->waking_ts = now;
 	return 0;
 }
 

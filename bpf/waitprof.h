@@ -65,7 +65,10 @@ enum wp_stack_marker {
 	WP_STACK_ID_MIN = 4096,
 };
 
-/* One captured stack: instruction pointers, leaf first, zero after the last. */
+/*
+ * One captured stack: instruction pointers, leaf first, ending at the first zero (or at
+ * WP_MAX_STACK_DEPTH); what follows that zero is not part of it.
+ */
 struct wp_stack {
 	__u64 ips[WP_MAX_STACK_DEPTH];
 };
@@ -100,7 +103,10 @@ struct wp_waker {
 	__u32 tid;
 	char comm[WP_COMM_LEN];
 	__u8 ctx; /* enum wp_waker_ctx */
-	__u8 __pad[7];
+	/* 1 = its stacks are the ones walked at the same place before, not walked now
+	   (never part of an agg_key: see aggregate) */
+	__u8 reused;
+	__u8 __pad[6];
 };
 _Static_assert(sizeof(struct wp_waker) == 48, "wp_waker layout changed");
 
@@ -284,6 +290,11 @@ enum wp_stat {
 	WP_STAT_ONCPU_FULL,        /* on-CPU sample map full: a sample was not counted */
 	WP_STAT_UNWIND_DWARF,      /* user stacks unwound with the target's unwind tables */
 	WP_STAT_UNWIND_NOT_MAPPED, /* ... that reached code no table covers (walked by frame pointer) */
+	WP_STAT_WAKER_REUSED,      /* a wakeup's waker stacks reused from its place (wp_waker_place) */
+	WP_STAT_WAKER_RECHECKED,   /* ... walked again anyway, to check the reuse */
+	WP_STAT_WAKER_DIFFERED,    /* ... and found different */
+	WP_STAT_WAKER_WALKED_NS,   /* blocked time ended by a wakeup whose waker stacks were walked */
+	WP_STAT_WAKER_REUSED_NS,   /* ... whose waker stacks were reused */
 	WP_STAT_COUNT,
 };
 
@@ -303,6 +314,19 @@ struct wp_config {
 	__u32 wakers;
 	/* 1 = unwind the target's user stacks with its unwind tables where they are loaded */
 	__u32 dwarf;
+	/*
+	 * A wakeup that ends a wait this long or longer always has its waker's stacks walked;
+	 * a shorter one, from a thread in a syscall at a place seen before, reuses them (see
+	 * capture_waker). 0 = always walk.
+	 */
+	__u64 waker_walk_ns;
+	/*
+	 * Where this CPU's preempt count is, from its run queue: the offset of __preempt_count
+	 * minus that of runqueues in the kernel's per-CPU section (vmlinux BTF). It tells a
+	 * wakeup in an interrupt from one in a syscall without walking the kernel stack.
+	 * 0 = unknown: every waker is walked.
+	 */
+	__s64 preempt_from_rq;
 	/*
 	 * A kernel return address in [irq_entry_lo, irq_entry_hi) but not in the page-fault
 	 * entry [fault_entry_lo, fault_entry_hi) means the stack runs through an interrupt
@@ -356,7 +380,9 @@ _Static_assert(sizeof(struct wp_unwind_map) == 32, "wp_unwind_map layout changed
 
 struct wp_unwind_proc {
 	__u32 n; /* mappings in use, sorted by start */
-	__u32 __pad;
+	/* changes whenever user space replaces the value: what the unwinder remembered of
+	   an older one (struct wp_unwind_memo) no longer counts */
+	__u32 generation;
 	struct wp_unwind_map m[WP_UNWIND_MAPS];
 };
 

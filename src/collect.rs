@@ -368,8 +368,32 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         ustacks_unwound: s(wp_stat::WP_STAT_UNWIND_DWARF),
         ustacks_through_unmapped: s(wp_stat::WP_STAT_UNWIND_NOT_MAPPED),
         recursion_misses: attached.recursion_misses(),
+        waker_stacks_reused: s(wp_stat::WP_STAT_WAKER_REUSED),
+        waker_stacks_rechecked: s(wp_stat::WP_STAT_WAKER_RECHECKED),
+        waker_stacks_differed: s(wp_stat::WP_STAT_WAKER_DIFFERED),
+        waker_walked_ns: s(wp_stat::WP_STAT_WAKER_WALKED_NS),
+        waker_reused_ns: s(wp_stat::WP_STAT_WAKER_REUSED_NS),
+        waker_reuse_off: waker_reuse_off(attached),
     };
     Ok(())
+}
+
+/// Why the program could reuse no waker stack, if it could not: it tells a wakeup in an
+/// interrupt from one in a syscall by this CPU's preempt count, which it must have found.
+fn waker_reuse_off(attached: &Attached<'_>) -> Option<&'static str> {
+    let cfg = &attached.skel.maps.rodata_data.as_ref()?.cfg;
+    let checked = attached.skel.maps.bss_data.as_deref()?.preempt_count_ok;
+    if cfg.wakers == 0 {
+        None
+    } else if cfg.recapture_every <= 1 {
+        Some("--recapture-every 1")
+    } else if cfg.preempt_from_rq == 0 {
+        Some("the kernel's BTF does not place the per-CPU preempt count")
+    } else if checked == 2 {
+        Some("the per-CPU preempt count found from the kernel's BTF failed its check")
+    } else {
+        None
+    }
 }
 
 /// Every (key, value) of a hash map, decoded; entries deleted while iterating are skipped.

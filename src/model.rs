@@ -286,6 +286,16 @@ pub struct Losses {
     /// code no table covered (walked on by frame pointer).
     pub ustacks_unwound: u64,
     pub ustacks_through_unmapped: u64,
+    /// Wakeups whose waker stacks were reused from the same place (not walked), how many
+    /// walked them again to check and how many of those found others; and the blocked
+    /// time ended by wakeups whose waker stacks were walked, and by those reused.
+    pub waker_stacks_reused: u64,
+    pub waker_stacks_rechecked: u64,
+    pub waker_stacks_differed: u64,
+    pub waker_walked_ns: u64,
+    pub waker_reused_ns: u64,
+    /// Why no waker stack could be reused (every waker was walked), if so.
+    pub waker_reuse_off: Option<&'static str>,
 }
 
 /// One thread's total wait on one object (futex, epoll fd, listening socket).

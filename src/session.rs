@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -365,6 +366,8 @@ fn configure(
     c.rows_per_thread = u32::from(cfg.per_thread);
     c.wakers = u32::from(cfg.wakers);
     c.dwarf = u32::from(cfg.unwind == crate::cli::Unwind::Dwarf);
+    c.waker_walk_ns = WAKER_WALK.as_nanos() as u64;
+    c.preempt_from_rq = preempt_count_from_run_queue().unwrap_or(0);
     let entry = interrupt_entry_text();
     c.irq_entry_lo = entry.irq.start;
     c.irq_entry_hi = entry.irq.end;
@@ -474,6 +477,34 @@ struct EntryText {
 /// From /proc/kallsyms; all zero (wakers all count as threads) where it hides addresses.
 /// The kernel formats kallsyms slowly (about 150 ms for all of it), and these symbols
 /// are at the start of kernel text, near its top: the read stops once they are found.
+/// A wakeup that ends a wait this long or longer always has its waker's stacks walked
+/// (wp_config.waker_walk_ns): the waits that make up a profile's time are never sampled.
+pub const WAKER_WALK: Duration = Duration::from_millis(1);
+
+/// Where a CPU's preempt count is from its run queue (wp_config.preempt_from_rq): both
+/// are per-CPU variables, whose offsets in the per-CPU section vmlinux BTF lists. None
+/// when either is missing (another architecture, BTF without variables); then every
+/// waker is walked. The program checks the result before it relies on it.
+fn preempt_count_from_run_queue() -> Option<i64> {
+    use libbpf_rs::btf::types::DataSec;
+    use libbpf_rs::btf::BtfType;
+    let btf = libbpf_rs::Btf::from_vmlinux().ok()?;
+    let sec: DataSec<'_> = btf.type_by_name(".data..percpu")?;
+    let (mut rq, mut count) = (None, None);
+    for v in sec.iter() {
+        let name = btf.type_by_id::<BtfType<'_>>(v.ty).and_then(|t| t.name());
+        match name.and_then(|n| n.to_str()) {
+            Some("runqueues") => rq = Some(i64::from(v.offset)),
+            Some("__preempt_count") => count = Some(i64::from(v.offset)),
+            _ => continue,
+        }
+        if rq.is_some() && count.is_some() {
+            break;
+        }
+    }
+    Some(count? - rq?).filter(|&d| d != 0)
+}
+
 fn interrupt_entry_text() -> EntryText {
     use std::io::BufRead;
     let Ok(file) = File::open("/proc/kallsyms") else {

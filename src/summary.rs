@@ -257,6 +257,8 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             out,
             "  wakers: not recorded (--no-wakers): no wait says who ended it"
         );
+    } else {
+        write_waker_walks(&mut out, l);
     }
     write_unwinding(&mut out, collected, symbols);
     write_snapshots(&mut out, collected, symbols);
@@ -526,6 +528,28 @@ fn histogram(out: &mut String, hist: &[u64]) {
 }
 
 /// How the user stacks were walked, how complete they are, and why frames are missing.
+/// How much of the woken time has waker stacks walked at its wakeup, and how much reused
+/// from the same place: the reused ones are a sample, and the summary says so.
+fn write_waker_walks(out: &mut String, l: &crate::model::Losses) {
+    let woken = l.waker_walked_ns + l.waker_reused_ns;
+    if woken == 0 {
+        return;
+    }
+    let walked = 100.0 * l.waker_walked_ns as f64 / woken as f64;
+    let line = match l.waker_reuse_off {
+        Some(why) => format!("walked at every wakeup ({why})"),
+        None => format!(
+            "walked at every wakeup that ended a wait of {} or more, came from an interrupt, a kernel thread or a new place: {walked:.1}% of the blocked time a wakeup ended; the other {} wakeups ({:.1}%) reused the stacks walked at the same place, a sample (walked again to check {} times, {} differed)",
+            analyze::secs(crate::session::WAKER_WALK.as_nanos() as u64),
+            l.waker_stacks_reused,
+            100.0 - walked,
+            l.waker_stacks_rechecked,
+            l.waker_stacks_differed
+        ),
+    };
+    let _ = writeln!(out, "  waker stacks: {line}");
+}
+
 fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
     let c = analyze::coverage(collected, symbols);
     let how = match &collected.unwind {

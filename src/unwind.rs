@@ -257,6 +257,8 @@ pub struct Tables {
     loaded: Vec<Mapping>,
     /// How often each mapping that could not be placed was tried (see `refresh`).
     tries: HashMap<Mapping, u32>,
+    /// Written with each new mapping list (wp_unwind_proc.generation).
+    generation: u32,
     pub report: UnwindReport,
 }
 
@@ -277,6 +279,7 @@ impl Tables {
             capacity,
             loaded: Vec::new(),
             tries: HashMap::new(),
+            generation: 0,
             report: UnwindReport {
                 capacity,
                 ..UnwindReport::default()
@@ -332,6 +335,8 @@ impl Tables {
         }
         proc_.m[..n].sort_by_key(|m| m.start);
         proc_.n = n as u32;
+        self.generation = self.generation.wrapping_add(1);
+        proc_.generation = self.generation;
         // SAFETY: wp_unwind_proc is plain data with explicit padding, zero-initialised.
         let value = unsafe { plain::as_bytes(&proc_) };
         procs_map

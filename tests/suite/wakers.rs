@@ -365,7 +365,8 @@ fn no_wakers_writes_no_offwake_graph() {
             .arg("-o")
             .arg(&svg)
             .args(extra)
-            .args(["--", FIXTURE, "condvar", "5", "20"])
+            // waits long enough that the target outlives the start-up of its unwind tables
+            .args(["--", FIXTURE, "condvar", "5", "100"])
             .output()
             .expect("running waitprof");
         assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -386,4 +387,93 @@ fn no_wakers_writes_no_offwake_graph() {
     let folded = std::fs::read_to_string(svg.with_extension("folded")).expect("folded");
     assert!(attributed_us(&parse_folded(&folded), &["condvar_waiter", "[futex]"]) > 0);
     assert_complete_or_nothing(dir.path(), Some(0), "--no-wakers after a run with wakers");
+}
+
+/// The numbers of the summary's "waker stacks:" line: (wakeups that reused stacks,
+/// rechecks, rechecks that differed, % of woken time walked).
+fn waker_walks(run: &Run) -> (u64, u64, u64, f64) {
+    let stderr = run.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("waker stacks:"))
+        .unwrap_or_else(|| panic!("no waker stacks line:\n{stderr}"));
+    let after = |word: &str| -> f64 {
+        let rest = &line[line
+            .find(word)
+            .unwrap_or_else(|| panic!("no {word:?} in {line}"))
+            + word.len()..];
+        let num: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        num.parse()
+            .unwrap_or_else(|_| panic!("no number after {word:?} in {line}"))
+    };
+    (
+        after("the other") as u64,
+        after("walked again to check") as u64,
+        after("times,") as u64,
+        after("new place:"),
+    )
+}
+
+#[test]
+fn short_waits_reuse_the_waker_stacks_and_still_name_the_waker() {
+    let _s = root_session();
+    const ROUNDS: u64 = 5_000;
+    let run = profile_fixture(&[], &["relay", &ROUNDS.to_string()]);
+    let folded = run.folded();
+    let under = attributed_us(&folded, &["relay_wait", "[read]"]);
+    assert_close(
+        "relay (both threads)",
+        under * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+
+    // every wait is about 150 us, so nearly every wakeup reuses the stacks walked at its
+    // place; every 64th walks them again, and the pipe's wakeup path is one
+    let (reused, rechecked, differed, walked_pct) = waker_walks(&run);
+    eprintln!("reused {reused}, rechecked {rechecked}, differed {differed}, walked {walked_pct}%");
+    assert!(
+        reused >= ROUNDS,
+        "{reused} of {} wakeups reused",
+        2 * ROUNDS
+    );
+    assert!(
+        rechecked >= reused / 64 - 10,
+        "{rechecked} rechecks for {reused} reuses"
+    );
+    assert!(
+        differed * 20 <= rechecked,
+        "{differed} of {rechecked} rechecks differed"
+    );
+    // (the walked share also counts the main thread's join, as long as the session)
+
+    // ... and the waker is still the other thread, in relay_send
+    let (total, by) = woken_by(
+        &view(&run, "offwake"),
+        &["relay_wait", "[read]"],
+        &[&["relay_send_[w]", "[woken by thread relay-"]],
+    );
+    eprintln!("woken from relay_send: {} of {total} us", by[0]);
+    assert!(total > 0, "no off-wake lines under relay_wait");
+    assert!(
+        by[0] >= total * 99 / 100,
+        "relay_send woke {} of {total} us",
+        by[0]
+    );
+}
+
+#[test]
+fn long_waits_have_their_waker_stacks_walked() {
+    let _s = root_session();
+    // every wait lasts 20 ms, over WAKER_WALK (1 ms): none reuses
+    let run = profile_fixture(&[], &["lock", "5", "20"]);
+    let (_, _, _, walked_pct) = waker_walks(&run);
+    assert!(
+        walked_pct >= 99.0,
+        "walked for {walked_pct}% of the woken time"
+    );
 }
