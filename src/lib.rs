@@ -69,6 +69,8 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         collected.rows.len()
     );
     let symbols = symbolizer.resolve(&collected)?;
+    // its caches (parsed debug info, symbol tables) are the largest thing in memory
+    drop(symbolizer);
     let fold_view = |view| {
         fold::fold(
             &collected,
@@ -80,22 +82,6 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             },
         )
     };
-    let folded = fold_view(fold::View::Main);
-    eprint!(
-        "{}",
-        summary::render(&collected, &symbols, cfg.top, cfg.per_thread)
-    );
-    if aborted() {
-        return Err(Interrupted("while writing the profile: no file was written").into());
-    }
-    if folded.is_empty() {
-        eprintln!(
-            "waitprof: nothing to draw: no thread of pid {} waited (off-CPU) during the session{}; no flame graph written",
-            collected.pid,
-            if cfg.hide_idle { " other than idly (--hide-idle)" } else { "" }
-        );
-        return Ok(ExitCode::from(EXIT_NOTHING_BLOCKED));
-    }
     let session = collected.end_ns.saturating_sub(collected.start_ns);
     let title = |what: &str| {
         format!(
@@ -105,16 +91,12 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             session as f64 / 1e9
         )
     };
-    let mut outputs = vec![(
-        paths.clone(),
-        render::svg(
-            &folded,
-            &title(if cfg.hide_idle { "off-CPU time without idle waiting" } else { "off-CPU time" }),
+    let views = [
+        (
+            fold::View::Main,
+            if cfg.hide_idle { "off-CPU time without idle waiting" } else { "off-CPU time" },
             "user frames | [syscall] aqua | kernel orange | [run queue] green: woken, waiting for a CPU",
-        )?,
-        folded,
-    )];
-    for (view, what, subtitle) in [
+        ),
         (
             fold::View::OffWake,
             "blocked time by waker",
@@ -130,23 +112,66 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             "goroutines (sampled)",
             "each goroutine's stack | on top its state: the runtime's wait reason, runnable (waiting for a P), running, in a syscall",
         ),
-    ] {
-        if view == fold::View::OffWake && !cfg.wakers {
-            continue;
+    ];
+    // each view folded and drawn on a thread of its own, while the summary is written
+    let (summary, drawn) = std::thread::scope(|s| {
+        let handles: Vec<_> = views
+            .iter()
+            .filter(|(view, _, _)| *view != fold::View::OffWake || cfg.wakers)
+            .map(|&(view, what, subtitle)| {
+                let (fold_view, title) = (&fold_view, &title);
+                s.spawn(
+                    move || -> Result<Option<(fold::View, Vec<u8>, fold::Folded)>> {
+                        let folded = fold_view(view);
+                        if folded.is_empty() {
+                            return Ok(None);
+                        }
+                        let svg = render::svg(&folded, &title(what), subtitle)?;
+                        Ok(Some((view, svg, folded)))
+                    },
+                )
+            })
+            .collect();
+        let summary = summary::render(&collected, &symbols, cfg.top, cfg.per_thread);
+        let drawn: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("drawing a view failed")))
+            })
+            .collect();
+        (summary, drawn)
+    });
+    eprint!("{summary}");
+    if aborted() {
+        return Err(Interrupted("while writing the profile: no file was written").into());
+    }
+    let mut outputs = Vec::new();
+    for d in drawn {
+        if let Some((view, svg, folded)) = d? {
+            outputs.push((paths.of(view), svg, folded));
         }
-        let folded = fold_view(view);
-        if folded.is_empty() || aborted() {
-            continue;
-        }
-        outputs.push((paths.of(view), render::svg(&folded, &title(what), subtitle)?, folded));
+    }
+    if outputs.first().is_none_or(|(p, _, _)| p.svg != paths.svg) {
+        eprintln!(
+            "waitprof: nothing to draw: no thread of pid {} waited (off-CPU) during the session{}; no flame graph written",
+            collected.pid,
+            if cfg.hide_idle { " other than idly (--hide-idle)" } else { "" }
+        );
+        return Ok(ExitCode::from(EXIT_NOTHING_BLOCKED));
     }
     // all the files or none: an interruption or a failed write removes what was written
-    let files: Vec<(&std::path::Path, &[u8])> = outputs
+    let writers: Vec<_> = outputs
         .iter()
-        .flat_map(|(p, svg, folded)| {
+        .map(|(_, _, folded)| move |out: &mut dyn std::io::Write| folded.write_to(out))
+        .collect();
+    let files: Vec<(&std::path::Path, output::Content<'_>)> = outputs
+        .iter()
+        .zip(&writers)
+        .flat_map(|((p, svg, _), write)| {
             [
-                (p.folded.as_path(), folded.text().as_bytes()),
-                (p.svg.as_path(), svg.as_slice()),
+                (p.folded.as_path(), output::Content::Stream(write)),
+                (p.svg.as_path(), output::Content::Bytes(svg.as_slice())),
             ]
         })
         .collect();

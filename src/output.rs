@@ -107,6 +107,13 @@ fn chown_fd(fd: &OwnedFd, owner: (u32, u32)) -> std::io::Result<()> {
     rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(Into::into)
 }
 
+/// What goes into one output file: its bytes, or a function that streams them (a large
+/// profile's folded text, never held whole).
+pub enum Content<'a> {
+    Bytes(&'a [u8]),
+    Stream(&'a (dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync)),
+}
+
 /// The output directory, opened once before the session: every file of the profile is
 /// created relative to this fd, so a symlink swapped in later redirects nothing.
 pub struct OutputDir {
@@ -242,7 +249,7 @@ impl OutputDir {
 
     /// Writes one file: a temporary one first, then renamed over `name` (which replaces
     /// whatever is there, a symlink included, without following it).
-    fn write_one(&self, name: &OsStr, data: &[u8]) -> Result<()> {
+    fn write_one(&self, name: &OsStr, data: &Content<'_>) -> Result<()> {
         let shown = self.path.join(name);
         let prefix = String::from_utf8_lossy(name.as_bytes()).into_owned();
         let (tmp, fd) = self
@@ -251,9 +258,16 @@ impl OutputDir {
             .with_context(|| format!("cannot write {}", shown.display()))?;
         let result = (|| -> Result<()> {
             let mut file = std::fs::File::from(fd);
-            file.write_all(data)
-                .with_context(|| format!("writing {} failed", shown.display()))?;
-            file.sync_all().ok();
+            match data {
+                Content::Bytes(b) => file.write_all(b),
+                Content::Stream(write) => {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+                    write(&mut out).and_then(|()| out.flush())
+                }
+            }
+            .with_context(|| format!("writing {} failed", shown.display()))?;
+            // not synced: a profile of hundreds of megabytes would wait on the disk
+            // (a second or more); the rename makes the file appear whole or not at all
             if let Some(o) = self.owner {
                 let fd = OwnedFd::from(file);
                 chown_fd(&fd, o)
@@ -270,11 +284,11 @@ impl OutputDir {
         result
     }
 
-    /// Writes every (path, data) all or none: an interruption (`aborted`) or a failed
+    /// Writes every (path, content) all or none: an interruption (`aborted`) or a failed
     /// write removes the files already written. Each path must be in this directory.
     pub fn write_all(
         &self,
-        files: &[(&Path, &[u8])],
+        files: &[(&Path, Content<'_>)],
         aborted: &dyn Fn() -> bool,
         interrupted: impl Fn() -> anyhow::Error,
     ) -> Result<()> {
@@ -357,7 +371,10 @@ mod tests {
         let paths = output_paths(Some(&out.join("p.svg")), "x", 1, "T");
         let od = OutputDir::open(&paths, false).unwrap();
         od.write_all(
-            &[(&paths.svg, b"<svg/>"), (&paths.folded, b"a 1\n")],
+            &[
+                (&paths.svg, Content::Bytes(b"<svg/>")),
+                (&paths.folded, Content::Bytes(b"a 1\n")),
+            ],
             &|| false,
             || anyhow::anyhow!("interrupted"),
         )
@@ -381,7 +398,10 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         let err = od
             .write_all(
-                &[(&paths.svg, b"<svg/>"), (&paths.folded, b"a 1\n")],
+                &[
+                    (&paths.svg, Content::Bytes(b"<svg/>")),
+                    (&paths.folded, Content::Bytes(b"a 1\n")),
+                ],
                 &|| {
                     calls.set(calls.get() + 1);
                     calls.get() > 1

@@ -24,8 +24,10 @@ pub fn svg(folded: &Folded, title: &str, subtitle: &str) -> Result<Vec<u8>> {
     if wakers.iter().next().is_some() {
         opts.palette_map = Some(&mut wakers);
     }
+    // what inferno would draw, without the frames it would prune as too narrow
+    let drawable = folded.drawable(opts.min_width);
     let mut out = Vec::new();
-    flamegraph::from_lines(&mut opts, folded.text().lines(), &mut out)
+    flamegraph::from_lines(&mut opts, drawable.lines(), &mut out)
         .context("rendering the flame graph failed")?;
     Ok(out)
 }
@@ -53,17 +55,13 @@ fn waker_colours(folded: &Folded) -> PaletteMap {
         .iter()
         .map(String::as_str)
         .collect();
-    for (stack, _) in folded.lines() {
-        for f in stack.split(';').filter(|f| f.ends_with("_[w]")) {
-            if map.get(f).is_none() {
-                let colour = if kernel.contains(f) {
-                    shade(f, [140, 165, 230], [40, 40, 25])
-                } else {
-                    shade(f, [70, 90, 200], [60, 60, 50])
-                };
-                map.insert(f, colour);
-            }
-        }
+    for f in folded.frame_names().filter(|f| f.ends_with("_[w]")) {
+        let colour = if kernel.contains(f) {
+            shade(f, [140, 165, 230], [40, 40, 25])
+        } else {
+            shade(f, [70, 90, 200], [60, 60, 50])
+        };
+        map.insert(f, colour);
     }
     map
 }

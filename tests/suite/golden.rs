@@ -361,22 +361,22 @@ fn golden_folded() {
         };
         fold::fold(&collected, &symbols, &opts)
     };
-    golden("server.folded", view(View::Main, false, false).text());
+    golden("server.folded", &view(View::Main, false, false).text());
     golden(
         "server-per-thread.folded",
-        view(View::Main, true, false).text(),
+        &view(View::Main, true, false).text(),
     );
     golden(
         "server-hide-idle.folded",
-        view(View::Main, false, true).text(),
+        &view(View::Main, false, true).text(),
     );
     golden(
         "server.offwake.folded",
-        view(View::OffWake, false, false).text(),
+        &view(View::OffWake, false, false).text(),
     );
     golden(
         "server.runq.folded",
-        view(View::RunQueue, false, false).text(),
+        &view(View::RunQueue, false, false).text(),
     );
 }
 
@@ -391,7 +391,7 @@ fn folded_values_are_microseconds_and_sum_up() {
         .sum();
     // every line is rounded to the nearest microsecond; the 400 ns row disappears
     assert_eq!(folded.total_us(), (total_ns - 400) / 1000);
-    let lines: Vec<(&str, u64)> = folded.lines().collect();
+    let lines: Vec<(String, u64)> = folded.lines().collect();
     assert!(
         lines.windows(2).all(|w| w[0].0 < w[1].0),
         "lines are sorted as text, as inferno checks"
@@ -570,7 +570,7 @@ fn golden_goroutines() {
             },
         )
     };
-    golden("go.goroutines.folded", view(false).text());
+    golden("go.goroutines.folded", &view(false).text());
     // idle goroutines (the accept loop, the GC worker) leave the graph with --hide-idle
     let hidden = view(true);
     assert!(!hidden.text().contains("gcBgMarkWorker") && !hidden.text().contains("accept"));
