@@ -666,9 +666,21 @@ fn a_library_loaded_and_unloaded_over_and_over_is_named() {
     let folded = run.folded();
     let us = attributed_us(&folded, &["main", "lib_wait", "[clock_nanosleep]"]);
     let measured = run.measured("lib_wait");
+    // every nanosleep of the program is lib_wait's: all its time is in the profile
+    let all = attributed_us(&folded, &["[clock_nanosleep]"]);
+    assert_close(
+        "lib_wait, 200 dlopen/dlclose (all)",
+        all * 1000,
+        measured,
+        0.10,
+    );
     // its first calls come before the unwind tables of the new program load (walked by
-    // frame pointers, which glibc's nanosleep does not keep: 45 ms of 1 s in a debug build)
-    assert_close("lib_wait, 200 dlopen/dlclose", us * 1000, measured, 0.10);
+    // frame pointers, which glibc's nanosleep does not keep: 10-160 ms of 1 s in a debug
+    // build on a loaded machine, as the tables' build starts early or late)
+    assert!(
+        us * 1000 >= measured * 3 / 4,
+        "lib_wait kept its caller for {us} us of {measured} ns"
+    );
 }
 
 #[test]
