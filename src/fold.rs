@@ -111,9 +111,9 @@ impl Folded {
     }
 
     /// What a flame graph draws of the profile, as folded text: a frame narrower than
-    /// `min_share` of the whole (inferno's `min_width` percentage, which inferno prunes
-    /// anyway) is left out and its time given to its parent as the parent's own, so every
-    /// frame drawn keeps its width. Lines are merged as inferno merges sorted input: a
+    /// `min_width_pct` of the whole (inferno's `min_width`, under which inferno prunes it
+    /// anyway) becomes one line with its whole subtree's time, so every frame drawn keeps
+    /// its width and the lines keep the input's order. Lines are merged as inferno merges sorted input: a
     /// frame joins the previous line's frame at its depth only when every frame below is
     /// shared, so the drawing is the same. A 40,000-stack profile gives inferno a few
     /// thousand lines to draw instead of 80,000.
@@ -162,20 +162,28 @@ impl Folded {
         let mut todo: Vec<(usize, usize)> =
             nodes[0].children.iter().rev().map(|&c| (c, 0)).collect();
         while let Some((n, depth)) = todo.pop() {
-            if !drawn(n) {
-                continue;
-            }
             path.truncate(depth);
             path.push(nodes[n].frame.map_or("", |f| &**f));
-            let kept: u64 = nodes[n]
-                .children
-                .iter()
-                .filter(|&&c| drawn(c))
-                .map(|&c| nodes[c].total)
-                .sum();
-            let own = nodes[n].total - kept;
-            if own > 0 {
-                let _ = writeln!(text, "{} {own}", path.join(";"));
+            if !drawn(n) {
+                // one line for the whole subtree, in its first line's place (down to the
+                // first node with a line of its own): inferno prunes it, and its time still
+                // counts in its parent's width
+                let (mut m, mut first) = (n, path.clone());
+                while let Some(&c) = nodes[m].children.first() {
+                    let below: u64 = nodes[m].children.iter().map(|&c| nodes[c].total).sum();
+                    if nodes[m].total > below {
+                        break;
+                    }
+                    m = c;
+                    first.push(nodes[m].frame.map_or("", |f| &**f));
+                }
+                let _ = writeln!(text, "{} {}", first.join(";"), nodes[n].total);
+                continue;
+            }
+            let below: u64 = nodes[n].children.iter().map(|&c| nodes[c].total).sum();
+            // its own line, where the input had one (so the order stays the input's)
+            if nodes[n].total > below {
+                let _ = writeln!(text, "{} {}", path.join(";"), nodes[n].total - below);
             }
             todo.extend(nodes[n].children.iter().rev().map(|&c| (c, depth + 1)));
         }
@@ -537,6 +545,16 @@ mod tests {
             })
             .collect();
         lines.push((vec![root.clone(), wide.clone()], 200_000));
+        // `p-x` sorts between `p`'s own line and `p;...`: its own line and its narrow
+        // child must stay on either side of it
+        let (px, narrow) = (name("p-x"), name("narrow"));
+        lines.push((vec![root.clone()], 3));
+        lines.push((vec![px.clone()], 50_000));
+        lines.push((vec![px.clone(), narrow.clone()], 1));
+        // ... and `q`, which has no line of its own, only a narrow child after `q-y`
+        let (q, qy) = (name("q"), name("q-y"));
+        lines.push((vec![qy.clone()], 50_000));
+        lines.push((vec![q.clone(), narrow.clone()], 1));
         lines.sort_unstable_by(|x, y| cmp_frames(&x.0, &y.0));
         let folded = Folded {
             lines,
@@ -554,7 +572,7 @@ mod tests {
         let drawable = folded.drawable(min_width);
         let (whole, pruned) = (folded.text(), drawable.as_str());
         assert!(
-            pruned.lines().count() * 4 < whole.lines().count(),
+            pruned.lines().count() * 3 < whole.lines().count(),
             "{} of {} lines",
             pruned.lines().count(),
             whole.lines().count()
