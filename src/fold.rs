@@ -82,9 +82,9 @@ impl Folded {
 
     /// The folded file's text, whole (for tests and small profiles).
     pub fn text(&self) -> String {
-        let mut out = Vec::new();
-        self.write_to(&mut out).expect("writing to memory");
-        String::from_utf8(out).expect("frame names are UTF-8")
+        self.lines()
+            .map(|(stack, us)| format!("{stack} {us}\n"))
+            .collect()
     }
 
     /// Each line as (stack, microseconds).
