@@ -797,9 +797,14 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 	regs = current_regs();
 	kind = classify(regs, &nr);
 	if (ts->flags & WP_TF_IN_EPISODE) {
-		/* still in the same call: its stacks were taken when it first blocked */
-		if (nr == ts->syscall && kind == ts->kind)
+		/* still in the same call: its stacks were taken when it first went off-CPU */
+		if (nr == ts->syscall && kind == ts->kind) {
+			/* preempted in the call first, blocked in it now: from here it watches */
+			if (kind == WP_KIND_EPOLL && !runnable && ts->object &&
+			    !(ts->flags & WP_TF_POLL_WATCHING))
+				poll_blocked(ts, ts->object - 1, now);
 			return;
+		}
 		/* sys_exit was missed (exec, a restarted call): do not merge two calls */
 		close_episode(ts, WP_OUT_END_UNSEEN);
 	}
@@ -816,7 +821,8 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		ts->ep_kstack = kstack;
 		ts->object = object_of(prev, regs, kind, nr, true);
 		__builtin_memset(&ts->ep_waker, 0, sizeof(ts->ep_waker));
-		if (kind == WP_KIND_EPOLL && ts->object)
+		/* a call preempted before it blocks does not watch the fd (nor end a gap) */
+		if (kind == WP_KIND_EPOLL && ts->object && !runnable)
 			poll_blocked(ts, ts->object - 1, now);
 	} else {
 		ts->cur_ustack = ustack;

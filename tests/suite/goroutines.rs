@@ -329,6 +329,7 @@ fn goroutines_runnable_behind_cpu_bound_ones_at_gomaxprocs_1() {
 /// table say, for every Go on the machine.
 #[test]
 fn the_runtime_layout_tables_match_each_binarys_dwarf_and_symbols() {
+    let _s = serial();
     for (version, go) in toolchains() {
         let path = gowaits(go, version, false);
         let data = std::fs::read(&path).expect("reading the fixture");
