@@ -1,10 +1,21 @@
 //! The overhead benchmark: waitprof side by side with libbpf-tools' `offcputime` and with
-//! no profiler, in one run, alternating the three so that drift hits them alike. Reports
-//! medians and ratios to the unprofiled baseline as Markdown (stdout and
-//! target/benchmarks.md); BENCHMARKS.md has the results and how to read them.
+//! no profiler, in one run. Each comparison has two passes over the same workload:
+//!
+//! - throughput: many short rounds, the tools alternated within each round (the order
+//!   rotated), every tool's result divided by the unprofiled result of the same round;
+//!   the median of those paired ratios, with their spread, is what the report gives;
+//! - cost: with the kernel's BPF statistics on, the CPU time each profiler adds per
+//!   event of the workload: its programs' run time plus its own process's CPU time,
+//!   over the context switches (or requests) the round produced. Noise moves this much
+//!   less than throughput. An empty BPF program on the same hooks gives the floor that
+//!   the statistics themselves cost.
+//!
+//! Reports Markdown (stdout and target/benchmarks.md), the issue's goals judged at the
+//! end; BENCHMARKS.md has the results and how to read them.
 //!
 //! Run as root with `.ci/bench` (installs the peers, then `cargo bench --bench overhead`).
-//! WAITPROF_BENCH_ROUNDS sets the rounds per comparison (default 5).
+//! WAITPROF_BENCH_ROUNDS (default 15), WAITPROF_BENCH_ROUND_MS (default 1000) and
+//! WAITPROF_BENCH_COST_ROUNDS (default 5) size the passes.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -18,16 +29,36 @@ use libbpf_rs::query::ProgInfoIter;
 
 const WAITPROF: &str = env!("CARGO_BIN_EXE_waitprof");
 const FIXTURE: &str = env!("CARGO_BIN_EXE_waitprof-fixture");
-const ROUND_MS: u64 = 2000;
 
 mod common;
 use common::{median, wait_rss, Res};
 
-/// One comparison: appends its table to the report.
-type Step = fn(&mut String, usize, &Path) -> Res<()>;
+/// One comparison: appends its tables to the report and its verdicts to the goals.
+type Step = fn(&mut Report, &Settings, &Path) -> Res<()>;
+
+/// How long the passes run.
+struct Settings {
+    rounds: usize,
+    round_ms: u64,
+    cost_rounds: usize,
+}
+
+/// The report, and the figures the goals are judged by at the end.
+#[derive(Default)]
+struct Report {
+    text: String,
+    /// (comparison, tool) -> median paired ratio to no profiler
+    ratio: HashMap<(&'static str, &'static str), f64>,
+    /// (comparison, tool, program) -> median ns per run
+    per_run: HashMap<(&'static str, &'static str, String), f64>,
+    /// (comparison, tool) -> median ns of CPU per event
+    per_event: HashMap<(&'static str, &'static str), f64>,
+    /// figures of the session's ends: name -> median
+    ends: HashMap<&'static str, f64>,
+}
 
 /// A profiler under test, attached to one pid until stopped.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Tool {
     None,
     /// The default: wakers recorded.
@@ -36,6 +67,9 @@ enum Tool {
     /// Frame pointers only: what the unwind tables cost.
     WaitprofFp,
     Offcputime,
+    /// Empty BPF programs on sched_switch, sched_waking and sys_exit: what the kernel's
+    /// statistics (two clock reads a run) and the hook's dispatch cost by themselves.
+    Empty,
 }
 
 impl Tool {
@@ -46,15 +80,77 @@ impl Tool {
             Tool::WaitprofNoWakers => "waitprof --no-wakers",
             Tool::WaitprofFp => "waitprof --unwind fp",
             Tool::Offcputime => "offcputime",
+            Tool::Empty => "empty programs (floor)",
         }
     }
 }
 
-/// A running profiler: its process and the BPF programs it loaded.
+/// A running profiler: its process (or the empty programs) and the BPF programs it
+/// loaded.
 struct Attached {
-    child: Child,
+    child: Option<Child>,
+    empty: Option<EmptyProgs>,
     progs: Vec<u32>,
     attach: Duration,
+}
+
+/// The hooks the floor is measured on, each with its empty program's name.
+const FLOOR: [(&str, &str); 3] = [
+    ("sched_switch", "empty_switch"),
+    ("sched_waking", "empty_waking"),
+    ("sys_exit", "empty_sys_exit"),
+];
+
+/// A program's name as the kernel keeps it (BPF_OBJ_NAME_LEN, 15 characters).
+fn kname(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+/// Empty raw tracepoint programs (`r0 = 0; exit`), attached while this lives.
+struct EmptyProgs(Vec<libc::c_int>);
+
+impl EmptyProgs {
+    fn attach() -> Res<EmptyProgs> {
+        use libbpf_rs::libbpf_sys as sys;
+        // BPF_ALU64 | BPF_MOV | BPF_K with dst r0, imm 0; then BPF_JMP | BPF_EXIT
+        let insns: [u64; 2] = [0xb7, 0x95];
+        let mut fds = EmptyProgs(Vec::new());
+        for (tp, name) in FLOOR {
+            let name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+            let tp_c = std::ffi::CString::new(tp).map_err(|e| e.to_string())?;
+            // SAFETY: two valid instructions, NUL-terminated names, default options.
+            let prog = unsafe {
+                sys::bpf_prog_load(
+                    sys::BPF_PROG_TYPE_RAW_TRACEPOINT,
+                    name.as_ptr(),
+                    c"GPL".as_ptr(),
+                    insns.as_ptr().cast(),
+                    insns.len() as _,
+                    std::ptr::null_mut(),
+                )
+            };
+            if prog < 0 {
+                return Err(format!("loading an empty program: error {prog}"));
+            }
+            fds.0.push(prog);
+            // SAFETY: a NUL-terminated tracepoint name and the program just loaded.
+            let link = unsafe { sys::bpf_raw_tracepoint_open(tp_c.as_ptr(), prog) };
+            if link < 0 {
+                return Err(format!("attaching an empty program to {tp}: error {link}"));
+            }
+            fds.0.push(link);
+        }
+        Ok(fds)
+    }
+}
+
+impl Drop for EmptyProgs {
+    fn drop(&mut self) {
+        for fd in self.0.drain(..).rev() {
+            // SAFETY: fds this struct opened and owns.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 fn prog_ids() -> HashSet<u32> {
@@ -77,6 +173,16 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
     let t = Instant::now();
     let mut child = match tool {
         Tool::None => return Ok(None),
+        Tool::Empty => {
+            let empty = EmptyProgs::attach()?;
+            let progs = prog_ids().difference(&before).copied().collect();
+            return Ok(Some(Attached {
+                child: None,
+                empty: Some(empty),
+                progs,
+                attach: t.elapsed(),
+            }));
+        }
         Tool::Waitprof | Tool::WaitprofNoWakers | Tool::WaitprofFp => Command::new(WAITPROF)
             .args(["-p", &pid.to_string(), "-o"])
             .arg(dir.join("bench.svg"))
@@ -124,7 +230,8 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
     let attach = t.elapsed();
     let progs = prog_ids().difference(&before).copied().collect();
     Ok(Some(Attached {
-        child,
+        child: Some(child),
+        empty: None,
         progs,
         attach,
     }))
@@ -133,8 +240,12 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
 /// Ctrl-C, then (time until its programs are gone, time until it exited).
 fn detach(mut a: Attached) -> Res<(Duration, Duration)> {
     let t = Instant::now();
+    let Some(mut child) = a.child.take() else {
+        drop(a.empty.take());
+        return Ok((t.elapsed(), t.elapsed()));
+    };
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(a.child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (mut gone, mut exited) = (None, None);
     while gone.is_none() || exited.is_none() {
         if gone.is_none() {
@@ -144,7 +255,7 @@ fn detach(mut a: Attached) -> Res<(Duration, Duration)> {
             }
         }
         if exited.is_none() {
-            if let Some(status) = a.child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 if !status.success() {
                     return Err(format!("profiler exited with {status}"));
                 }
@@ -152,12 +263,84 @@ fn detach(mut a: Attached) -> Res<(Duration, Duration)> {
             }
         }
         if t.elapsed() > Duration::from_secs(60) {
-            let _ = a.child.kill();
+            let _ = child.kill();
             return Err("profiler did not exit and unload within 60 s of Ctrl-C".into());
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok((gone.unwrap_or_default(), exited.unwrap_or_default()))
+}
+
+/// Sums a per-thread counter over every thread of `pid` now.
+fn over_threads(pid: u32, read: impl Fn(&str) -> Option<u64>) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| read(&t.path().to_string_lossy()))
+        .sum()
+}
+
+/// The context switches of every thread of `pid` so far.
+fn switches(pid: u32) -> u64 {
+    over_threads(pid, |task| {
+        let status = std::fs::read_to_string(format!("{task}/status")).ok()?;
+        Some(
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum(),
+        )
+    })
+}
+
+/// The CPU time (ns) every thread of `pid` has had so far (schedstat, ns-exact).
+fn cpu_ns(pid: u32) -> u64 {
+    over_threads(pid, |task| {
+        std::fs::read_to_string(format!("{task}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// (name, runs, run time in ns) of each of `ids` now.
+fn prog_stats(ids: &[u32]) -> HashMap<u32, (String, u64, u64)> {
+    ProgInfoIter::default()
+        .filter(|p| ids.contains(&p.id))
+        .map(|p| {
+            (
+                p.id,
+                (
+                    p.name.to_string_lossy().into_owned(),
+                    p.run_cnt,
+                    p.run_time_ns,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The kernel's BPF run-time statistics, on while this lives.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> Res<BpfStats> {
+        let was = std::fs::read_to_string(Self::PATH).map_err(|e| e.to_string())?;
+        std::fs::write(Self::PATH, "1").map_err(|e| format!("enabling BPF statistics: {e}"))?;
+        Ok(BpfStats(was.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
 }
 
 /// The bundled switch storm (`waitprof-fixture pingpong`), run one round at a time.
@@ -198,14 +381,16 @@ impl PingPong {
         Ok(p)
     }
 
-    /// Round trips per second over one round.
-    fn round(&mut self, ms: u64) -> Res<f64> {
+    /// Round trips per second over one round, and the context switches of its threads.
+    fn round(&mut self, ms: u64) -> Res<(f64, u64)> {
+        let before = switches(self.pid());
         writeln!(self.stdin, "{ms}").map_err(|e| e.to_string())?;
         let line = self
             .lines
             .next()
             .ok_or("ping-pong ended")?
             .map_err(|e| e.to_string())?;
+        let events = switches(self.pid()).saturating_sub(before);
         let f: Vec<&str> = line.split_whitespace().collect();
         match (f.get(1), f.get(3)) {
             (Some(ops), Some(ns)) => {
@@ -213,7 +398,7 @@ impl PingPong {
                     ops.parse().map_err(|_| line.clone())?,
                     ns.parse().map_err(|_| line.clone())?,
                 );
-                Ok(ops / ns * 1e9)
+                Ok((ops / ns * 1e9, events))
             }
             _ => Err(format!("bad ping-pong line: {line}")),
         }
@@ -264,85 +449,243 @@ const TOOLS: [Tool; 5] = [
     Tool::Offcputime,
 ];
 
-/// Alternates the tools for `rounds` rounds; `measure` runs one round.
-fn compare(
+/// The spread of a sample: (first quartile, third quartile, min, max).
+fn spread(v: &[f64]) -> (f64, f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| {
+        let i = f * (v.len().saturating_sub(1)) as f64;
+        let (lo, hi) = (i.floor() as usize, i.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (i - lo as f64)
+    };
+    (q(0.25), q(0.75), v[0], v[v.len() - 1])
+}
+
+/// One pass: alternates `tools` for `rounds` rounds, rotating the order each round so
+/// that no tool always runs first; `measure` runs one round and gives its figure and
+/// the events it produced. Per tool and round: the figure, and the profiler's CPU time
+/// (its programs' run time, its own process's CPU time, ns) with the events, and each
+/// program's (runs, run time).
+fn pass(
+    tools: &[Tool],
     rounds: usize,
     target_pid: u32,
     dir: &Path,
-    mut measure: impl FnMut() -> Res<f64>,
-) -> Res<HashMap<&'static str, Vec<f64>>> {
-    let mut out: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    measure: &mut dyn FnMut() -> Res<(f64, u64)>,
+) -> Res<HashMap<Tool, Vec<Measured>>> {
+    let mut out: HashMap<Tool, Vec<Measured>> = HashMap::new();
     for r in 0..rounds {
-        // rotate the order each round so no tool always runs first
-        for i in 0..TOOLS.len() {
-            let tool = TOOLS[(i + r) % TOOLS.len()];
+        for i in 0..tools.len() {
+            let tool = tools[(i + r) % tools.len()];
             let a = attach(tool, target_pid, dir)?;
-            let v = measure()?;
+            let (ids, pid) = a.as_ref().map_or((Vec::new(), None), |a| {
+                (a.progs.clone(), a.child.as_ref().map(|c| c.id()))
+            });
+            let (p0, c0) = (prog_stats(&ids), pid.map_or(0, cpu_ns));
+            let (value, events) = measure()?;
+            let (p1, c1) = (prog_stats(&ids), pid.map_or(0, cpu_ns));
+            let programs: Vec<(String, u64, u64)> = p1
+                .iter()
+                .filter_map(|(id, (name, runs, ns))| {
+                    let (_, r0, n0) = p0.get(id)?;
+                    Some((name.clone(), runs - r0, ns - n0))
+                })
+                .collect();
             if let Some(a) = a {
                 detach(a)?;
             }
-            out.entry(tool.name()).or_default().push(v);
+            out.entry(tool).or_default().push(Measured {
+                value,
+                events,
+                bpf_ns: programs.iter().map(|p| p.2).sum(),
+                own_ns: c1.saturating_sub(c0),
+                programs,
+            });
         }
         eprint!(".");
     }
-    eprintln!();
     Ok(out)
 }
 
-fn table(report: &mut String, title: &str, unit: &str, res: &HashMap<&'static str, Vec<f64>>) {
-    let base = median(&res[Tool::None.name()]);
-    let _ = writeln!(report, "\n### {title}\n");
-    let _ = writeln!(
-        report,
-        "| | median {unit} | vs no profiler | slowdown | runs |"
-    );
-    let _ = writeln!(report, "|---|---:|---:|---:|---|");
-    for tool in TOOLS {
-        let v = &res[tool.name()];
-        let m = median(v);
-        let runs: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
-        let _ = writeln!(
-            report,
-            "| {} | {m:.0} | {:.3} | {:+.1}% | {} |",
-            tool.name(),
-            m / base,
-            (1.0 - m / base) * 100.0,
-            runs.join(" ")
-        );
-    }
+/// What one round of one tool measured.
+struct Measured {
+    value: f64,
+    events: u64,
+    bpf_ns: u64,
+    own_ns: u64,
+    programs: Vec<(String, u64, u64)>,
 }
 
-fn switch_storm(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {
-    for (cpus, what) in [
-        (None, "both CPUs (as `perf bench sched pipe`)"),
-        (Some("1"), "both threads on CPU 1 (worst case)"),
+/// The workload of one comparison.
+struct Workload<'a> {
+    /// the comparison's name, as the goals refer to it
+    key: &'static str,
+    title: String,
+    unit: &'static str,
+    /// what the events are: "target context switch", "request"
+    event: &'static str,
+    target_pid: u32,
+    /// the floor is measured too (on hooks that the workload runs)
+    floor: bool,
+    measure: &'a mut dyn FnMut() -> Res<(f64, u64)>,
+}
+
+/// Both passes over one workload, and their tables.
+fn compare(report: &mut Report, s: &Settings, dir: &Path, w: Workload) -> Res<()> {
+    eprint!("{}: throughput ", w.key);
+    let thr = pass(&TOOLS, s.rounds, w.target_pid, dir, w.measure)?;
+    eprint!(" cost ");
+    let stats = BpfStats::on()?;
+    let mut tools: Vec<Tool> = TOOLS[1..].to_vec();
+    if w.floor {
+        tools.push(Tool::Empty);
+    }
+    let cost = pass(&tools, s.cost_rounds, w.target_pid, dir, w.measure)?;
+    drop(stats);
+    eprintln!();
+
+    let text = &mut report.text;
+    let _ = writeln!(text, "\n### {}\n", w.title);
+    let _ = writeln!(
+        text,
+        "Throughput: {} alternated rounds of {} ms; the ratio is each round's figure over the \
+         same round's unprofiled figure, median [IQR] (min–max). Cost: {} rounds with the kernel's \
+         BPF statistics on; CPU time the profiler adds per {}: its programs' run time plus its \
+         own process's CPU time, median (min–max).\n",
+        s.rounds, s.round_ms, s.cost_rounds, w.event
+    );
+    let _ = writeln!(
+        text,
+        "| | median {} | vs no profiler | CPU per {} (ns) | of it BPF | of it user space |",
+        w.unit, w.event
+    );
+    let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|");
+    let base: Vec<f64> = thr[&Tool::None].iter().map(|m| m.value).collect();
+    for tool in TOOLS.iter().chain(w.floor.then_some(&Tool::Empty)) {
+        let (median_value, ratio_cell) = match thr.get(tool) {
+            Some(v) => {
+                let values: Vec<f64> = v.iter().map(|m| m.value).collect();
+                let ratios: Vec<f64> = values.iter().zip(&base).map(|(v, b)| v / b).collect();
+                let (q1, q3, lo, hi) = spread(&ratios);
+                let m = median(&ratios);
+                report.ratio.insert((w.key, tool.name()), m);
+                (
+                    format!("{:.0}", median(&values)),
+                    if *tool == Tool::None {
+                        "1".to_string()
+                    } else {
+                        format!("**{m:.3}** [{q1:.3}–{q3:.3}] ({lo:.3}–{hi:.3})")
+                    },
+                )
+            }
+            None => ("–".into(), "–".into()),
+        };
+        let cost_cells = match cost.get(tool) {
+            Some(v) => {
+                let per = |f: &dyn Fn(&Measured) -> u64| -> (f64, f64, f64) {
+                    let x: Vec<f64> = v
+                        .iter()
+                        .map(|m| f(m) as f64 / m.events.max(1) as f64)
+                        .collect();
+                    let (_, _, lo, hi) = spread(&x);
+                    (median(&x), lo, hi)
+                };
+                let (all, lo, hi) = per(&|m| m.bpf_ns + m.own_ns);
+                let (bpf, ..) = per(&|m| m.bpf_ns);
+                let (own, ..) = per(&|m| m.own_ns);
+                report.per_event.insert((w.key, tool.name()), all);
+                format!("**{all:.0}** ({lo:.0}–{hi:.0}) | {bpf:.0} | {own:.0}")
+            }
+            None => "– | – | –".into(),
+        };
+        let _ = writeln!(
+            text,
+            "| {} | {median_value} | {ratio_cell} | {cost_cells} |",
+            tool.name()
+        );
+    }
+    // each program's ns per run, median over the cost rounds
+    let _ = writeln!(
+        text,
+        "\n| tool | program | runs per {} | ns per run, median (min–max) |",
+        w.event
+    );
+    let _ = writeln!(text, "|---|---|---:|---:|");
+    for tool in &tools {
+        let mut by_name: std::collections::BTreeMap<&str, (Vec<f64>, Vec<f64>)> =
+            Default::default();
+        for m in &cost[tool] {
+            for (name, runs, ns) in &m.programs {
+                if *runs > 0 {
+                    let e = by_name.entry(name).or_default();
+                    e.0.push(*ns as f64 / *runs as f64);
+                    e.1.push(*runs as f64 / m.events.max(1) as f64);
+                }
+            }
+        }
+        for (name, (ns, runs)) in by_name {
+            let (_, _, lo, hi) = spread(&ns);
+            let m = median(&ns);
+            report
+                .per_run
+                .insert((w.key, tool.name(), name.to_string()), m);
+            let _ = writeln!(
+                text,
+                "| {} | {name} | {:.2} | {m:.0} ({lo:.0}–{hi:.0}) |",
+                tool.name(),
+                median(&runs)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn switch_storm(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
+    for (cpus, key, what) in [
+        (None, "storm2", "both CPUs (as `perf bench sched pipe`)"),
+        (Some("1"), "storm1", "both threads on CPU 1 (worst case)"),
     ] {
-        eprint!("switch storm, {what} ");
         let mut pp = PingPong::start(cpus)?;
         let pid = pp.pid();
-        let res = compare(rounds, pid, dir, || pp.round(ROUND_MS))?;
-        table(
+        let ms = s.round_ms;
+        compare(
             report,
-            &format!("1. Switch storm, target profiled: {what}"),
-            "round trips/s",
-            &res,
-        );
+            s,
+            dir,
+            Workload {
+                key,
+                title: format!("1. Switch storm, target profiled: {what}"),
+                unit: "round trips/s",
+                event: "target context switch",
+                target_pid: pid,
+                floor: key == "storm1",
+                measure: &mut || pp.round(ms),
+            },
+        )?;
     }
     Ok(())
 }
 
-fn bystander(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {
-    eprint!("bystander ");
+fn bystander(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
     let parked = Parked::start()?;
-    let mut pp = PingPong::start(None)?;
-    let res = compare(rounds, parked.0.id(), dir, || pp.round(ROUND_MS))?;
-    table(
+    // on one CPU: across two, any profiler speeds the storm up (idle states; BENCHMARKS.md)
+    let mut pp = PingPong::start(Some("1"))?;
+    let ms = s.round_ms;
+    compare(
         report,
-        "3. Bystander: the switch storm while the profiler targets another (idle) process",
-        "round trips/s",
-        &res,
-    );
-    Ok(())
+        s,
+        dir,
+        Workload {
+            key: "bystander",
+            title: "3. Bystander: the switch storm on CPU 1 while the profiler targets another (idle) process"
+                .into(),
+            unit: "round trips/s",
+            event: "bystander context switch",
+            target_pid: parked.0.id(),
+            floor: true,
+            measure: &mut || pp.round(ms),
+        },
+    )
 }
 
 struct Nginx {
@@ -355,11 +698,6 @@ impl Nginx {
         let (child, port) = common::start_nginx(dir, true)?;
         Ok(Nginx { child, port })
     }
-
-    /// Requests per second of one bounded wrk run, wrk on CPU 1 (nginx is on CPU 0).
-    fn wrk(&self, secs: u32) -> Res<f64> {
-        common::wrk_rate(self.port, secs)
-    }
 }
 
 impl Drop for Nginx {
@@ -369,147 +707,119 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {
-    eprint!("nginx + wrk ");
+fn nginx(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
     let nginx = Nginx::start(dir)?;
-    nginx.wrk(1)?; // warm up
-    let res = compare(rounds, nginx.child.id(), dir, || nginx.wrk(3))?;
-    table(
+    common::wrk_rate(nginx.port, 1)?; // warm up
+    let secs = (s.round_ms / 1000).max(1) as u32;
+    compare(
         report,
-        "2. nginx on 127.0.0.1 (1 worker on CPU 0) driven by `wrk -t1 -c32 -d3s` on CPU 1",
-        "requests/s",
-        &res,
+        s,
+        dir,
+        Workload {
+            key: "nginx",
+            title: format!(
+                "2. nginx on 127.0.0.1 (1 worker on CPU 0) driven by `wrk -t1 -c32 -d{secs}s` on CPU 1"
+            ),
+            unit: "requests/s",
+            event: "request",
+            target_pid: nginx.child.id(),
+            floor: false,
+            measure: &mut || {
+                let rate = common::wrk_rate(nginx.port, secs)?;
+                Ok((rate, (rate * secs as f64) as u64))
+            },
+        },
+    )
+}
+
+/// One session of `waitprof -- waitprof-fixture stacks COUNT`: (seconds from the end of
+/// recording to the files written, as waitprof reports it; peak RSS in MB; its
+/// symbolizing line and the files' sizes).
+fn stacks_session(count: u32, dir: &Path) -> Res<(f64, f64, String)> {
+    let svg = dir.join(format!("stacks{count}.svg"));
+    let mut child = Command::new(WAITPROF)
+        .args(["--stack-storage-size", "65536", "-o"])
+        .arg(&svg)
+        .args(["--", FIXTURE, "stacks", &count.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let err = child.stderr.take().ok_or("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(err), &mut s);
+        s
+    });
+    let (status, maxrss_kb) = wait_rss(&child)?;
+    let text = reader.join().map_err(|_| "reader panicked")?;
+    if status != 0 {
+        return Err(format!("waitprof failed ({status}):\n{text}"));
+    }
+    let secs: f64 = text
+        .split(" s after the session ended")
+        .next()
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no timing in:\n{text}"))?;
+    let mut detail = text
+        .lines()
+        .find(|l| l.contains("symbolizing"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let folded = std::fs::metadata(svg.with_extension("folded")).map_or(0, |m| m.len());
+    let svg_len = std::fs::metadata(&svg).map_or(0, |m| m.len());
+    let _ = write!(
+        detail,
+        "; folded file {:.1} MB, SVG {:.1} MB",
+        folded as f64 / 1e6,
+        svg_len as f64 / 1e6
     );
-    Ok(())
+    Ok((secs, maxrss_kb as f64 / 1024.0, detail))
 }
 
-/// ns per run of each program the tool loaded, from the kernel's own BPF statistics.
-fn per_event(report: &mut String, dir: &Path) -> Res<()> {
-    eprintln!("per-event cost");
-    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let was = std::fs::read_to_string(stats).map_err(|e| e.to_string())?;
-    std::fs::write(stats, "1").map_err(|e| format!("enabling BPF statistics: {e}"))?;
-    let result = (|| {
+fn large_profile(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
+    eprint!("session end ");
+    let _ = writeln!(
+        report.text,
+        "\n### 5. Session end: `waitprof --stack-storage-size 65536 -- waitprof-fixture stacks N`\n"
+    );
+    let _ = writeln!(
+        report.text,
+        "| distinct stacks | end of recording to files written (s), median (min–max) | peak RSS (MB), median (min–max) | detail |"
+    );
+    let _ = writeln!(report.text, "|---:|---:|---:|---|");
+    for (count, key_s, key_rss) in [
+        (40_000, "end40k_s", "end40k_rss"),
+        (2_000, "end2k_s", "end2k_rss"),
+    ] {
+        let (mut written, mut rss, mut detail) = (Vec::new(), Vec::new(), String::new());
+        for _ in 0..s.cost_rounds.clamp(3, 5) {
+            let (secs, mb, d) = stacks_session(count, dir)?;
+            written.push(secs);
+            rss.push(mb);
+            detail = d;
+            eprint!(".");
+        }
+        let (_, _, wlo, whi) = spread(&written);
+        let (_, _, rlo, rhi) = spread(&rss);
+        report.ends.insert(key_s, median(&written));
+        report.ends.insert(key_rss, median(&rss));
         let _ = writeln!(
-            report,
-            "\n### 4. Cost per event (kernel.bpf_stats_enabled=1, one {ROUND_MS}-ms round of the switch storm on both CPUs)\n"
+            report.text,
+            "| {count} | {:.2} ({wlo:.2}–{whi:.2}) | {:.0} ({rlo:.0}–{rhi:.0}) | {detail} |",
+            median(&written),
+            median(&rss)
         );
-        let _ = writeln!(
-            report,
-            "| tool | program | runs | ns per run | round trips/s |"
-        );
-        let _ = writeln!(report, "|---|---|---:|---:|---:|");
-        let mut pp = PingPong::start(None)?;
-        for tool in [
-            Tool::Waitprof,
-            Tool::WaitprofNoWakers,
-            Tool::WaitprofFp,
-            Tool::Offcputime,
-        ] {
-            let a = attach(tool, pp.pid(), dir)?.ok_or("no tool")?;
-            let rate = pp.round(ROUND_MS)?;
-            let progs: Vec<_> = ProgInfoIter::default()
-                .filter(|p| a.progs.contains(&p.id))
-                .collect();
-            for p in progs {
-                let _ = writeln!(
-                    report,
-                    "| {} | {} | {} | {:.0} | {rate:.0} |",
-                    tool.name(),
-                    p.name.to_string_lossy(),
-                    p.run_cnt,
-                    p.run_time_ns as f64 / p.run_cnt.max(1) as f64
-                );
-            }
-            detach(a)?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::write(stats, was.trim());
-    result
-}
-
-fn large_profile(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {
-    eprint!("large profile ");
-    let mut written = Vec::new();
-    let mut rss = Vec::new();
-    let mut detail = String::new();
-    for _ in 0..rounds.min(3) {
-        let svg = dir.join("large.svg");
-        let mut child = Command::new(WAITPROF)
-            .args(["--stack-storage-size", "65536", "-o"])
-            .arg(&svg)
-            .args(["--", FIXTURE, "stacks", "40000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let err = child.stderr.take().ok_or("no stderr")?;
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut BufReader::new(err), &mut s);
-            s
-        });
-        let (status, maxrss_kb) = wait_rss(&child)?;
-        let text = reader.join().map_err(|_| "reader panicked")?;
-        if status != 0 {
-            return Err(format!("waitprof failed ({status}):\n{text}"));
-        }
-        let secs: f64 = text
-            .split(" s after the session ended")
-            .next()
-            .and_then(|l| l.rsplit('(').next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("no timing in:\n{text}"))?;
-        if detail.is_empty() {
-            detail = text
-                .lines()
-                .find(|l| l.contains("symbolizing"))
-                .unwrap_or("")
-                .to_string();
-            let folded = std::fs::metadata(svg.with_extension("folded")).map_or(0, |m| m.len());
-            let svg_len = std::fs::metadata(&svg).map_or(0, |m| m.len());
-            let _ = write!(
-                detail,
-                "; folded file {:.0} MB, SVG {:.1} MB",
-                folded as f64 / 1e6,
-                svg_len as f64 / 1e6
-            );
-        }
-        written.push(secs);
-        rss.push(maxrss_kb as f64 / 1024.0);
-        eprint!(".");
     }
     eprintln!();
-    let _ = writeln!(
-        report,
-        "\n### 5. Large profile: `waitprof --stack-storage-size 65536 -- waitprof-fixture stacks 40000`\n"
-    );
-    let _ = writeln!(report, "{detail}\n");
-    let _ = writeln!(report, "| | median | runs |\n|---|---:|---|");
-    let fmt = |v: &[f64], p: usize| {
-        v.iter()
-            .map(|x| format!("{x:.p$}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let _ = writeln!(
-        report,
-        "| end of session to SVG written (s) | {:.2} | {} |",
-        median(&written),
-        fmt(&written, 2)
-    );
-    let _ = writeln!(
-        report,
-        "| peak RSS of waitprof (MB) | {:.0} | {} |",
-        median(&rss),
-        fmt(&rss, 0)
-    );
     Ok(())
 }
 
-fn attach_detach(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {
+fn attach_detach(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
     eprint!("attach and detach ");
+    let rounds = s.rounds.min(9);
     let parked = Parked::start()?;
     let mut rows = Vec::new();
     for tool in [Tool::Waitprof, Tool::Offcputime] {
@@ -523,28 +833,144 @@ fn attach_detach(report: &mut String, rounds: usize, dir: &Path) -> Res<()> {
             exit.push(e.as_secs_f64() * 1e3);
             eprint!(".");
         }
+        if tool == Tool::Waitprof {
+            report.ends.insert("start_ms", median(&at));
+            report.ends.insert("gone_ms", median(&gone));
+        }
+        let cell = |v: &[f64]| {
+            let (_, _, lo, hi) = spread(v);
+            format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
+        };
         rows.push(format!(
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {} |",
             tool.name(),
-            median(&at),
-            median(&gone),
-            median(&exit)
+            cell(&at),
+            cell(&gone),
+            cell(&exit)
         ));
     }
     eprintln!();
     let _ = writeln!(
-        report,
-        "\n### 6. Attach and detach (target: one parked thread; medians of {rounds}, ms)\n"
+        report.text,
+        "\n### 6. Attach and detach (target: one parked thread; ms, median (min–max) of {rounds})\n"
     );
     let _ = writeln!(
-        report,
+        report.text,
         "| tool | start to tracing | Ctrl-C to programs unloaded | Ctrl-C to exit |"
     );
-    let _ = writeln!(report, "|---|---:|---:|---:|");
+    let _ = writeln!(report.text, "|---|---:|---:|---:|");
     for r in rows {
-        let _ = writeln!(report, "{r}");
+        let _ = writeln!(report.text, "{r}");
     }
     Ok(())
+}
+
+/// The issue's goals, judged from what this run measured.
+fn goals(report: &mut Report) {
+    let r = |k: &'static str, t: Tool| report.ratio.get(&(k, t.name())).copied();
+    let ns = |k: &'static str, t: Tool, p: &str| {
+        report.per_run.get(&(k, t.name(), p.to_string())).copied()
+    };
+    let e = |k: &'static str| report.ends.get(k).copied();
+    let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
+    let slow = |x: f64| 1.0 - x;
+    let (wp, off) = (Tool::Waitprof, Tool::Offcputime);
+    if let (Some(a), Some(b)) = (r("storm2", wp), r("storm2", off)) {
+        rows.push((
+            "switch storm, both CPUs: slowdown ≤ half of offcputime's".into(),
+            format!("{:+.1}% vs {:+.1}%", -slow(a) * 100.0, -slow(b) * 100.0),
+            Some(slow(a) <= slow(b).max(0.0) / 2.0),
+        ));
+    }
+    if let (Some(a), Some(b)) = (r("storm1", wp), r("storm1", off)) {
+        rows.push((
+            "switch storm, one CPU: slowdown ≤ offcputime's".into(),
+            format!("{:+.1}% vs {:+.1}%", -slow(a) * 100.0, -slow(b) * 100.0),
+            Some(slow(a) <= slow(b).max(0.0)),
+        ));
+    }
+    if let (Some(a), Some(b)) = (r("nginx", wp), r("nginx", off)) {
+        rows.push((
+            "nginx + wrk: ratio ≥ offcputime's and ≥ 0.98".into(),
+            format!("{a:.3} vs {b:.3}"),
+            Some(a >= b && a >= 0.98),
+        ));
+    }
+    for (p, (_, empty)) in ["btf_sched_switch", "btf_sched_waking", "btf_sys_exit"]
+        .into_iter()
+        .zip(FLOOR)
+    {
+        let floor = ns("bystander", Tool::Empty, empty);
+        if let (Some(v), Some(f)) = (ns("bystander", wp, kname(p)), floor) {
+            rows.push((
+                format!("bystander `{p}`: ≤ 30 ns a run above an empty program"),
+                format!("{v:.0} ns, empty {f:.0} ns: {:+.0} ns", v - f),
+                Some(v - f <= 30.0),
+            ));
+        }
+    }
+    for (p, goal) in [("btf_sched_waking", 1000.0), ("btf_sched_switch", 800.0)] {
+        if let Some(v) = ns("storm1", wp, kname(p)) {
+            rows.push((
+                format!("target `{p}` (one-CPU storm) ≤ {goal:.0} ns"),
+                format!("{v:.0} ns"),
+                Some(v <= goal),
+            ));
+        }
+    }
+    if let (Some(a), Some(b)) = (
+        report.per_event.get(&("storm1", wp.name())),
+        report.per_event.get(&("storm1", off.name())),
+    ) {
+        rows.push((
+            "CPU per target context switch (one-CPU storm), against offcputime".into(),
+            format!("{a:.0} ns vs {b:.0} ns"),
+            None,
+        ));
+    }
+    for (k, what, goal, unit) in [
+        (
+            "end40k_s",
+            "40k stacks: end of recording to files written",
+            1.0,
+            "s",
+        ),
+        ("end40k_rss", "40k stacks: peak RSS", 150.0, "MB"),
+        (
+            "end2k_s",
+            "2,000 stacks: end of recording to files written",
+            0.2,
+            "s",
+        ),
+        (
+            "start_ms",
+            "start to recording (`-p`, glibc only)",
+            150.0,
+            "ms",
+        ),
+        ("gone_ms", "Ctrl-C to every program unloaded", 50.0, "ms"),
+    ] {
+        if let Some(v) = e(k) {
+            rows.push((
+                format!("{what} ≤ {goal} {unit}"),
+                format!("{v:.2} {unit}"),
+                Some(v <= goal),
+            ));
+        }
+    }
+    let _ = writeln!(
+        report.text,
+        "\n### Goals (issue 13), judged from this run\n"
+    );
+    let _ = writeln!(report.text, "| goal | measured | |\n|---|---|---|");
+    for (goal, got, met) in rows {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "",
+        };
+        let _ = writeln!(report.text, "| {goal} | {got} | {verdict} |");
+    }
 }
 
 fn missing_tools() -> Vec<&'static str> {
@@ -568,44 +994,54 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let rounds: usize = std::env::var("WAITPROF_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let env = |k: &str, default: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(default)
+    };
+    let settings = Settings {
+        rounds: env("WAITPROF_BENCH_ROUNDS", 15),
+        round_ms: env("WAITPROF_BENCH_ROUND_MS", 1000) as u64,
+        cost_rounds: env("WAITPROF_BENCH_COST_ROUNDS", 5),
+    };
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut report = String::new();
+    let mut report = Report::default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
-        report,
-        "## Run of {} (kernel {}, {cpus} CPUs, {rounds} rounds per comparison)",
+        report.text,
+        "## Run of {} (kernel {}, {cpus} CPUs; {} throughput rounds of {} ms and {} cost rounds per comparison)",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        kernel.trim()
+        kernel.trim(),
+        settings.rounds,
+        settings.round_ms,
+        settings.cost_rounds
     );
     let steps: [(&str, Step); 5] = [
         ("switch storm", switch_storm),
         ("nginx", nginx),
         ("bystander", bystander),
-        ("large profile", large_profile),
+        ("session end", large_profile),
         ("attach/detach", attach_detach),
     ];
+    let only = std::env::var("WAITPROF_BENCH_ONLY").unwrap_or_default();
     let mut failed = false;
-    for (i, (name, step)) in steps.iter().enumerate() {
-        if let Err(e) = step(&mut report, rounds, dir.path()) {
+    for (name, step) in steps {
+        if !only.is_empty() && !only.split(',').any(|o| name.contains(o.trim())) {
+            continue;
+        }
+        if let Err(e) = step(&mut report, &settings, dir.path()) {
             eprintln!("\n{name} failed: {e}");
-            let _ = writeln!(report, "\n{name}: FAILED: {e}");
+            let _ = writeln!(report.text, "\n{name}: FAILED: {e}");
             failed = true;
         }
-        if i == 2 {
-            if let Err(e) = per_event(&mut report, dir.path()) {
-                eprintln!("\nper-event cost failed: {e}");
-                failed = true;
-            }
-        }
     }
-    println!("{report}");
+    goals(&mut report);
+    println!("{}", report.text);
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/benchmarks.md");
-    if std::fs::write(&out, &report).is_ok() {
+    if std::fs::write(&out, &report.text).is_ok() {
         eprintln!("written to {}", out.display());
     }
     if failed {

@@ -30,9 +30,63 @@ use crate::symbolize::Symbolizer;
 use crate::syscalls;
 use crate::unwind;
 
-/// The longest the collection loop sleeps: how late it may see Ctrl-C (the signal lands
-/// on another thread) and detach the hooks.
-const POLL: Duration = Duration::from_millis(20);
+/// The longest the collection loop sleeps. It wakes at once for a thread-exit record,
+/// Ctrl-C and the target's exit (see `Sleep`); this bounds what has no fd: the progress
+/// line, starting the on-CPU sampler for Go.
+const POLL: Duration = Duration::from_millis(250);
+/// The same where the kernel gives no fd for the target's exit (no pidfd) or for Ctrl-C:
+/// how late either may be seen.
+const POLL_BLIND: Duration = Duration::from_millis(20);
+
+/// What the collection loop sleeps on: the ring buffers' epoll fd, Ctrl-C's eventfd and
+/// the target's pidfd (readable once it exits), so that an idle session wakes only for
+/// them and the timers instead of fifty times a second.
+struct Sleep {
+    epoll: std::os::fd::OwnedFd,
+    /// every event source has an fd: the loop may sleep up to POLL
+    whole: bool,
+    _pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Sleep {
+    fn new(ringbuf_epoll: i32, stop: &Stop, pid: u32) -> Option<Sleep> {
+        use rustix::event::epoll;
+        use std::os::fd::BorrowedFd;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
+        let add = |fd: BorrowedFd<'_>| {
+            epoll::add(&ep, fd, epoll::EventData::new_u64(0), epoll::EventFlags::IN).is_ok()
+        };
+        // SAFETY: the ring buffer outlives this loop, and with it its epoll fd.
+        if ringbuf_epoll < 0 || !add(unsafe { BorrowedFd::borrow_raw(ringbuf_epoll) }) {
+            return None;
+        }
+        let signals = stop.fd().is_some_and(add);
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            .filter(|fd| add(std::os::fd::AsFd::as_fd(fd)));
+        Some(Sleep {
+            whole: signals && pidfd.is_some(),
+            epoll: ep,
+            _pidfd: pidfd,
+        })
+    }
+
+    /// Sleeps until an fd is ready or `timeout` passes (clamped to what the fds cover).
+    fn wait(&self, timeout: Duration) {
+        let timeout = timeout.min(if self.whole { POLL } else { POLL_BLIND });
+        let ts = rustix::fs::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut events = Vec::with_capacity(4);
+        // EINTR (Ctrl-C on this thread) and errors alike: the loop looks at everything next
+        let _ = rustix::event::epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&ts),
+        );
+    }
+}
 /// The target's memory maps are re-read so that what it maps during the session (a
 /// launched command's binary and libraries right after exec, libraries loaded later)
 /// still symbolizes after it exits: soon after the start, then less and less often.
@@ -205,17 +259,24 @@ pub fn run(
     let mut sampling_on_cpu = false;
     let mut next_cache = Instant::now() + recache_every;
     let mut last_progress = Instant::now();
+    let sleep = Sleep::new(ringbuf.epoll_fd(), stop, target.pid);
     let end_reason = loop {
-        let mut timeout = next_cache
-            .saturating_duration_since(Instant::now())
-            .min(POLL);
+        let mut timeout = next_cache.saturating_duration_since(Instant::now());
         if let Some(d) = cfg.duration {
             timeout = timeout.min(d.saturating_sub(started.elapsed()));
         }
-        match ringbuf.poll(timeout) {
-            // a signal (Ctrl-C) interrupted the wait: handled just below
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-            r => r.context("reading thread-exit records failed")?,
+        match &sleep {
+            Some(s) => {
+                s.wait(timeout);
+                ringbuf
+                    .consume()
+                    .context("reading thread-exit records failed")?;
+            }
+            None => match ringbuf.poll(timeout.min(POLL_BLIND)) {
+                // a signal (Ctrl-C) interrupted the wait: handled just below
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+                r => r.context("reading thread-exit records failed")?,
+            },
         }
         if stop.requested() {
             break EndReason::Interrupted;
