@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::analyze;
 use crate::model::{Collected, Outcome, Row, StackRef, WakerCtx};
-use crate::symbolize::{Frames, Symbols};
+use crate::symbolize::Symbols;
 use crate::syscalls;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,32 +50,57 @@ pub const STILL_WAITING_FRAME: &str = "[still waiting at the end]";
 /// draw it dark grey.
 pub const WAKER_SEPARATOR: &str = "--";
 
+/// A line's frames, root first, as indexes into its profile's frame names.
+pub type FrameIds = Box<[u32]>;
+
 /// The folded file: one `stack value` line per distinct stack, values in microseconds,
-/// sorted frame by frame. Kept as interned frames, not text: a large profile's text is
-/// hundreds of megabytes, written straight to its file (`write_to`) and never held.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// sorted frame by frame. Kept as interned frame ids (4 bytes a frame, each distinct
+/// name held once), not text: a large profile's text is hundreds of megabytes, written
+/// straight to its file (`write_to`) and never held.
+#[derive(Clone, Debug, Default)]
 pub struct Folded {
+    /// Every distinct frame name, indexed by id.
+    names: Vec<Arc<str>>,
     /// (frames, microseconds), in the order of their joined text; none of 0 us.
-    lines: Vec<(Frames, u64)>,
+    lines: Vec<(FrameIds, u64)>,
     /// The waker frames that are kernel functions (off-wake view), to colour them apart.
     waker_kernel_frames: Vec<String>,
 }
+
+/// Equal when the files are: the ids depend on the order the rows came in.
+impl PartialEq for Folded {
+    fn eq(&self, other: &Folded) -> bool {
+        self.lines.len() == other.lines.len()
+            && self.waker_kernel_frames == other.waker_kernel_frames
+            && self.lines().eq(other.lines())
+    }
+}
+
+impl Eq for Folded {}
 
 impl Folded {
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
 
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| n)
+    }
+
     /// Writes the folded file's text.
     pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        // a line at a time: one call through `out` per line, not per frame
+        let mut line: Vec<u8> = Vec::with_capacity(4096);
         for (frames, us) in &self.lines {
-            for (i, f) in frames.iter().enumerate() {
+            line.clear();
+            for (i, &f) in frames.iter().enumerate() {
                 if i > 0 {
-                    out.write_all(b";")?;
+                    line.push(b';');
                 }
-                out.write_all(f.as_bytes())?;
+                line.extend_from_slice(self.name(f).as_bytes());
             }
-            writeln!(out, " {us}")?;
+            let _ = writeln!(line, " {us}");
+            out.write_all(&line)?;
         }
         Ok(())
     }
@@ -89,17 +114,37 @@ impl Folded {
 
     /// Each line as (stack, microseconds).
     pub fn lines(&self) -> impl Iterator<Item = (String, u64)> + '_ {
-        self.lines.iter().map(|(frames, us)| (joined(frames), *us))
+        self.lines
+            .iter()
+            .map(|(frames, us)| (self.joined(frames), *us))
+    }
+
+    fn joined(&self, frames: &[u32]) -> String {
+        let mut s = String::new();
+        for (i, &f) in frames.iter().enumerate() {
+            if i > 0 {
+                s.push(';');
+            }
+            s.push_str(self.name(f));
+        }
+        s
     }
 
     /// Every distinct frame name of the profile.
     pub fn frame_names(&self) -> impl Iterator<Item = &str> {
-        let mut seen = std::collections::HashSet::new();
-        self.lines
+        let mut used = vec![false; self.names.len()];
+        for (frames, _) in &self.lines {
+            for &f in frames.iter() {
+                if let Some(u) = used.get_mut(f as usize) {
+                    *u = true;
+                }
+            }
+        }
+        self.names
             .iter()
-            .flat_map(|(frames, _)| frames.iter())
-            .filter(move |f| seen.insert(Arc::as_ptr(f) as *const u8 as usize))
-            .map(|f| &**f)
+            .zip(used)
+            .filter(|(_, u)| *u)
+            .map(|(n, _)| &**n)
     }
 
     pub fn total_us(&self) -> u64 {
@@ -113,93 +158,72 @@ impl Folded {
     /// What a flame graph draws of the profile, as folded text: a frame narrower than
     /// `min_width_pct` of the whole (inferno's `min_width`, under which inferno prunes it
     /// anyway) becomes one line with its whole subtree's time, so every frame drawn keeps
-    /// its width and the lines keep the input's order. Lines are merged as inferno merges sorted input: a
-    /// frame joins the previous line's frame at its depth only when every frame below is
-    /// shared, so the drawing is the same. A 40,000-stack profile gives inferno a few
-    /// thousand lines to draw instead of 80,000.
+    /// its width and the lines keep the input's order. A 40,000-stack profile gives
+    /// inferno a few thousand lines to draw instead of 80,000.
+    ///
+    /// inferno merges sorted input as a trie: a line's frame joins the previous line's
+    /// frame at its depth only when every frame below is shared. So the trie's nodes come
+    /// in the lines' order, and two passes over the lines find them without building it:
+    /// the first adds up each node's time (8 bytes a node), the second writes every line
+    /// whose frames are all wide enough, and, for a subtree that is not, its first line
+    /// (which ends where the subtree's first own time is) with the subtree's whole time.
     pub fn drawable(&self, min_width_pct: f64) -> String {
-        struct Node<'a> {
-            frame: Option<&'a Arc<str>>,
-            total: u64,
-            children: Vec<usize>,
-        }
-        let mut nodes = vec![Node {
-            frame: None,
-            total: 0,
-            children: Vec::new(),
-        }];
-        for (frames, us) in &self.lines {
-            let mut n = 0;
-            nodes[0].total += us;
-            for f in frames {
-                let same = nodes[n]
-                    .children
-                    .last()
-                    .copied()
-                    .filter(|&c| nodes[c].frame.is_some_and(|g| Arc::ptr_eq(g, f) || g == f));
-                n = match same {
-                    Some(c) => c,
-                    None => {
-                        nodes.push(Node {
-                            frame: Some(f),
-                            total: 0,
-                            children: Vec::new(),
-                        });
-                        let c = nodes.len() - 1;
-                        nodes[n].children.push(c);
-                        c
-                    }
-                };
-                nodes[n].total += us;
-            }
-        }
-        // inferno's test: a frame is drawn unless its time < min_width / (100 / total)
-        let min_time = min_width_pct / (100.0 / nodes[0].total as f64);
-        let drawn = |n: usize| nodes[n].total as f64 >= min_time;
-        let mut text = String::new();
-        let mut path: Vec<&str> = Vec::new();
-        // depth-first, each node's own time before its children, as the sorted input had it
-        let mut todo: Vec<(usize, usize)> =
-            nodes[0].children.iter().rev().map(|&c| (c, 0)).collect();
-        while let Some((n, depth)) = todo.pop() {
-            path.truncate(depth);
-            path.push(nodes[n].frame.map_or("", |f| &**f));
-            if !drawn(n) {
-                // one line for the whole subtree, in its first line's place (down to the
-                // first node with a line of its own): inferno prunes it, and its time still
-                // counts in its parent's width
-                let (mut m, mut first) = (n, path.clone());
-                while let Some(&c) = nodes[m].children.first() {
-                    let below: u64 = nodes[m].children.iter().map(|&c| nodes[c].total).sum();
-                    if nodes[m].total > below {
-                        break;
-                    }
-                    m = c;
-                    first.push(nodes[m].frame.map_or("", |f| &**f));
+        // the node at each depth of the current line, numbered in order of appearance
+        fn walk(lines: &[(FrameIds, u64)], mut visit: impl FnMut(usize, usize, &[u32])) {
+            let mut path: Vec<u32> = Vec::new();
+            let mut next = 0u32;
+            let mut prev: &[u32] = &[];
+            for (i, (frames, _)) in lines.iter().enumerate() {
+                let shared = prev
+                    .iter()
+                    .zip(frames.iter())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                path.truncate(shared);
+                for _ in shared..frames.len() {
+                    path.push(next);
+                    next += 1;
                 }
-                let _ = writeln!(text, "{} {}", first.join(";"), nodes[n].total);
-                continue;
+                visit(i, shared, &path);
+                prev = frames;
             }
-            let below: u64 = nodes[n].children.iter().map(|&c| nodes[c].total).sum();
-            // its own line, where the input had one (so the order stays the input's)
-            if nodes[n].total > below {
-                let _ = writeln!(text, "{} {}", path.join(";"), nodes[n].total - below);
-            }
-            todo.extend(nodes[n].children.iter().rev().map(|&c| (c, depth + 1)));
         }
+        let mut totals: Vec<u64> = Vec::new();
+        let mut all = 0u64;
+        walk(&self.lines, |i, _, path| {
+            let us = self.lines[i].1;
+            all += us;
+            if let Some(&last) = path.last() {
+                if totals.len() <= last as usize {
+                    totals.resize(last as usize + 1, 0);
+                }
+            }
+            for &n in path {
+                totals[n as usize] += us;
+            }
+        });
+        // inferno's test: a frame is drawn unless its time < min_width / (100 / total)
+        let min_time = min_width_pct / (100.0 / all as f64);
+        let mut text = String::new();
+        walk(&self.lines, |i, shared, path| {
+            let (frames, us) = &self.lines[i];
+            match path
+                .iter()
+                .position(|&n| (totals[n as usize] as f64) < min_time)
+            {
+                None => {
+                    let _ = writeln!(text, "{} {us}", self.joined(frames));
+                }
+                // the narrow subtree starts on this line: its first line stands for it all
+                Some(d) if d >= shared => {
+                    let _ = writeln!(text, "{} {}", self.joined(frames), totals[path[d] as usize]);
+                }
+                // inside a narrow subtree already written
+                Some(_) => {}
+            }
+        });
         text
     }
-}
-
-fn joined(frames: &Frames) -> String {
-    let mut s = String::new();
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            s.push(';');
-        }
-        s.push_str(f);
-    }
-    s
 }
 
 /// A frame name safe for the folded format: no separators, no line breaks.
@@ -208,58 +232,78 @@ fn clean(name: &str) -> String {
 }
 
 /// Frame names as they go into lines: cleaned (and suffixed) once per distinct name,
-/// then shared by every line.
+/// then shared by every line as one id.
 #[derive(Default)]
 struct Names {
-    /// Keyed by the address of the shared name: user frames, then kernel frames.
-    user: HashMap<usize, Arc<str>>,
-    kernel: HashMap<usize, Arc<str>>,
-    waker: HashMap<usize, Arc<str>>,
-    made: HashMap<String, Arc<str>>,
+    /// Keyed by the address of the symbolizer's shared name: user, kernel, waker frames.
+    user: HashMap<usize, u32>,
+    kernel: HashMap<usize, u32>,
+    waker: HashMap<usize, u32>,
+    made: HashMap<Arc<str>, u32>,
+    /// Each id's name.
+    names: Vec<Arc<str>>,
 }
 
-/// `name` cleaned and suffixed, looked up once per distinct shared name (keyed by its
-/// address) and interned by its text: the symbolizer may hand out one name for each
-/// address of a function, and equal frames must be one pointer.
-fn shared(
-    map: &mut HashMap<usize, Arc<str>>,
-    made: &mut HashMap<String, Arc<str>>,
-    name: &Arc<str>,
-    suffix: &str,
-) -> Arc<str> {
-    let key = Arc::as_ptr(name) as *const u8 as usize;
-    map.entry(key)
-        .or_insert_with(|| intern(made, format!("{}{suffix}", clean(name))))
-        .clone()
-}
-
-fn intern(made: &mut HashMap<String, Arc<str>>, name: String) -> Arc<str> {
-    made.entry(name)
-        .or_insert_with_key(|n| Arc::from(n.as_str()))
-        .clone()
+/// The id of `name`, interned by its text.
+fn intern(made: &mut HashMap<Arc<str>, u32>, names: &mut Vec<Arc<str>>, name: &str) -> u32 {
+    if let Some(&id) = made.get(name) {
+        return id;
+    }
+    let id = names.len() as u32;
+    let name: Arc<str> = Arc::from(name);
+    names.push(name.clone());
+    made.insert(name, id);
+    id
 }
 
 impl Names {
-    fn user(&mut self, name: &Arc<str>) -> Arc<str> {
-        shared(&mut self.user, &mut self.made, name, "")
+    /// `name` cleaned and suffixed, looked up once per distinct shared name (keyed by
+    /// its address) and interned by its text: the symbolizer may hand out one name for
+    /// each address of a function, and equal frames must be one id.
+    fn shared(&mut self, which: u8, name: &Arc<str>, suffix: &str) -> u32 {
+        let key = Arc::as_ptr(name) as *const u8 as usize;
+        let map = match which {
+            0 => &mut self.user,
+            1 => &mut self.kernel,
+            _ => &mut self.waker,
+        };
+        if let Some(&id) = map.get(&key) {
+            return id;
+        }
+        let id = intern(
+            &mut self.made,
+            &mut self.names,
+            &format!("{}{suffix}", clean(name)),
+        );
+        match which {
+            0 => &mut self.user,
+            1 => &mut self.kernel,
+            _ => &mut self.waker,
+        }
+        .insert(key, id);
+        id
     }
 
-    fn kernel(&mut self, name: &Arc<str>) -> Arc<str> {
-        shared(&mut self.kernel, &mut self.made, name, "_[k]")
+    fn user(&mut self, name: &Arc<str>) -> u32 {
+        self.shared(0, name, "")
+    }
+
+    fn kernel(&mut self, name: &Arc<str>) -> u32 {
+        self.shared(1, name, "_[k]")
     }
 
     /// A waker's frame, user or kernel: apart from the same function in the blocked part.
-    fn waker(&mut self, name: &Arc<str>) -> Arc<str> {
-        shared(&mut self.waker, &mut self.made, name, "_[w]")
+    fn waker(&mut self, name: &Arc<str>) -> u32 {
+        self.shared(2, name, "_[w]")
     }
 
     /// A synthetic or derived frame (`[futex]_[i]`, a thread name).
-    fn made(&mut self, name: String) -> Arc<str> {
-        intern(&mut self.made, name)
+    fn made(&mut self, name: &str) -> u32 {
+        intern(&mut self.made, &mut self.names, name)
     }
 }
 
-fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut Frames) {
+fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut Vec<u32>) {
     let marker = match stack {
         StackRef::Id(id) => match symbols.user.get(&id) {
             Some(frames) => {
@@ -279,7 +323,7 @@ fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut 
             "[missed user stack]".into()
         }
     };
-    out.push(names.made(marker));
+    out.push(names.made(&marker));
 }
 
 fn kernel_frames(
@@ -287,7 +331,7 @@ fn kernel_frames(
     symbols: &Symbols,
     collected: &Collected,
     names: &mut Names,
-    out: &mut Frames,
+    out: &mut Vec<u32>,
 ) {
     let marker = match stack {
         StackRef::Id(id) => match symbols.kernel.get(&id) {
@@ -299,7 +343,7 @@ fn kernel_frames(
         },
         StackRef::Proc(i) => {
             for f in collected.proc_kstacks.get(i as usize).into_iter().flatten() {
-                out.push(names.made(format!("{}_[k]", clean(f))));
+                out.push(names.made(&format!("{}_[k]", clean(f))));
             }
             return;
         }
@@ -314,7 +358,7 @@ fn kernel_frames(
             format!("[missed kernel stack: {}]", syscalls::errno_name(errno))
         }
     };
-    out.push(names.made(format!("{marker}_[k]")));
+    out.push(names.made(&format!("{marker}_[k]")));
 }
 
 /// The synthetic frame naming the syscall a wait happened in.
@@ -336,44 +380,24 @@ fn thread_name(collected: &Collected, tid: u32) -> String {
     format!("{}-{tid}", clean(comm))
 }
 
-/// A line's frames as a map key. Every frame comes from `Names`, which hands out one
-/// `Arc` per distinct name: equal names are the same pointer, so hashing and comparing
-/// pointers is exact, and costs 8 bytes a frame instead of the name's length.
-struct Line(Frames);
-
-impl PartialEq for Line {
-    fn eq(&self, other: &Line) -> bool {
-        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
-    }
-}
-
-impl Eq for Line {}
-
-impl std::hash::Hash for Line {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for f in &self.0 {
-            state.write_usize(Arc::as_ptr(f) as *const u8 as usize);
-        }
-    }
-}
-
 /// The order of the joined lines (`a;b;c 12`), which is what inferno checks, computed
-/// frame by frame: frames shared between the two stacks compare by address first, so
-/// the long common roots of a large profile cost nothing. Where one frame's name is a
-/// prefix of the other's, the byte after it decides: `;` before the next frame, or the
-/// space before the value.
-fn cmp_frames(a: &Frames, b: &Frames) -> Ordering {
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        if Arc::ptr_eq(x, y) || x == y {
+/// frame by frame: frames shared between the two stacks compare by id first, so the
+/// long common roots of a large profile cost nothing. Where one frame's name is a prefix
+/// of the other's, the byte after it decides: `;` before the next frame, or the space
+/// before the value.
+fn cmp_frames(a: &[u32], b: &[u32], names: &[Arc<str>]) -> Ordering {
+    let name = |id: u32| names.get(id as usize).map_or(&b""[..], |n| n.as_bytes());
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if x == y {
             continue;
         }
-        let (xb, yb) = (x.as_bytes(), y.as_bytes());
+        let (xb, yb) = (name(x), name(y));
         let n = xb.len().min(yb.len());
         match xb[..n].cmp(&yb[..n]) {
             Ordering::Equal => {}
             o => return o,
         }
-        let after = |f: &[u8], frames: &Frames| match f.get(n) {
+        let after = |f: &[u8], frames: &[u32]| match f.get(n) {
             Some(&c) => c,
             None if i + 1 < frames.len() => b';',
             None => b' ',
@@ -392,25 +416,35 @@ fn waker_frames(
     collected: &Collected,
     symbols: &Symbols,
     names: &mut Names,
-    out: &mut Frames,
-) -> Vec<Arc<str>> {
+    out: &mut Vec<u32>,
+) -> Vec<u32> {
     let w = &row.waker;
-    let kernel: Vec<Arc<str>> = w
+    let kernel: Vec<u32> = w
         .kstack
         .id()
         .and_then(|id| symbols.kernel.get(&id))
         .map(|f| f.iter().rev().map(|n| names.waker(n)).collect())
         .unwrap_or_default();
-    out.extend(kernel.iter().cloned());
+    out.extend(kernel.iter().copied());
     if analyze::waker_task_relevant(w, symbols) {
         match w.ustack.id().and_then(|id| symbols.user.get(&id)) {
             Some(f) => out.extend(f.iter().rev().map(|n| names.waker(n))),
-            None => out.push(names.made("[missed user stack]_[w]".to_string())),
+            None => out.push(names.made("[missed user stack]_[w]")),
         }
     }
     let label = analyze::waker_label(w, collected.pid, symbols);
-    out.push(names.made(format!("[woken by {}]_[w]", clean(&label))));
+    out.push(names.made(&format!("[woken by {}]_[w]", clean(&label))));
     kernel
+}
+
+/// Adds `ns` to the line `frames`, copying the frames only for a line not seen before.
+fn add_line(lines: &mut HashMap<FrameIds, u64>, frames: &[u32], ns: u64) {
+    match lines.get_mut(frames) {
+        Some(v) => *v += ns,
+        None => {
+            lines.insert(frames.into(), ns);
+        }
+    }
 }
 
 /// Folds every row of the profile into one view.
@@ -419,14 +453,16 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         return fold_goroutines(collected, symbols, opts);
     }
     let mut names = Names::default();
-    let process = names.made(clean(&collected.comm));
-    let run_queue = names.made(RUN_QUEUE_FRAME.to_string());
-    let separator = names.made(WAKER_SEPARATOR.to_string());
-    let after_wakeup = names.made("[run queue after a wakeup]_[j]".to_string());
-    let after_preemption = names.made("[run queue after preemption]_[j]".to_string());
-    let still_waiting = names.made(STILL_WAITING_FRAME.to_string());
-    let mut waker_kernel: HashMap<usize, Arc<str>> = HashMap::default();
-    let mut ns: HashMap<Line, u64> = HashMap::default();
+    let process = names.made(&clean(&collected.comm));
+    let run_queue = names.made(RUN_QUEUE_FRAME);
+    let separator = names.made(WAKER_SEPARATOR);
+    let after_wakeup = names.made("[run queue after a wakeup]_[j]");
+    let after_preemption = names.made("[run queue after preemption]_[j]");
+    let still_waiting = names.made(STILL_WAITING_FRAME);
+    let mut waker_kernel: std::collections::BTreeSet<u32> = Default::default();
+    let mut ns: HashMap<FrameIds, u64> = HashMap::default();
+    // one line's frames, built here and copied only into a new line
+    let mut frames: Vec<u32> = Vec::new();
     for row in &collected.rows {
         let (weight, runq_weight) = match opts.view {
             View::Main => {
@@ -441,41 +477,50 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         if weight == 0 && runq_weight == 0 {
             continue;
         }
-        let mut frames = vec![process.clone()];
+        frames.clear();
+        frames.push(process);
         if opts.per_thread {
-            frames.push(names.made(thread_name(collected, row.tid)));
+            frames.push(names.made(&thread_name(collected, row.tid)));
         }
         user_frames(row.ustack, symbols, &mut names, &mut frames);
-        frames.push(names.made(format!("{}_[i]", syscall_frame(row))));
+        frames.push(names.made(&format!("{}_[i]", syscall_frame(row))));
         kernel_frames(row.kstack, symbols, collected, &mut names, &mut frames);
+        let stack_len = frames.len();
         if runq_weight > 0 {
-            let mut runq = frames.clone();
-            runq.push(match opts.view {
-                View::RunQueue if row.waker.ctx == WakerCtx::None => after_preemption.clone(),
-                View::RunQueue => after_wakeup.clone(),
-                _ => run_queue.clone(),
+            frames.push(match opts.view {
+                View::RunQueue if row.waker.ctx == WakerCtx::None => after_preemption,
+                View::RunQueue => after_wakeup,
+                _ => run_queue,
             });
-            *ns.entry(Line(runq)).or_default() += runq_weight;
+            add_line(&mut ns, &frames, runq_weight);
+            frames.truncate(stack_len);
         }
         if weight > 0 {
             // a wait the session ended in, on top of where it waits
             if opts.view == View::Main && row.outcome == Outcome::Unfinished {
-                frames.push(still_waiting.clone());
+                frames.push(still_waiting);
             }
             if opts.view == View::OffWake {
-                frames.push(separator.clone());
-                for k in waker_frames(row, collected, symbols, &mut names, &mut frames) {
-                    waker_kernel.insert(Arc::as_ptr(&k) as *const u8 as usize, k);
-                }
+                frames.push(separator);
+                waker_kernel.extend(waker_frames(
+                    row,
+                    collected,
+                    symbols,
+                    &mut names,
+                    &mut frames,
+                ));
             }
-            *ns.entry(Line(frames)).or_default() += weight;
+            add_line(&mut ns, &frames, weight);
         }
     }
-    let mut waker_kernel_frames: Vec<String> =
-        waker_kernel.values().map(|f| f.to_string()).collect();
+    let mut waker_kernel_frames: Vec<String> = waker_kernel
+        .into_iter()
+        .map(|f| names.names[f as usize].to_string())
+        .collect();
     waker_kernel_frames.sort_unstable();
     Folded {
-        lines: sorted_lines(ns),
+        lines: sorted_lines(ns, &names.names),
+        names: names.names,
         waker_kernel_frames,
     }
 }
@@ -487,36 +532,45 @@ fn fold_goroutines(collected: &Collected, symbols: &Symbols, opts: &FoldOptions)
         return Folded::default();
     };
     let mut names = Names::default();
-    let process = names.made(clean(&collected.comm));
-    let raced = names.made("[unknown: the goroutine ran while it was read]".to_string());
-    let mut ns: HashMap<Line, u64> = HashMap::default();
+    let process = names.made(&clean(&collected.comm));
+    let raced = names.made("[unknown: the goroutine ran while it was read]");
+    let mut ns: HashMap<FrameIds, u64> = HashMap::default();
+    let mut frames: Vec<u32> = Vec::new();
     for row in &view.rows {
-        let mut frames = vec![process.clone()];
+        frames.clear();
+        frames.push(process);
         match row.stack {
             Some(id) => user_frames(StackRef::Id(id), symbols, &mut names, &mut frames),
-            None if row.raced => frames.push(raced.clone()),
+            None if row.raced => frames.push(raced),
             None => {}
         }
-        if opts.hide_idle && crate::runtime::go::classify::is_idle(&row.state, &frames[1..]) {
-            continue;
+        if opts.hide_idle {
+            let stack: Vec<&str> = frames[1..]
+                .iter()
+                .map(|&f| &*names.names[f as usize])
+                .collect();
+            if crate::runtime::go::classify::is_idle(&row.state, &stack) {
+                continue;
+            }
         }
-        frames.push(names.made(format!("{}_[j]", clean(&row.state.frame()))));
-        *ns.entry(Line(frames)).or_default() += row.ns;
+        frames.push(names.made(&format!("{}_[j]", clean(&row.state.frame()))));
+        add_line(&mut ns, &frames, row.ns);
     }
     Folded {
-        lines: sorted_lines(ns),
+        lines: sorted_lines(ns, &names.names),
+        names: names.names,
         waker_kernel_frames: Vec::new(),
     }
 }
 
 /// Lines sorted frame by frame, in microseconds (lines under half a microsecond left out).
-fn sorted_lines(ns: HashMap<Line, u64>) -> Vec<(Frames, u64)> {
-    let mut lines: Vec<(Frames, u64)> = ns
+fn sorted_lines(ns: HashMap<FrameIds, u64>, names: &[Arc<str>]) -> Vec<(FrameIds, u64)> {
+    let mut lines: Vec<(FrameIds, u64)> = ns
         .into_iter()
-        .map(|(l, ns)| (l.0, (ns + 500) / 1000))
+        .map(|(l, ns)| (l, (ns + 500) / 1000))
         .filter(|&(_, us)| us > 0)
         .collect();
-    lines.sort_unstable_by(|a, b| cmp_frames(&a.0, &b.0));
+    lines.sort_unstable_by(|a, b| cmp_frames(&a.0, &b.0, names));
     lines
 }
 
@@ -528,36 +582,34 @@ mod tests {
     /// the picture is the same byte for byte.
     #[test]
     fn drawable_text_draws_what_the_whole_profile_draws() {
-        let name = |n: &str| -> Arc<str> { Arc::from(n) };
+        let mut names = Names::default();
+        let mut name = |n: &str| names.made(n);
         let (root, a, b, leaf, wide) = (name("p"), name("a"), name("b"), name("leaf"), name("w"));
-        let mut lines: Vec<(Frames, u64)> = (0..4096u32)
+        let mut lines: Vec<(Vec<u32>, u64)> = (0..4096u32)
             .map(|path| {
-                let mut f = vec![root.clone()];
-                f.extend((0..12).map(|d| {
-                    if path >> d & 1 == 1 {
-                        b.clone()
-                    } else {
-                        a.clone()
-                    }
-                }));
-                f.push(leaf.clone());
+                let mut f = vec![root];
+                f.extend((0..12).map(|d| if path >> d & 1 == 1 { b } else { a }));
+                f.push(leaf);
                 (f, 1 + u64::from(path % 7))
             })
             .collect();
-        lines.push((vec![root.clone(), wide.clone()], 200_000));
+        lines.push((vec![root, wide], 200_000));
         // `p-x` sorts between `p`'s own line and `p;...`: its own line and its narrow
         // child must stay on either side of it
         let (px, narrow) = (name("p-x"), name("narrow"));
-        lines.push((vec![root.clone()], 3));
-        lines.push((vec![px.clone()], 50_000));
-        lines.push((vec![px.clone(), narrow.clone()], 1));
+        lines.push((vec![root], 3));
+        lines.push((vec![px], 50_000));
+        lines.push((vec![px, narrow], 1));
         // ... and `q`, which has no line of its own, only a narrow child after `q-y`
         let (q, qy) = (name("q"), name("q-y"));
-        lines.push((vec![qy.clone()], 50_000));
-        lines.push((vec![q.clone(), narrow.clone()], 1));
-        lines.sort_unstable_by(|x, y| cmp_frames(&x.0, &y.0));
+        lines.push((vec![qy], 50_000));
+        lines.push((vec![q, narrow], 1));
+        let mut lines: Vec<(FrameIds, u64)> =
+            lines.into_iter().map(|(f, us)| (f.into(), us)).collect();
+        lines.sort_unstable_by(|x, y| cmp_frames(&x.0, &y.0, &names.names));
         let folded = Folded {
             lines,
+            names: names.names,
             waker_kernel_frames: Vec::new(),
         };
         let draw = |text: &str| {
@@ -588,7 +640,9 @@ mod tests {
 
     #[test]
     fn lines_sort_as_their_joined_text() {
-        let frames = |names: &[&str]| -> Frames { names.iter().map(|n| Arc::from(*n)).collect() };
+        let mut interned = Names::default();
+        let mut frames =
+            |list: &[&str]| -> Vec<u32> { list.iter().map(|n| interned.made(n)).collect() };
         let mut stacks = [
             frames(&["p", "abc", "x"]),
             frames(&["p", "abc-d", "y"]),
@@ -596,13 +650,14 @@ mod tests {
             frames(&["p", "ab", "z"]),
             frames(&["p", "abc", "x", "w"]),
         ];
-        let text = |s: &Frames| {
-            let joined: Vec<&str> = s.iter().map(|f| &**f).collect();
+        let names = interned.names;
+        let text = |s: &Vec<u32>| {
+            let joined: Vec<&str> = s.iter().map(|&f| &*names[f as usize]).collect();
             format!("{} 1", joined.join(";"))
         };
         let mut want: Vec<String> = stacks.iter().map(text).collect();
         want.sort();
-        stacks.sort_by(cmp_frames);
+        stacks.sort_by(|a, b| cmp_frames(a, b, &names));
         assert_eq!(stacks.iter().map(text).collect::<Vec<_>>(), want);
     }
 }

@@ -114,6 +114,23 @@ pub enum Content<'a> {
     Stream(&'a (dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync)),
 }
 
+/// A file written under a temporary name, not yet renamed into place.
+struct Staged<'n> {
+    dir: &'n OwnedFd,
+    tmp: PathBuf,
+    name: &'n OsStr,
+    shown: PathBuf,
+    done: bool,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = rustix::fs::unlinkat(self.dir, &self.tmp, AtFlags::empty());
+        }
+    }
+}
+
 /// The output directory, opened once before the session: every file of the profile is
 /// created relative to this fd, so a symlink swapped in later redirects nothing.
 pub struct OutputDir {
@@ -247,69 +264,99 @@ impl OutputDir {
         }
     }
 
-    /// Writes one file: a temporary one first, then renamed over `name` (which replaces
-    /// whatever is there, a symlink included, without following it).
-    fn write_one(&self, name: &OsStr, data: &Content<'_>) -> Result<()> {
+    /// Writes one file's content to a temporary file of its own, to be renamed over
+    /// `name` (which replaces whatever is there, a symlink included, without following
+    /// it); dropped unrenamed, the temporary file goes.
+    fn stage<'n>(&'n self, name: &'n OsStr, data: &Content<'_>) -> Result<Staged<'n>> {
         let shown = self.path.join(name);
         let prefix = String::from_utf8_lossy(name.as_bytes()).into_owned();
         let (tmp, fd) = self
             .create_temporary(&prefix)
             .map_err(std::io::Error::from)
             .with_context(|| format!("cannot write {}", shown.display()))?;
-        let result = (|| -> Result<()> {
-            let mut file = std::fs::File::from(fd);
-            match data {
-                Content::Bytes(b) => file.write_all(b),
-                Content::Stream(write) => {
-                    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-                    write(&mut out).and_then(|()| out.flush())
-                }
+        let staged = Staged {
+            dir: &self.fd,
+            tmp,
+            name,
+            shown,
+            done: false,
+        };
+        let mut file = std::fs::File::from(fd);
+        match data {
+            Content::Bytes(b) => file.write_all(b),
+            Content::Stream(write) => {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+                write(&mut out).and_then(|()| out.flush())
             }
-            .with_context(|| format!("writing {} failed", shown.display()))?;
-            // not synced: a profile of hundreds of megabytes would wait on the disk
-            // (a second or more); the rename makes the file appear whole or not at all
-            if let Some(o) = self.owner {
-                let fd = OwnedFd::from(file);
-                chown_fd(&fd, o)
-                    .with_context(|| format!("cannot hand {} to the sudo user", shown.display()))?;
-            }
-            rustix::fs::renameat(&self.fd, &tmp, &self.fd, name)
-                .map_err(std::io::Error::from)
-                .with_context(|| format!("cannot move the output to {}", shown.display()))?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
         }
-        result
+        .with_context(|| format!("writing {} failed", staged.shown.display()))?;
+        // not synced: a profile of hundreds of megabytes would wait on the disk
+        // (a second or more); the rename makes the file appear whole or not at all
+        if let Some(o) = self.owner {
+            let fd = OwnedFd::from(file);
+            chown_fd(&fd, o).with_context(|| {
+                format!("cannot hand {} to the sudo user", staged.shown.display())
+            })?;
+        }
+        Ok(staged)
     }
 
     /// Writes every (path, content) all or none: an interruption (`aborted`) or a failed
     /// write removes the files already written. Each path must be in this directory.
+    /// Every file is written to a temporary file of its own, all at once (a large
+    /// profile's folded files are hundreds of megabytes each), and only once they all
+    /// are are they renamed into place.
     pub fn write_all(
         &self,
         files: &[(&Path, Content<'_>)],
         aborted: &dyn Fn() -> bool,
         interrupted: impl Fn() -> anyhow::Error,
     ) -> Result<()> {
-        let mut written = Vec::new();
-        let result = (|| -> Result<()> {
-            for (path, data) in files {
-                if aborted() {
-                    return Err(interrupted());
+        let names = files
+            .iter()
+            .map(|(path, _)| self.name_of(path))
+            .collect::<Result<Vec<_>>>()?;
+        if aborted() {
+            return Err(interrupted());
+        }
+        let staged: Vec<Result<Staged<'_>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = names
+                .iter()
+                .zip(files)
+                .map(|(name, (_, data))| s.spawn(move || self.stage(name, data)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("writing a file failed")))
+                })
+                .collect()
+        });
+        // a failure or an interruption drops every staged file: its temporary goes
+        let staged = staged.into_iter().collect::<Result<Vec<_>>>()?;
+        if aborted() {
+            return Err(interrupted());
+        }
+        let mut renamed = Vec::new();
+        for mut file in staged {
+            let result = rustix::fs::renameat(&self.fd, &file.tmp, &self.fd, file.name)
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("cannot move the output to {}", file.shown.display()));
+            match result {
+                Ok(()) => {
+                    file.done = true;
+                    renamed.push(file.name);
                 }
-                let name = self.name_of(path)?;
-                self.write_one(name, data)?;
-                written.push(name);
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            for name in written {
-                let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+                Err(e) => {
+                    for name in renamed {
+                        let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+                    }
+                    return Err(e);
+                }
             }
         }
-        result
+        Ok(())
     }
 
     /// Removes a file of this directory (an older run's view), if it is there.

@@ -3,8 +3,6 @@
 //! client, idle keep-alive connections, `select {}`. Their time is shown and counted
 //! apart, never as latency.
 
-use std::sync::Arc;
-
 use crate::model::GState;
 
 /// Wait reasons that mean "nothing to do" whoever waits.
@@ -36,7 +34,7 @@ const IDLE_FRAMES: [&str; 9] = [
 ];
 
 /// Whether a goroutine in `state` with `frames` (root first) waits idly.
-pub fn is_idle(state: &GState, frames: &[Arc<str>]) -> bool {
+pub fn is_idle<S: AsRef<str>>(state: &GState, frames: &[S]) -> bool {
     let GState::Waiting(reason) = state else {
         return false;
     };
@@ -45,14 +43,15 @@ pub fn is_idle(state: &GState, frames: &[Arc<str>]) -> bool {
     }
     if frames
         .iter()
-        .any(|f| IDLE_FRAMES.iter().any(|p| f.contains(p)))
+        .any(|f| IDLE_FRAMES.iter().any(|p| f.as_ref().contains(p)))
     {
         return true;
     }
     // an HTTP server waiting for a keep-alive connection's next request: serve peeks
     // at the connection before it reads one
     frames.windows(2).any(|w| {
-        w[0].starts_with("net/http.(*conn).serve") && w[1].starts_with("bufio.(*Reader).Peek")
+        w[0].as_ref().starts_with("net/http.(*conn).serve")
+            && w[1].as_ref().starts_with("bufio.(*Reader).Peek")
     })
 }
 
@@ -60,8 +59,8 @@ pub fn is_idle(state: &GState, frames: &[Arc<str>]) -> bool {
 mod tests {
     use super::*;
 
-    fn frames(names: &[&str]) -> Vec<Arc<str>> {
-        names.iter().map(|n| Arc::from(*n)).collect()
+    fn frames(names: &[&str]) -> Vec<std::sync::Arc<str>> {
+        names.iter().map(|n| std::sync::Arc::from(*n)).collect()
     }
 
     #[test]
@@ -107,7 +106,7 @@ mod tests {
         assert!(!is_idle(&GState::Runnable, &accept));
         assert!(is_idle(
             &GState::Waiting("GC worker (idle)".to_string()),
-            &[]
+            &[] as &[&str]
         ));
     }
 }
