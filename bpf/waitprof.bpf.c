@@ -1136,23 +1136,25 @@ static __always_inline void sample_listener(struct pt_regs *regs, long ret)
 	l->drops_last = sock_drops(sk);
 }
 
-static __always_inline int on_sys_exit(void *ctx, long ret)
+/*
+ * The end of syscall `nr` (as each attach kind reads it most cheaply: a typed load for
+ * tp_btf, the tracepoint's own field for classic ones). Every syscall of the target
+ * comes here, so the registers are fetched only for the two classes that need them.
+ */
+static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct thread_state *ts;
-	struct pt_regs *regs;
-	long nr;
 
 	if (!recording() || !selected(id >> 32, tid))
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &tid);
-	regs = current_regs();
-	nr = BPF_CORE_READ(regs, orig_ax);
 	if (nr < 0 || nr >= WP_MAX_SYSCALL_NR)
 		nr = 0;
 	if (cfg.sysclass[nr] == WP_SYS_EPOLL)
-		poll_returned(ts, tid, (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs), bpf_ktime_get_ns());
+		poll_returned(ts, tid, (__u32)PT_REGS_PARM1_CORE_SYSCALL(current_regs()),
+			      bpf_ktime_get_ns());
 	if (!ts)
 		return 0;
 	/*
@@ -1166,7 +1168,7 @@ static __always_inline int on_sys_exit(void *ctx, long ret)
 		switch_in(ts, bpf_ktime_get_ns());
 	}
 	if (cfg.sysclass[nr] == WP_SYS_ACCEPT)
-		sample_listener(regs, ret);
+		sample_listener(current_regs(), ret);
 	if (!(ts->flags & WP_TF_IN_EPISODE))
 		return 0;
 	/* blocked since before attach: the user stack is still the one it blocked with */
@@ -1254,7 +1256,8 @@ int BPF_PROG(btf_sched_waking, struct task_struct *p)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
 {
-	return on_sys_exit(ctx, ret);
+	/* a typed pointer: a plain load, no helper call */
+	return on_sys_exit(ctx, regs->orig_ax, ret);
 }
 
 SEC("tp_btf/sched_process_exit")
@@ -1281,7 +1284,7 @@ int BPF_PROG(raw_sched_waking, struct task_struct *p)
 SEC("raw_tp/sys_exit")
 int BPF_PROG(raw_sys_exit, struct pt_regs *regs, long ret)
 {
-	return on_sys_exit(ctx, ret);
+	return on_sys_exit(ctx, BPF_CORE_READ(regs, orig_ax), ret);
 }
 
 SEC("raw_tp/sched_process_exit")
@@ -1312,7 +1315,7 @@ int tp_sched_waking(struct trace_event_raw_sched_wakeup_template *ctx)
 SEC("tracepoint/raw_syscalls/sys_exit")
 int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_sys_exit(ctx, ctx->ret);
+	return on_sys_exit(ctx, ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/sched/sched_process_exit")
