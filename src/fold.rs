@@ -188,18 +188,29 @@ impl Folded {
                 prev = frames;
             }
         }
-        let mut totals: Vec<u64> = Vec::new();
+        // as many nodes as frames not shared with the line before: sized once, exactly
+        let nodes: usize = self
+            .lines
+            .iter()
+            .scan(&[][..], |prev: &mut &[u32], (frames, _)| {
+                let shared = prev
+                    .iter()
+                    .zip(frames.iter())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                *prev = frames;
+                Some(frames.len() - shared)
+            })
+            .sum();
+        let mut totals: Vec<u64> = vec![0; nodes];
         let mut all = 0u64;
         walk(&self.lines, |i, _, path| {
             let us = self.lines[i].1;
             all += us;
-            if let Some(&last) = path.last() {
-                if totals.len() <= last as usize {
-                    totals.resize(last as usize + 1, 0);
-                }
-            }
             for &n in path {
-                totals[n as usize] += us;
+                if let Some(t) = totals.get_mut(n as usize) {
+                    *t += us;
+                }
             }
         });
         // inferno's test: a frame is drawn unless its time < min_width / (100 / total)
@@ -207,16 +218,14 @@ impl Folded {
         let mut text = String::new();
         walk(&self.lines, |i, shared, path| {
             let (frames, us) = &self.lines[i];
-            match path
-                .iter()
-                .position(|&n| (totals[n as usize] as f64) < min_time)
-            {
+            let total = |n: u32| totals.get(n as usize).copied().unwrap_or(0);
+            match path.iter().position(|&n| (total(n) as f64) < min_time) {
                 None => {
                     let _ = writeln!(text, "{} {us}", self.joined(frames));
                 }
                 // the narrow subtree starts on this line: its first line stands for it all
                 Some(d) if d >= shared => {
-                    let _ = writeln!(text, "{} {}", self.joined(frames), totals[path[d] as usize]);
+                    let _ = writeln!(text, "{} {}", self.joined(frames), total(path[d]));
                 }
                 // inside a narrow subtree already written
                 Some(_) => {}
