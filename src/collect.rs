@@ -87,6 +87,7 @@ impl Sleep {
         );
     }
 }
+
 /// The target's memory maps are re-read so that what it maps during the session (a
 /// launched command's binary and libraries right after exec, libraries loaded later)
 /// still symbolizes after it exits: soon after the start, then less and less often.
@@ -491,7 +492,8 @@ fn read_map_batched<K: plain::Plain + Default, V: plain::Plain + Default>(
 ) -> Option<Vec<(K, V)>> {
     use std::os::fd::{AsFd, AsRawFd};
     const COUNT: u32 = 4096;
-    if !map.map_type().is_hash_map() {
+    // a per-CPU map's batch holds a value per CPU: not what the buffers below are sized for
+    if !map.map_type().is_hash_map() || map.map_type().is_percpu() {
         return None;
     }
     // the batch token of a hash map is a bucket index: at least 4 bytes

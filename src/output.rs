@@ -304,8 +304,8 @@ impl OutputDir {
     /// Writes every (path, content) all or none: an interruption (`aborted`) or a failed
     /// write removes the files already written. Each path must be in this directory.
     /// Every file is written to a temporary file of its own, all at once (a large
-    /// profile's folded files are hundreds of megabytes each), and only once they all
-    /// are are they renamed into place.
+    /// profile's folded files are hundreds of megabytes each), and they are renamed into
+    /// place only once all of them are whole.
     pub fn write_all(
         &self,
         files: &[(&Path, Content<'_>)],
