@@ -136,10 +136,12 @@ fn full_aggregation_map_reports_drops_and_keeps_the_rest() {
     let run = profile_fixture(&args, &["stacks", "3000"]);
     let folded = run.folded();
     assert!(not_seen(&run, "rows dropped") > 0, "{}", run.stderr());
-    // The waiter's row exists before the table fills, and its waits stay in it. One of
-    // its waits can still need a row of its own (preempted on its way out of the
-    // syscall, or by a tick in user space: about 1 session in 10 here); with the table
-    // full that row is dropped, and its time is in the dropped total the summary gives.
+    // The waiter's row exists before the table fills, and its waits stay in it. A wait
+    // can still need a row of its own (preempted on its way out of the syscall, or by a
+    // tick in user space): one in about 1 session in 10 on an idle VM, two or three of
+    // its nine in CI runs right after the build. With the table full such a row is
+    // dropped, and its time is in the dropped total the summary gives: that is checked
+    // exactly (within the tolerance), the number of waits lost only loosely.
     let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]) * 1000;
     let measured = run.measured("condvar");
     let stderr = run.stderr();
@@ -160,9 +162,9 @@ fn full_aggregation_map_reports_drops_and_keeps_the_rest() {
         waiter as f64 <= measured as f64 * (1.0 + TOLERANCE),
         "condvar waiter beside a full aggregation map: {waiter} ns attributed, {measured} measured"
     );
-    // at most one of its 20-ms waits lost, and no more than the summary says
+    // at most three of its 20-ms waits lost, and no more than the summary says
     assert!(
-        waiter as f64 >= measured as f64 * (1.0 - TOLERANCE) - 20e6
+        waiter as f64 >= measured as f64 * (1.0 - TOLERANCE) - 3.0 * 20e6
             && measured.saturating_sub(waiter) as f64 <= dropped_ns as f64 + measured as f64 * TOLERANCE,
         "condvar waiter beside a full aggregation map: {waiter} ns attributed, {measured} measured, {dropped_ns} dropped"
     );
