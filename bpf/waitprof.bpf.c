@@ -318,8 +318,8 @@ static __always_inline __u64 hash_frames(struct wp_stack *buf, int n, int cut_ir
 /*
  * The same as a global function: the verifier walks its 127-frame loops once per program
  * instead of once for every inlined capture and every path that reaches it. That pays
- * where a program captures on many paths (sched_switch: 548 -> 296 ms to verify,
- * sched_waking 286 -> 183 ms), not where it captures once (sys_exit, the on-CPU sample:
+ * where a program captures on many paths (sched_switch: 548 -> 282-302 ms to verify,
+ * sched_waking 286 -> 138-144 ms), not where it captures once (sys_exit, the on-CPU sample:
  * verifying the function costs more than the inlined loop there).
  */
 __noinline __u64 stack_hash(struct wp_stack *buf __arg_nonnull, int n, int cut_irq,

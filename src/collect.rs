@@ -490,22 +490,36 @@ fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
 fn read_map_batched<K: plain::Plain + Default, V: plain::Plain + Default>(
     map: &libbpf_rs::MapMut<'_>,
 ) -> Option<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let whole = for_each_batched(map, &mut |k, v| {
+        let (mut key, mut val) = (K::default(), V::default());
+        if plain::copy_from_bytes(&mut key, k).is_ok()
+            && plain::copy_from_bytes(&mut val, v).is_ok()
+        {
+            out.push((key, val));
+        }
+    });
+    whole.then_some(out)
+}
+
+/// Hands every (key, value) of a hash map to `f`, read in batches of 4096; false where
+/// the kernel refused a batch (`f` may then have seen part of the map).
+fn for_each_batched(map: &libbpf_rs::MapMut<'_>, f: &mut dyn FnMut(&[u8], &[u8])) -> bool {
     use std::os::fd::{AsFd, AsRawFd};
     const COUNT: u32 = 4096;
     // a per-CPU map's batch holds a value per CPU: not what the buffers below are sized for
     if !map.map_type().is_hash_map() || map.map_type().is_percpu() {
-        return None;
+        return false;
     }
-    // the batch token of a hash map is a bucket index: at least 4 bytes
     let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
     let mut keys = vec![0u8; ks * COUNT as usize];
     let mut values = vec![0u8; vs * COUNT as usize];
+    // the batch token of a hash map is a bucket index: at least 4 bytes
     let (mut token, mut next) = (vec![0u8; ks.max(8)], vec![0u8; ks.max(8)]);
     let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
         ..Default::default()
     };
-    let mut out = Vec::new();
     let mut first = true;
     loop {
         let mut n = COUNT;
@@ -529,19 +543,14 @@ fn read_map_batched<K: plain::Plain + Default, V: plain::Plain + Default>(
         // libbpf returns -errno; ENOENT: this was the last batch
         let last = ret == -libc::ENOENT;
         if ret != 0 && !last {
-            return None;
+            return false;
         }
         let n = (n as usize).min(COUNT as usize);
         for (k, v) in keys.chunks_exact(ks).zip(values.chunks_exact(vs)).take(n) {
-            let (mut key, mut val) = (K::default(), V::default());
-            if plain::copy_from_bytes(&mut key, k).is_ok()
-                && plain::copy_from_bytes(&mut val, v).is_ok()
-            {
-                out.push((key, val));
-            }
+            f(k, v);
         }
         if last {
-            return Some(out);
+            return true;
         }
         std::mem::swap(&mut token, &mut next);
         first = false;
@@ -1063,20 +1072,16 @@ fn read_stacks(attached: &Attached<'_>, collected: &mut Collected) -> Result<()>
             .collect()
     };
     let mut stacks = HashMap::new();
-    // in batches (one syscall per 4096 stacks instead of one each: a 40,000-stack
-    // profile is read in a tenth of the time), then one by one whatever a batch did not
-    // give (an older kernel has no batch lookup for hash maps)
-    if let Ok(batches) = map.lookup_batch(4096, MapFlags::ANY, MapFlags::ANY) {
-        for (key, value) in batches {
-            let Ok(key) = <[u8; 8]>::try_from(key.as_slice()) else {
-                continue;
-            };
+    // in batches (one syscall per 4096 stacks instead of one each), then one by one
+    // whatever a batch did not give (an older kernel has no batch lookup for hash maps)
+    for_each_batched(map, &mut |key, value| {
+        if let Ok(key) = <[u8; 8]>::try_from(key) {
             let id = u64::from_ne_bytes(key);
             if ids.contains(&id) {
-                stacks.insert(id, ips_of(&value));
+                stacks.insert(id, ips_of(value));
             }
         }
-    }
+    });
     for id in ids {
         if stacks.contains_key(&id) {
             continue;

@@ -188,20 +188,11 @@ impl Folded {
                 prev = frames;
             }
         }
-        // as many nodes as frames not shared with the line before: sized once, exactly
-        let nodes: usize = self
-            .lines
-            .iter()
-            .scan(&[][..], |prev: &mut &[u32], (frames, _)| {
-                let shared = prev
-                    .iter()
-                    .zip(frames.iter())
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                *prev = frames;
-                Some(frames.len() - shared)
-            })
-            .sum();
+        // the nodes are numbered in order: the last line's deepest is the last; sized once
+        let mut nodes = 0usize;
+        walk(&self.lines, |_, _, path| {
+            nodes = nodes.max(path.last().map_or(0, |&n| n as usize + 1));
+        });
         let mut totals: Vec<u64> = vec![0; nodes];
         let mut all = 0u64;
         walk(&self.lines, |i, _, path| {
