@@ -10,7 +10,8 @@
 //! Durations are sampled: each sample stands for half the interval before it and half
 //! the one after (the first sweep's for all the time before it). The sweep rate adapts
 //! so that sweeping costs at most `BUDGET` of one CPU over the session (10 ms between
-//! sweeps at the fastest, `MAX_PERIOD` at the slowest).
+//! sweeps at the fastest, `MAX_PERIOD` at the slowest), with a costly sweep paid back over
+//! several gaps rather than one.
 
 use std::collections::HashMap;
 
@@ -31,6 +32,10 @@ pub const BUDGET: f64 = 0.005;
 /// The longest time between sweeps, whatever they cost: with hundreds of thousands of
 /// goroutines the budget is exceeded rather than the profile left empty.
 pub const MAX_PERIOD: Duration = Duration::from_secs(1);
+/// The sampler thread's nice value: above the target's and the machine's ordinary
+/// threads, so that a busy machine does not delay sweeps (a delayed sweep stretches the
+/// interval its samples stand for). It cannot take more CPU for this: `BUDGET` bounds it.
+const NICE: libc::c_int = -10;
 /// The most goroutines read in a sweep (the rest are counted, not read).
 pub const MAX_GOROUTINES: usize = 400_000;
 /// The most runnable spells and (thread, goroutine, stack) triples remembered.
@@ -852,6 +857,23 @@ impl Sampler {
     }
 }
 
+/// The median CPU cost of the last sweeps, in ns, leaving out the first (which walks
+/// every stack): 0 before there is one.
+fn recent_cost(costs: &[(u64, u64)]) -> u64 {
+    let mut recent: Vec<u64> = costs
+        .iter()
+        .skip(1)
+        .rev()
+        .take(15)
+        .map(|&(ns, _)| ns)
+        .collect();
+    if recent.is_empty() {
+        return 0;
+    }
+    let mid = recent.len() / 2;
+    *recent.select_nth_unstable(mid).1
+}
+
 /// When the session ended, for the last sweep.
 static END_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -862,6 +884,10 @@ fn run(
     stop: &AtomicBool,
     found: &AtomicBool,
 ) -> Option<Sampled> {
+    // best effort: without CAP_SYS_NICE the sweeps keep the ordinary priority, and the
+    // summary shows how far apart they came
+    // SAFETY: plain system calls on this thread's own id.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICE) };
     // a launched command is recognised once it has exec'd: until then it is a copy of
     // waitprof
     let before_exec = exe_id(std::process::id());
@@ -966,11 +992,15 @@ fn run(
         if stopping || s.mem.gone {
             break;
         }
-        // the next sweep when the sweeps so far are within BUDGET of the time so far
+        // the next sweep when the sweeps so far are within BUDGET of the time so far, but
+        // at most twice the recent pace later: a costly sweep (the first, which walks
+        // every stack, or one slowed by a busy machine) is repaid over the next gaps, not
+        // in one long gap that the samples either side of it would have to stand for
         let due = Duration::from_nanos((spent as f64 / BUDGET) as u64);
+        let pace = Duration::from_nanos((recent_cost(&s.view.sweep_cpu_ns) as f64 / BUDGET) as u64);
         let period = due
             .saturating_sub(began.elapsed())
-            .clamp(MIN_PERIOD, MAX_PERIOD);
+            .clamp(MIN_PERIOD, (2 * pace).clamp(2 * MIN_PERIOD, MAX_PERIOD));
         std::thread::park_timeout(period);
     }
     s.view.session_ns = s.last_ns.saturating_sub(start_ns);
@@ -1027,6 +1057,20 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pace follows the median of the last sweeps: neither the first sweep (which walks
+    /// every stack) nor one costly sweep among them moves it.
+    #[test]
+    fn the_pace_follows_the_median_of_recent_sweeps() {
+        assert_eq!(recent_cost(&[]), 0);
+        assert_eq!(recent_cost(&[(900_000, 10)]), 0);
+        let mut costs = vec![(900_000, 10)];
+        costs.extend([100_000, 110_000, 700_000, 90_000, 105_000].map(|ns| (ns, 10)));
+        assert_eq!(recent_cost(&costs), 105_000);
+        // only the last 15 count
+        costs.extend(std::iter::repeat_n((200_000, 10), 15));
+        assert_eq!(recent_cost(&costs), 200_000);
+    }
 
     /// Ranges are read together where they are close, and a range that cannot be read
     /// (unmapped, or running past the end of the address space) costs only itself.
