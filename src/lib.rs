@@ -4,18 +4,16 @@
 //!
 //! The pipeline, one module per stage: `cli` (flags into a `Config`) → `session` (checks,
 //! target, load and attach) → `collect` (run, then read the kernel's aggregation) →
-//! `symbolize` (blazesym) → `fold` (folded stacks) → `render` (inferno SVG) and
-//! `summary` (text).
+//! `symbolize` (blazesym) → `fold` (folded stacks) → `export` (inferno SVG and the
+//! files on disk) and `summary` (text).
 
 pub mod analyze;
 pub mod bpf;
 pub mod cli;
 pub mod collect;
+pub mod export;
 pub mod fold;
-
 pub mod model;
-pub mod output;
-pub mod render;
 pub mod runtime;
 pub mod session;
 pub mod signals;
@@ -41,13 +39,13 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     let stop = Stop::install()?;
     session::preflight()?;
     let mut target = session::Profiled::prepare(&cfg)?;
-    let paths = output::output_paths(
+    let paths = export::files::output_paths(
         cfg.output.as_deref(),
         &target.comm,
         target.pid,
-        &output::file_stamp(),
+        &export::files::file_stamp(),
     );
-    let out_dir = output::OutputDir::open(&paths, cfg.output.is_none())?;
+    let out_dir = export::files::OutputDir::open(&paths, cfg.output.is_none())?;
 
     let mut symbolizer = symbolize::Symbolizer::new(target.pid);
     let mut storage = session::new_storage();
@@ -120,16 +118,14 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             .filter(|(view, _, _)| *view != fold::View::OffWake || cfg.wakers)
             .map(|&(view, what, subtitle)| {
                 let (fold_view, title) = (&fold_view, &title);
-                s.spawn(
-                    move || -> Result<Option<(fold::View, Vec<u8>, fold::Folded)>> {
-                        let folded = fold_view(view);
-                        if folded.is_empty() {
-                            return Ok(None);
-                        }
-                        let svg = render::svg(&folded, &title(what), subtitle)?;
-                        Ok(Some((view, svg, folded)))
-                    },
-                )
+                s.spawn(move || -> Result<Option<export::Drawn>> {
+                    let folded = fold_view(view);
+                    if folded.is_empty() {
+                        return Ok(None);
+                    }
+                    let svg = export::flamegraph::svg(&folded, &title(what), subtitle)?;
+                    Ok(Some(export::Drawn { view, svg, folded }))
+                })
             })
             .collect();
         let summary = summary::render(&collected, &symbols, cfg.top, cfg.per_thread);
@@ -148,11 +144,9 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     }
     let mut outputs = Vec::new();
     for d in drawn {
-        if let Some((view, svg, folded)) = d? {
-            outputs.push((paths.of(view), svg, folded));
-        }
+        outputs.extend(d?);
     }
-    if outputs.first().is_none_or(|(p, _, _)| p.svg != paths.svg) {
+    if outputs.first().is_none_or(|d| d.view != fold::View::Main) {
         eprintln!(
             "waitprof: nothing to draw: no thread of pid {} waited (off-CPU) during the session{}; no flame graph written",
             collected.pid,
@@ -160,41 +154,14 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_NOTHING_BLOCKED));
     }
-    // all the files or none: an interruption or a failed write removes what was written
-    let writers: Vec<_> = outputs
-        .iter()
-        .map(|(_, _, folded)| move |out: &mut dyn std::io::Write| folded.write_to(out))
-        .collect();
-    let files: Vec<(&std::path::Path, output::Content<'_>)> = outputs
-        .iter()
-        .zip(&writers)
-        .flat_map(|((p, svg, _), write)| {
-            [
-                (p.folded.as_path(), output::Content::Stream(write)),
-                (p.svg.as_path(), output::Content::Bytes(svg.as_slice())),
-            ]
-        })
-        .collect();
-    out_dir.write_all(&files, &aborted, || {
+    let written = export::write_views(&out_dir, &paths, &outputs, &aborted, || {
         Interrupted("while writing the profile: no file was written").into()
     })?;
-    // a view not drawn this time must not leave an older run's file beside the new ones
-    for view in [
-        fold::View::OffWake,
-        fold::View::RunQueue,
-        fold::View::Goroutines,
-    ] {
-        let p = paths.of(view);
-        if !outputs.iter().any(|(o, _, _)| o.svg == p.svg) {
-            out_dir.remove(&p.svg);
-            out_dir.remove(&p.folded);
-        }
-    }
     eprintln!(
         "waitprof: wrote {} ({:.2} s after the session ended)",
-        outputs
+        written
             .iter()
-            .map(|(p, _, _)| p.svg.display().to_string())
+            .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
         collected

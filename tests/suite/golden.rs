@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use waitprof::export::flamegraph;
 use waitprof::fold::{self, FoldOptions, View};
 use waitprof::model::{Collected, EndReason, Kind, Listener, Losses, Outcome, Row, StackRef};
 use waitprof::model::{GState, GoroutineRow, GoroutineThread, GoroutineView};
 use waitprof::model::{ThreadTotals, Waiter, Waker, WakerCtx};
+use waitprof::summary;
 use waitprof::symbolize::Symbols;
 use waitprof::unwind::UnwindReport;
-use waitprof::{render, summary};
 
 const MS: u64 = 1_000_000;
 
@@ -415,7 +416,7 @@ fn folding_is_deterministic() {
 fn golden_svg() {
     let (collected, symbols) = profile();
     let folded = fold::fold(&collected, &symbols, &FoldOptions::default());
-    let svg = render::svg(&folded, "waitprof: server (pid 100), 1.0 s", "golden").expect("svg");
+    let svg = flamegraph::svg(&folded, "waitprof: server (pid 100), 1.0 s", "golden").expect("svg");
     let svg = String::from_utf8(svg).expect("utf-8");
     assert!(
         svg.contains(">us<") || svg.contains(" us"),
@@ -430,7 +431,7 @@ fn empty_profile_is_not_drawn() {
     collected.rows.clear();
     let folded = fold::fold(&collected, &symbols, &FoldOptions::default());
     assert!(folded.is_empty());
-    assert!(render::svg(&folded, "t", "s").is_err());
+    assert!(flamegraph::svg(&folded, "t", "s").is_err());
 }
 
 #[test]

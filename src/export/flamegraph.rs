@@ -1,4 +1,4 @@
-//! Rendering: folded stacks into a flame graph SVG with inferno (`output` puts it on disk).
+//! Flame graphs: folded stacks into an SVG with inferno.
 
 use anyhow::{bail, Context, Result};
 use inferno::flamegraph::color::{Color, MultiPalette, Palette, PaletteMap};
