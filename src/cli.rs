@@ -19,6 +19,7 @@ Examples:
   sudo waitprof -p 1234 --kinds futex --min-block 1ms   only futex waits of 1 ms or more
   sudo waitprof -p 1234 --per-thread -o out/nginx.svg
   sudo waitprof -p 1234 --hide-idle     leave idle waiting out of the flame graph
+  waitprof diff OLD.folded NEW.folded    compare two sessions (waitprof diff --help)
 
 Output, by default under flamegraphs/ (or where -o says), each with its folded stacks
 (.folded): NAME.svg, where the threads waited; NAME.offwake.svg, who woke them (the

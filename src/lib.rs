@@ -11,6 +11,7 @@ pub mod analyze;
 pub mod bpf;
 pub mod cli;
 pub mod collect;
+pub mod diff;
 pub mod export;
 pub mod fold;
 pub mod model;

@@ -12,7 +12,13 @@ fn main() -> ExitCode {
     // a 40,000-stack profile, for no time saved (BENCHMARKS.md)
     // SAFETY: mallopt with a valid parameter, before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    let result = Config::from_args(Args::parse()).and_then(waitprof::run);
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let result = if waitprof::diff::is_diff(&args) {
+        // `waitprof diff OLD NEW`: the arguments after `diff`, as a command of their own
+        waitprof::diff::run(args.into_iter().skip(1))
+    } else {
+        Config::from_args(Args::parse_from(&args)).and_then(waitprof::run)
+    };
     match result {
         Ok(code) => code,
         Err(err) if err.downcast_ref::<Interrupted>().is_some() => {

@@ -52,10 +52,10 @@ impl OutputPaths {
     }
 }
 
-/// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
-/// `comm` comes from the target: only letters, digits, `.`, `_` and `-` of it reach the name.
-pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) -> OutputPaths {
-    let safe: String = comm
+/// A name from the target (or a file name) as part of a file name: only letters, digits,
+/// `.`, `_` and `-` of it are kept, and a name of dots alone gets a `_` in front.
+pub fn safe_name(name: &str) -> String {
+    let safe: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -66,11 +66,17 @@ pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) ->
         })
         .collect();
     // a name of dots alone would read as a directory or a hidden file
-    let safe = if safe.trim_start_matches('.').is_empty() {
+    if safe.trim_start_matches('.').is_empty() {
         format!("_{safe}")
     } else {
         safe
-    };
+    }
+}
+
+/// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
+/// `comm` comes from the target: only letters, digits, `.`, `_` and `-` of it reach the name.
+pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) -> OutputPaths {
+    let safe = safe_name(comm);
     let default_name = format!("{safe}-{pid}-{stamp}.svg");
     let svg = match output {
         None => Path::new(DEFAULT_DIR).join(default_name),

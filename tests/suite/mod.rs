@@ -1,6 +1,7 @@
 mod attach;
 mod blocking;
 mod common;
+mod diff;
 mod errors;
 mod golang;
 mod golden;
