@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::export::files::{Content, OutputDir, OutputPaths};
+use crate::export::files::{Content, OutputDir};
 
 /// The largest folded file read (a 40,000-stack profile's is ~100 MB).
 const MAX_FILE: u64 = 2 << 30;
@@ -320,16 +320,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<std::process::Exi
             .unwrap_or_default()
     };
     let name = format!("diff-{}-{}", stem(&args.old), stem(&args.new));
-    let file = format!("{}.svg", crate::export::files::safe_name(&name));
-    let svg_path = match &args.output {
-        None => Path::new(crate::export::files::DEFAULT_DIR).join(file),
-        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => p.join(file),
-        Some(p) => p.with_extension("svg"),
-    };
-    let paths = OutputPaths {
-        folded: svg_path.with_extension("folded"),
-        svg: svg_path,
-    };
+    let paths = crate::export::files::output_paths_named(
+        args.output.as_deref(),
+        &format!("{}.svg", crate::export::files::safe_name(&name)),
+    );
     let dir = OutputDir::open(&paths, args.output.is_none())?;
     let mut two = Vec::new();
     inferno::differential::from_readers(

@@ -76,8 +76,12 @@ pub fn safe_name(name: &str) -> String {
 /// `-o` may name a .svg file or a directory; the default is flamegraphs/<comm>-<pid>-<time>.svg.
 /// `comm` comes from the target: only letters, digits, `.`, `_` and `-` of it reach the name.
 pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) -> OutputPaths {
-    let safe = safe_name(comm);
-    let default_name = format!("{safe}-{pid}-{stamp}.svg");
+    output_paths_named(output, &format!("{}-{pid}-{stamp}.svg", safe_name(comm)))
+}
+
+/// Where `-o` says (a .svg file, or a directory to put `default_name` in), else
+/// `flamegraphs/default_name`; the folded file beside the SVG.
+pub fn output_paths_named(output: Option<&Path>, default_name: &str) -> OutputPaths {
     let svg = match output {
         None => Path::new(DEFAULT_DIR).join(default_name),
         Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {

@@ -75,15 +75,21 @@ impl Run {
             .unwrap_or_else(|| panic!("the fixture printed no measurement:\n{}", self.stdout()))
     }
 
-    /// The session length waitprof reports in its summary, in ns.
+    /// The session length waitprof reports in its summary (`session 1.52 s,` or
+    /// `session 411.0 ms,`), in ns.
     pub fn session_ns(&self) -> u64 {
         let stderr = self.stderr();
-        let secs = stderr
+        let length = stderr
             .split("), session ")
             .nth(1)
-            .and_then(|r| r.split(" s,").next())
-            .and_then(|v| v.parse::<f64>().ok())
+            .and_then(|r| r.split(',').next())
             .unwrap_or_else(|| panic!("no session length in:\n{stderr}"));
+        let secs = match length.split_once(' ') {
+            Some((n, "s")) => n.parse::<f64>().ok(),
+            Some((n, "ms")) => n.parse::<f64>().ok().map(|ms| ms / 1000.0),
+            _ => None,
+        }
+        .unwrap_or_else(|| panic!("session length {length:?} in:\n{stderr}"));
         (secs * 1e9) as u64
     }
 

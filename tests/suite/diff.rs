@@ -1,9 +1,22 @@
 //! `waitprof diff`: two sessions of the sleep fixture whose waits differ by a known
 //! amount, and input that is not a folded file.
 
+use std::path::Path;
 use std::process::Command;
 
 use super::common::*;
+
+/// Runs `waitprof diff OLD NEW -o OUT` to completion.
+fn waitprof_diff(old: &Path, new: &Path, out: &Path) -> std::process::Output {
+    Command::new(WAITPROF)
+        .arg("diff")
+        .arg(old)
+        .arg(new)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("waitprof diff")
+}
 
 /// The report's line for one kind of wait: (old, new) in ms per second.
 fn kind_line(report: &str, kind: &str) -> (f64, f64) {
@@ -24,21 +37,6 @@ fn kind_line(report: &str, kind: &str) -> (f64, f64) {
     )
 }
 
-/// The session length in the summary (`session 1.52 s,` or `session 411.0 ms,`), in s.
-fn session_s(run: &Run) -> f64 {
-    let stderr = run.stderr();
-    let v = stderr
-        .split("), session ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap_or_else(|| panic!("no session length in:\n{stderr}"));
-    match v.split_once(' ') {
-        Some((n, "s")) => n.parse().expect("seconds"),
-        Some((n, "ms")) => n.parse::<f64>().expect("ms") / 1000.0,
-        _ => panic!("session length {v:?}"),
-    }
-}
-
 #[test]
 fn diff_normalises_two_sessions_by_their_length() {
     let _s = root_session();
@@ -50,14 +48,7 @@ fn diff_normalises_two_sessions_by_their_length() {
     let (_, _) = (old.folded(), new.folded());
     let out_dir = tempfile::tempdir().expect("tempdir");
     let svg = out_dir.path().join("d.svg");
-    let diff = Command::new(WAITPROF)
-        .arg("diff")
-        .arg(&old.folded_path)
-        .arg(&new.folded_path)
-        .arg("-o")
-        .arg(&svg)
-        .output()
-        .expect("waitprof diff");
+    let diff = waitprof_diff(&old.folded_path, &new.folded_path, &svg);
     let report = String::from_utf8_lossy(&diff.stderr);
     assert_eq!(diff.status.code(), Some(0), "{report}");
     assert!(
@@ -65,7 +56,7 @@ fn diff_normalises_two_sessions_by_their_length() {
         "{report}"
     );
     // each side's rate is what the fixture measured over the session waitprof reported
-    let rate = |run: &Run| run.measured_ns() as f64 / 1e6 / session_s(run);
+    let rate = |run: &Run| run.measured_ns() as f64 / 1e6 / (run.session_ns() as f64 / 1e9);
     // the whole sleep, over every stack it was seen in (some before the unwind tables
     // were loaded), in the two columns of the diff's folded file (us per second)
     let two = std::fs::read_to_string(svg.with_extension("folded")).expect("diff folded");
@@ -123,14 +114,7 @@ fn diff_refuses_what_is_not_a_folded_file() {
         (&fifo, "not a regular file"),
         (&dir.path().join("missing.folded"), "cannot read"),
     ] {
-        let run = Command::new(WAITPROF)
-            .arg("diff")
-            .arg(&good)
-            .arg(bad)
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .expect("waitprof diff");
+        let run = waitprof_diff(&good, bad, &out);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(2), "{}: {stderr}", bad.display());
         assert!(stderr.contains(want), "{}: {stderr}", bad.display());
