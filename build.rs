@@ -34,6 +34,14 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {src} failed (needs clang; see README): {e}"));
         println!("cargo:rerun-if-changed={src}");
     }
+    // pprof's profile.proto (upstream, unchanged), compiled by protox: no protoc needed
+    let proto = "src/export/profile.proto";
+    let descriptors = protox::compile([proto], ["src/export"])
+        .unwrap_or_else(|e| panic!("compiling {proto} failed: {e}"));
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the pprof types failed: {e}"));
+    println!("cargo:rerun-if-changed={proto}");
     for f in [
         "bpf/waitprof.h",
         "bpf/unwind.h",

@@ -451,23 +451,28 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
 /// How an object is named in the summary: `futex 0x7f.. (QUEUE_LOCK in server)`,
 /// `epoll fd 5 (watching 3 fds)`, `listener 127.0.0.1:8080`.
 pub fn object_name(r: &ObjectReport, collected: &Collected, symbols: &Symbols) -> String {
-    match r.kind {
-        Kind::Futex => match symbols.objects.get(&r.object) {
-            Some(place) => format!("futex {:#x} ({place})", r.object),
-            None => format!("futex {:#x}", r.object),
+    object_label(r.kind, r.object, collected, symbols)
+}
+
+/// The object `object` of a wait of kind `kind`, named as `object_name` does.
+pub fn object_label(kind: Kind, object: u64, collected: &Collected, symbols: &Symbols) -> String {
+    match kind {
+        Kind::Futex => match symbols.objects.get(&object) {
+            Some(place) => format!("futex {object:#x} ({place})"),
+            None => format!("futex {object:#x}"),
         },
         Kind::Epoll => {
-            let fd = r.object - 1;
+            let fd = object.saturating_sub(1);
             match collected.epoll_watch.get(&(fd as u32)) {
                 Some(n) => format!("epoll fd {fd} (watching {n} fds at the end)"),
                 None => format!("epoll fd {fd}"),
             }
         }
-        Kind::Accept => match collected.listeners.iter().find(|l| l.inode == r.object) {
+        Kind::Accept => match collected.listeners.iter().find(|l| l.inode == object) {
             Some(l) => format!("listener {}", listener_name(l)),
-            None => format!("listening socket inode {}", r.object),
+            None => format!("listening socket inode {object}"),
         },
-        Kind::Other => format!("object {:#x}", r.object),
+        Kind::Other => format!("object {object:#x}"),
     }
 }
 

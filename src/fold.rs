@@ -303,27 +303,50 @@ impl Names {
     }
 }
 
-fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut Vec<u32>) {
-    let marker = match stack {
-        StackRef::Id(id) => match symbols.user.get(&id) {
-            Some(frames) => {
-                out.extend(frames.iter().map(|f| names.user(f)));
-                return;
-            }
-            None => "[missed user stack]".to_string(),
-        },
+/// The frame that stands for a user stack the profile does not hold: why it is
+/// missing (None: its kind was not captured, so nothing stands for it).
+pub fn missing_user_stack(stack: StackRef) -> Option<String> {
+    Some(match stack {
         StackRef::BeforeAttach => "[blocked before attach]".into(),
         StackRef::NewThread => "[new thread]".into(),
-        StackRef::NotCaptured => return,
+        StackRef::NotCaptured => return None,
         StackRef::TableFull => "[stack table full]".into(),
         StackRef::Missing(errno) => {
             format!("[missed user stack: {}]", syscalls::errno_name(errno))
         }
-        StackRef::Proc(_) | StackRef::InInterrupt | StackRef::KernelThread | StackRef::NoWaker => {
-            "[missed user stack]".into()
+        StackRef::Id(_)
+        | StackRef::Proc(_)
+        | StackRef::InInterrupt
+        | StackRef::KernelThread
+        | StackRef::NoWaker => "[missed user stack]".into(),
+    })
+}
+
+/// The frame that stands for a kernel stack the profile does not hold (without its
+/// `_[k]`), as `missing_user_stack`; a stack read from /proc is not missing.
+pub fn missing_kernel_stack(stack: StackRef) -> Option<String> {
+    Some(match stack {
+        StackRef::Id(_) => "[missed kernel stack]".to_string(),
+        StackRef::BeforeAttach => "[blocked before attach]".into(),
+        StackRef::NotCaptured
+        | StackRef::NewThread
+        | StackRef::InInterrupt
+        | StackRef::KernelThread
+        | StackRef::NoWaker
+        | StackRef::Proc(_) => return None,
+        StackRef::TableFull => "[stack table full]".into(),
+        StackRef::Missing(errno) => {
+            format!("[missed kernel stack: {}]", syscalls::errno_name(errno))
         }
-    };
-    out.push(names.made(&marker));
+    })
+}
+
+fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut Vec<u32>) {
+    if let Some(frames) = stack.id().and_then(|id| symbols.user.get(&id)) {
+        out.extend(frames.iter().map(|f| names.user(f)));
+    } else if let Some(marker) = missing_user_stack(stack) {
+        out.push(names.made(&marker));
+    }
 }
 
 fn kernel_frames(
@@ -333,32 +356,15 @@ fn kernel_frames(
     names: &mut Names,
     out: &mut Vec<u32>,
 ) {
-    let marker = match stack {
-        StackRef::Id(id) => match symbols.kernel.get(&id) {
-            Some(frames) => {
-                out.extend(frames.iter().map(|f| names.kernel(f)));
-                return;
-            }
-            None => "[missed kernel stack]".to_string(),
-        },
-        StackRef::Proc(i) => {
-            for f in collected.proc_kstacks.get(i as usize).into_iter().flatten() {
-                out.push(names.made(&format!("{}_[k]", clean(f))));
-            }
-            return;
+    if let Some(frames) = stack.id().and_then(|id| symbols.kernel.get(&id)) {
+        out.extend(frames.iter().map(|f| names.kernel(f)));
+    } else if let StackRef::Proc(i) = stack {
+        for f in collected.proc_kstacks.get(i as usize).into_iter().flatten() {
+            out.push(names.made(&format!("{}_[k]", clean(f))));
         }
-        StackRef::BeforeAttach => "[blocked before attach]".into(),
-        StackRef::NotCaptured
-        | StackRef::NewThread
-        | StackRef::InInterrupt
-        | StackRef::KernelThread
-        | StackRef::NoWaker => return,
-        StackRef::TableFull => "[stack table full]".into(),
-        StackRef::Missing(errno) => {
-            format!("[missed kernel stack: {}]", syscalls::errno_name(errno))
-        }
-    };
-    out.push(names.made(&format!("{marker}_[k]")));
+    } else if let Some(marker) = missing_kernel_stack(stack) {
+        out.push(names.made(&format!("{marker}_[k]")));
+    }
 }
 
 /// The synthetic frame naming the syscall a wait happened in.

@@ -4,8 +4,9 @@
 //!
 //! The pipeline, one module per stage: `cli` (flags into a `Config`) → `session` (checks,
 //! target, load and attach) → `collect` (run, then read the kernel's aggregation) →
-//! `symbolize` (blazesym) → `fold` (folded stacks) → `export` (inferno SVG and the
-//! files on disk) and `summary` (text).
+//! `symbolize` (blazesym) → `profile` (typed samples over interned stacks) and `fold`
+//! (folded stacks) → `export` (inferno SVG, pprof, and the files on disk) and `summary`
+//! (text).
 
 pub mod analyze;
 pub mod bpf;
@@ -15,6 +16,7 @@ pub mod diff;
 pub mod export;
 pub mod fold;
 pub mod model;
+pub mod profile;
 pub mod runtime;
 pub mod session;
 pub mod signals;
@@ -70,6 +72,17 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     let symbols = symbolizer.resolve(&collected)?;
     // its caches (parsed debug info, symbol tables) are the largest thing in memory
     drop(symbolizer);
+    let profile = profile::Profile::build(&collected, &symbols);
+    let pprof_opts = export::pprof::PprofOptions {
+        hide_idle: cfg.hide_idle,
+        start_unix_ns: collected.stopped_at.and_then(|stopped| {
+            let since_start = stopped.elapsed().as_nanos() as u64 + profile.session_ns;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            (now.as_nanos() as u64).checked_sub(since_start)
+        }),
+    };
     let fold_view = |view| {
         fold::fold(
             &collected,
@@ -119,13 +132,20 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             .filter(|(view, _, _)| *view != fold::View::OffWake || cfg.wakers)
             .map(|&(view, what, subtitle)| {
                 let (fold_view, title) = (&fold_view, &title);
+                let (profile, pprof_opts) = (&profile, &pprof_opts);
                 s.spawn(move || -> Result<Option<export::Drawn>> {
                     let folded = fold_view(view);
                     if folded.is_empty() {
                         return Ok(None);
                     }
                     let svg = export::flamegraph::svg(&folded, &title(what), subtitle)?;
-                    Ok(Some(export::Drawn { view, svg, folded }))
+                    let pprof = export::pprof::encode(profile, view, pprof_opts)?;
+                    Ok(Some(export::Drawn {
+                        view,
+                        svg,
+                        folded,
+                        pprof,
+                    }))
                 })
             })
             .collect();
@@ -169,6 +189,8 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             .stopped_at
             .map_or(0.0, |t| t.elapsed().as_secs_f64())
     );
-    eprintln!("waitprof: each with its folded stacks beside it (.folded)");
+    eprintln!(
+        "waitprof: each with its folded stacks (.folded) and, but for the run-queue view (the main profile's runq samples), its pprof profile (.pb.gz: go tool pprof -http=: FILE) beside it"
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -51,10 +51,87 @@ pub struct Symbols {
     pub objects: HashMap<u64, String>,
     /// The target's files that could not be read, and why (their frames are unknown).
     pub unreadable_files: Vec<(String, String)>,
+    /// Where each named frame came from (its address, source line and code), for the
+    /// exports that keep them (pprof).
+    pub sites: Sites,
 }
 
-/// A name or why there is none, per address.
-type Names = HashMap<u64, Result<Frames, &'static str>>;
+/// The code a frame's address lies in: one mapping of a file the target mapped, or the
+/// kernel. The path is printable (it comes from the target).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Code {
+    pub path: String,
+    pub start: u64,
+    pub end: u64,
+    /// The file offset `start` maps.
+    pub offset: u64,
+    /// The file's GNU build id, in hex.
+    pub build_id: Option<String>,
+}
+
+/// The kernel's code, as one mapping over the kernel's half of the address space.
+pub const KERNEL_CODE: &str = "[kernel.kallsyms]";
+
+/// Where a named frame came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The address looked up (a return address less one), in the process's space.
+    pub addr: u64,
+    /// The source file and line, where debug information has them (line 0: none).
+    pub file: Option<Arc<str>>,
+    pub line: u32,
+    /// Inlined into the frame before it (root first), at the same address.
+    pub inlined: bool,
+    pub code: Option<Arc<Code>>,
+}
+
+/// The site of every frame name the symbolizer made, keyed by the name's allocation: a
+/// name is made once per address (and inlining depth) and shared by every stack through
+/// it, so the same text at two addresses is two names with two sites. Each entry holds
+/// its name, so the allocation cannot be reused while the table lives.
+#[derive(Clone, Debug, Default)]
+pub struct Sites(HashMap<usize, (Arc<str>, Site)>);
+
+impl Sites {
+    fn key(name: &Arc<str>) -> usize {
+        Arc::as_ptr(name) as *const u8 as usize
+    }
+
+    pub fn insert(&mut self, name: &Arc<str>, site: Site) {
+        self.0.insert(Self::key(name), (name.clone(), site));
+    }
+
+    /// The site of this frame, if the symbolizer named it at an address.
+    pub fn get(&self, name: &Arc<str>) -> Option<&Site> {
+        self.0
+            .get(&Self::key(name))
+            .filter(|(n, _)| Arc::ptr_eq(n, name))
+            .map(|(_, s)| s)
+    }
+}
+
+/// A function's name at an address and, where the debug information has it, its source
+/// line; outermost first when functions are inlined there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sym {
+    name: Arc<str>,
+    file: Option<Arc<str>>,
+    line: u32,
+}
+
+impl Sym {
+    fn named(name: Arc<str>) -> Sym {
+        Sym {
+            name,
+            file: None,
+            line: 0,
+        }
+    }
+}
+
+/// The names at an address or why there are none, and the code it is in.
+type Named = Result<Vec<Sym>, &'static str>;
+type Names = HashMap<u64, (Named, Option<Arc<Code>>)>;
 
 impl Symbolizer {
     pub fn new(pid: u32) -> Symbolizer {
@@ -151,13 +228,22 @@ impl Symbolizer {
                 Some(&waker_only),
                 &mut symbols.truncated_stacks,
                 &mut symbols.unknown_why,
+                &mut symbols.sites,
             );
             symbols.user.extend(user);
             symbols.unknown_user_frames += unknown;
         }
         symbols.objects = self.name_futexes(collected);
         symbols.unreadable_files = self.target.unreadable.clone();
+        let kernel = Arc::new(Code {
+            path: KERNEL_CODE.to_string(),
+            start: 0xffff_8000_0000_0000,
+            end: u64::MAX,
+            offset: 0,
+            build_id: None,
+        });
         let kernel_names = |addrs: &[u64]| -> Names {
+            let code = || Some(kernel.clone());
             match self
                 .inner
                 .symbolize(&Self::kernel_source(), Input::AbsAddr(addrs))
@@ -165,11 +251,11 @@ impl Symbolizer {
                 Ok(results) => addrs
                     .iter()
                     .copied()
-                    .zip(results.into_iter().map(frame_names))
+                    .zip(results.into_iter().map(|r| (frame_names(r), code())))
                     .collect(),
                 Err(_) => addrs
                     .iter()
-                    .map(|&a| (a, Err("kallsyms unreadable")))
+                    .map(|&a| (a, (Err("kallsyms unreadable"), code())))
                     .collect(),
             }
         };
@@ -180,6 +266,7 @@ impl Symbolizer {
             None,
             &mut symbols.truncated_stacks,
             &mut BTreeMap::new(),
+            &mut symbols.sites,
         );
         symbols.kernel = kernel
             .into_iter()
@@ -193,23 +280,37 @@ impl Symbolizer {
     /// own, never by path), anonymous code through the target's perf map.
     fn name_user(&self, files: &MappedFiles, perf: Option<&PerfMap>, addrs: &[u64]) -> Names {
         let mut names = Names::new();
+        // each mapping's code, made once; a file's build id, read once
+        let mut codes: HashMap<u64, Arc<Code>> = HashMap::new();
+        let mut code_of = |m: &Mapping, build_id: Option<&String>| -> Arc<Code> {
+            codes
+                .entry(m.start)
+                .or_insert_with(|| {
+                    Arc::new(Code {
+                        path: printable(&m.path).into_owned(),
+                        start: m.start,
+                        end: m.end,
+                        offset: m.offset,
+                        build_id: build_id.cloned(),
+                    })
+                })
+                .clone()
+        };
         // file -> (its mapping, file offsets and the addresses they came from)
         let mut by_file: HashMap<&str, (&Mapping, Vec<u64>, Vec<u64>)> = HashMap::new();
         for &addr in addrs {
             let Some(m) = files.mapping_of(addr) else {
-                names.insert(addr, Err("not mapped"));
+                names.insert(addr, (Err("not mapped"), None));
                 continue;
             };
             if !m.is_file() {
                 let named = perf.and_then(|p| p.name(addr));
-                names.insert(
-                    addr,
-                    match named {
-                        Some(n) => Ok(vec![Arc::from(printable(n))]),
-                        None if m.path == "[vdso]" => Err("vdso"),
-                        None => Err("anonymous memory"),
-                    },
-                );
+                let named = match named {
+                    Some(n) => Ok(vec![Sym::named(Arc::from(printable(n)))]),
+                    None if m.path == "[vdso]" => Err("vdso"),
+                    None => Err("anonymous memory"),
+                };
+                names.insert(addr, (named, Some(code_of(m, None))));
                 continue;
             }
             let e = by_file
@@ -222,11 +323,17 @@ impl Symbolizer {
             let file = match files.file(m) {
                 Ok(f) => f,
                 Err(why) => {
-                    names.extend(file_addrs.iter().map(|&a| (a, Err(why))));
+                    names.extend(file_addrs.iter().map(|&a| (a, (Err(why), None))));
                     continue;
                 }
             };
-            let mut named: Vec<Result<Frames, &'static str>> = match file.mappable_path() {
+            let build_id = {
+                use object::Object;
+                object::File::parse(&file.reader())
+                    .ok()
+                    .and_then(|elf| elf.build_id().ok().flatten().map(hex))
+            };
+            let mut named: Vec<Named> = match file.mappable_path() {
                 Ok(path) => match self
                     .inner
                     .symbolize(&Source::Elf(Elf::new(path)), Input::FileOffset(&offsets))
@@ -237,7 +344,12 @@ impl Symbolizer {
                 Err(_) => vec![Err("file unreadable"); offsets.len()],
             };
             self.name_from_file(file, m, files, &file_addrs, &mut named);
-            names.extend(file_addrs.into_iter().zip(named));
+            for (addr, named) in file_addrs.into_iter().zip(named) {
+                let code = files
+                    .mapping_of(addr)
+                    .map(|own| code_of(own, build_id.as_ref()));
+                names.insert(addr, (named, code));
+            }
         }
         names
     }
@@ -315,6 +427,7 @@ fn resolve_set(
     user: Option<&HashSet<u64>>,
     truncated: &mut usize,
     unknown_why: &mut BTreeMap<&'static str, usize>,
+    sites: &mut Sites,
 ) -> (HashMap<u64, Frames>, usize) {
     // The first address of a stack is where the thread stopped; the others are return
     // addresses, which point after the call: look up addr - 1 to land inside it.
@@ -333,10 +446,33 @@ fn resolve_set(
     } else {
         names(&addrs)
     };
-    let unknown = names.values().filter(|n| n.is_err()).count();
-    for why in names.values().filter_map(|n| n.as_ref().err()) {
+    let unknown = names.values().filter(|(n, _)| n.is_err()).count();
+    for why in names.values().filter_map(|(n, _)| n.as_ref().err()) {
         *unknown_why.entry(why).or_default() += 1;
     }
+    // each address's names, made once and shared by every stack through it
+    let names: HashMap<u64, Result<Frames, &'static str>> = names
+        .into_iter()
+        .map(|(addr, (named, code))| {
+            let frames = named.map(|syms| {
+                syms.into_iter()
+                    .enumerate()
+                    .map(|(depth, sym)| {
+                        let site = Site {
+                            addr,
+                            file: sym.file,
+                            line: sym.line,
+                            inlined: depth > 0,
+                            code: code.clone(),
+                        };
+                        sites.insert(&sym.name, site);
+                        sym.name
+                    })
+                    .collect()
+            });
+            (addr, frames)
+        })
+        .collect();
     let label = |why: &str| -> Arc<str> { Arc::from(format!("[unknown: {why}]")) };
     let truncated_frame = label("truncated");
     let mut out = HashMap::new();
@@ -375,9 +511,13 @@ fn resolve_set(
     (out, unknown)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Where separate debug information for a file with this build id lives.
 fn build_id_debug_file(build_id: &[u8]) -> Option<TargetFile> {
-    let hex: String = build_id.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex(build_id);
     if hex.len() <= 2 {
         return None;
     }
@@ -424,7 +564,7 @@ impl Symbolizer {
         m: &Mapping,
         files: &MappedFiles,
         addrs: &[u64],
-        named: &mut [Result<Frames, &'static str>],
+        named: &mut [Named],
     ) {
         if named.iter().all(Result::is_ok) {
             return;
@@ -467,7 +607,7 @@ impl Symbolizer {
                 }
             }
             if let (Some(f), true) = (go.as_ref().and_then(|go| go.name(vaddr)), name.is_err()) {
-                *name = Ok(vec![Arc::from(printable(f))]);
+                *name = Ok(vec![Sym::named(Arc::from(printable(f)))]);
             }
         }
     }
@@ -594,11 +734,34 @@ fn demangle(name: &str) -> Arc<str> {
 
 /// The function and the functions inlined into it at this address, outermost first.
 /// A symbol's names (itself, then what is inlined into it), or why it has none.
-fn frame_names(sym: Symbolized<'_>) -> Result<Frames, &'static str> {
+fn frame_names(sym: Symbolized<'_>) -> Named {
+    // a file's name as its debug information gives it (with its directory when given)
+    let source = |code: Option<&blazesym::symbolize::CodeInfo<'_>>| match code {
+        Some(c) => (
+            Some(Arc::from(printable(&c.to_path().to_string_lossy()))),
+            c.line.unwrap_or(0),
+        ),
+        None => (None, 0),
+    };
     match sym {
-        Symbolized::Sym(sym) => Ok(std::iter::once(demangle(&sym.name))
-            .chain(sym.inlined.iter().map(|f| demangle(&f.name)))
-            .collect()),
+        Symbolized::Sym(sym) => {
+            let (file, line) = source(sym.code_info.as_deref());
+            let outer = Sym {
+                name: demangle(&sym.name),
+                file,
+                line,
+            };
+            Ok(std::iter::once(outer)
+                .chain(sym.inlined.iter().map(|f| {
+                    let (file, line) = source(f.code_info.as_ref());
+                    Sym {
+                        name: demangle(&f.name),
+                        file,
+                        line,
+                    }
+                }))
+                .collect())
+        }
         Symbolized::Unknown(reason) => Err(match reason {
             Reason::Unmapped => "not mapped",
             Reason::InvalidFileOffset => "not in the file",

@@ -19,11 +19,24 @@ use crate::fold::View;
 
 pub const DEFAULT_DIR: &str = "flamegraphs";
 
-/// Where the SVG and the folded stacks go (the main view's; see `OutputPaths::of`).
+/// Where the SVG, the folded stacks and the pprof profile go (the main view's; see
+/// `OutputPaths::of`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputPaths {
     pub svg: PathBuf,
     pub folded: PathBuf,
+    pub pprof: PathBuf,
+}
+
+impl OutputPaths {
+    /// The folded file and the pprof profile beside `svg`.
+    fn beside(svg: PathBuf) -> OutputPaths {
+        OutputPaths {
+            folded: svg.with_extension("folded"),
+            pprof: svg.with_extension("pb.gz"),
+            svg,
+        }
+    }
 }
 
 impl OutputPaths {
@@ -36,11 +49,7 @@ impl OutputPaths {
             View::RunQueue => "runq",
             View::Goroutines => "goroutines",
         };
-        let svg = self.svg.with_extension(format!("{tag}.svg"));
-        OutputPaths {
-            folded: svg.with_extension("folded"),
-            svg,
-        }
+        OutputPaths::beside(self.svg.with_extension(format!("{tag}.svg")))
     }
 
     /// The directory every view's files go into.
@@ -80,7 +89,7 @@ pub fn output_paths(output: Option<&Path>, comm: &str, pid: u32, stamp: &str) ->
 }
 
 /// Where `-o` says (a .svg file, or a directory to put `default_name` in), else
-/// `flamegraphs/default_name`; the folded file beside the SVG.
+/// `flamegraphs/default_name`; the folded file and the pprof profile beside the SVG.
 pub fn output_paths_named(output: Option<&Path>, default_name: &str) -> OutputPaths {
     let svg = match output {
         None => Path::new(DEFAULT_DIR).join(default_name),
@@ -90,10 +99,7 @@ pub fn output_paths_named(output: Option<&Path>, default_name: &str) -> OutputPa
         Some(p) if p.extension().is_some_and(|e| e == "svg") => p.to_path_buf(),
         Some(p) => p.with_extension("svg"),
     };
-    OutputPaths {
-        folded: svg.with_extension("folded"),
-        svg,
-    }
+    OutputPaths::beside(svg)
 }
 
 /// A timestamp for file names: 20261121T144344Z.

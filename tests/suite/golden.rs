@@ -331,8 +331,59 @@ fn profile() -> (Collected, Symbols) {
         unknown_why: BTreeMap::from([("stripped", 1)]),
         objects: HashMap::from([(0x5000, "queue_lock in server".to_string())]),
         unreadable_files: Vec::new(),
+        sites: Default::default(),
     };
-    (collected, symbols)
+    (collected, with_sites(symbols))
+}
+
+/// Where the acceptor's frames came from, as the symbolizer keeps it: `accept_loop`
+/// inlined into `serve` at one address of the server binary (with source lines), and
+/// its kernel stack in the kernel.
+fn with_sites(mut symbols: Symbols) -> Symbols {
+    use std::sync::Arc;
+    use waitprof::symbolize::{Code, Site, KERNEL_CODE};
+    let server = Arc::new(Code {
+        path: "/usr/bin/server".into(),
+        start: 0x5555_0000_1000,
+        end: 0x5555_0000_9000,
+        offset: 0x1000,
+        build_id: Some("c0ffee".into()),
+    });
+    let kernel = Arc::new(Code {
+        path: KERNEL_CODE.into(),
+        start: 0xffff_8000_0000_0000,
+        end: u64::MAX,
+        offset: 0,
+        build_id: None,
+    });
+    let user: Vec<(u64, Option<&str>, u32, bool)> = vec![
+        (0x5555_0000_1100, Some("server.c"), 12, false),
+        (0x5555_0000_2200, Some("server.c"), 40, false),
+        (0x5555_0000_2200, Some("loop.h"), 7, true),
+    ];
+    let frames = symbols.user[&1].clone();
+    for (name, (addr, file, line, inlined)) in frames.iter().zip(user) {
+        let site = Site {
+            addr,
+            file: file.map(Arc::from),
+            line,
+            inlined,
+            code: Some(server.clone()),
+        };
+        symbols.sites.insert(name, site);
+    }
+    let frames = symbols.kernel[&11].clone();
+    for (i, name) in frames.iter().enumerate() {
+        let site = Site {
+            addr: 0xffff_ffff_8100_0000 + 0x100 * i as u64,
+            file: None,
+            line: 0,
+            inlined: false,
+            code: Some(kernel.clone()),
+        };
+        symbols.sites.insert(name, site);
+    }
+    symbols
 }
 
 fn golden(name: &str, actual: &str) {
@@ -446,6 +497,156 @@ fn golden_summary() {
 /// A Go service's goroutines: a pool, a lock (as Go 1.19 names it), an accept loop and a
 /// GC worker (idle), runnable goroutines behind a CPU-bound one, one in a system call,
 /// and a sample that raced with the runtime.
+/// A pprof profile as text, every id resolved: its sample types, mappings and samples
+/// (values, labels by key, locations leaf first with their lines innermost first).
+fn pprof_text(gz: &[u8]) -> String {
+    use prost::Message;
+    use std::fmt::Write;
+    use std::io::Read;
+    use waitprof::export::pprof::proto;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .expect("gzip");
+    let p = proto::Profile::decode(raw.as_slice()).expect("a profile.proto message");
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    assert_eq!(s(0), "", "string 0 is empty");
+    let mut t = String::new();
+    let types: Vec<String> = p
+        .sample_type
+        .iter()
+        .map(|v| format!("{}/{}", s(v.r#type), s(v.unit)))
+        .collect();
+    let _ = writeln!(
+        t,
+        "types: {} (default {})",
+        types.join(" "),
+        s(p.default_sample_type)
+    );
+    for c in &p.comment {
+        let _ = writeln!(t, "comment: {}", s(*c));
+    }
+    let _ = writeln!(t, "duration: {} ns", p.duration_nanos);
+    for m in &p.mapping {
+        let _ = writeln!(
+            t,
+            "mapping {}: {:#x}-{:#x} @{:#x} {} build id {:?} functions {} files {} lines {} inline {}",
+            m.id,
+            m.memory_start,
+            m.memory_limit,
+            m.file_offset,
+            s(m.filename),
+            s(m.build_id),
+            m.has_functions,
+            m.has_filenames,
+            m.has_line_numbers,
+            m.has_inline_frames
+        );
+    }
+    let function = |id: u64| p.function.iter().find(|f| f.id == id).expect("a function");
+    for sample in &p.sample {
+        let mut labels: Vec<String> = sample
+            .label
+            .iter()
+            .map(|l| match l.str {
+                0 => format!("{}={}", s(l.key), l.num),
+                v => format!("{}={}", s(l.key), s(v)),
+            })
+            .collect();
+        labels.sort();
+        let _ = writeln!(t, "sample {:?} {}", sample.value, labels.join(" "));
+        for id in &sample.location_id {
+            let l = p.location.iter().find(|l| l.id == *id).expect("a location");
+            let lines: Vec<String> = l
+                .line
+                .iter()
+                .map(|line| {
+                    let f = function(line.function_id);
+                    match f.filename {
+                        0 => s(f.name).to_string(),
+                        file => format!("{} {}:{}", s(f.name), s(file), line.line),
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                t,
+                "  {:#x} m{} {}",
+                l.address,
+                l.mapping_id,
+                lines.join(" | ")
+            );
+        }
+    }
+    t
+}
+
+/// The sum of one sample type's values.
+fn pprof_total(gz: &[u8], index: usize) -> i64 {
+    use prost::Message;
+    use std::io::Read;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .expect("gzip");
+    let p = waitprof::export::pprof::proto::Profile::decode(raw.as_slice()).expect("decoded");
+    p.sample.iter().map(|s| s.value[index]).sum()
+}
+
+#[test]
+fn golden_pprof() {
+    use waitprof::export::pprof::{encode, PprofOptions};
+    use waitprof::profile::Profile;
+    let (collected, symbols) = profile();
+    let profile = Profile::build(&collected, &symbols);
+    let opts = PprofOptions::default();
+    let main = encode(&profile, View::Main, &opts)
+        .expect("encoded")
+        .expect("a profile");
+    golden("server.pprof.txt", &pprof_text(&main));
+    let offwake = encode(&profile, View::OffWake, &opts)
+        .expect("encoded")
+        .expect("a profile");
+    golden("server.offwake.pprof.txt", &pprof_text(&offwake));
+    assert!(encode(&profile, View::RunQueue, &opts)
+        .expect("encoded")
+        .is_none());
+    // the same time as the rows, to the nanosecond, and as the folded file (rounded to
+    // a microsecond a line)
+    let blocked: u64 = collected.rows.iter().map(|r| r.blocked_ns).sum();
+    let runq: u64 = collected.rows.iter().map(|r| r.runq_ns).sum();
+    assert_eq!(pprof_total(&main, 0), (blocked + runq) as i64);
+    assert_eq!(pprof_total(&main, 1), blocked as i64);
+    assert_eq!(pprof_total(&main, 2), runq as i64);
+    assert_eq!(pprof_total(&offwake, 0), blocked as i64);
+    let folded = fold::fold(&collected, &symbols, &FoldOptions::default());
+    assert!(pprof_total(&main, 0).abs_diff(folded.total_us() as i64 * 1000) <= 500 * 8);
+    // --hide-idle leaves out what its flame graph does
+    let hide = PprofOptions {
+        hide_idle: true,
+        ..PprofOptions::default()
+    };
+    let hidden = encode(&profile, View::Main, &hide)
+        .expect("encoded")
+        .expect("a profile");
+    let folded = fold::fold(
+        &collected,
+        &symbols,
+        &FoldOptions {
+            hide_idle: true,
+            ..FoldOptions::default()
+        },
+    );
+    assert!(pprof_total(&hidden, 0).abs_diff(folded.total_us() as i64 * 1000) <= 500 * 8);
+    assert!(pprof_total(&hidden, 0) < pprof_total(&main, 0));
+    // the same input gives the same bytes
+    assert_eq!(
+        main,
+        encode(&profile, View::Main, &opts)
+            .expect("encoded")
+            .expect("a profile")
+    );
+}
+
 fn go_profile() -> (Collected, Symbols) {
     let (mut collected, mut symbols) = profile();
     let frames = |names: &[&str]| {
@@ -580,4 +781,22 @@ fn golden_goroutines() {
         "go.summary",
         &summary::render(&collected, &symbols, 5, false),
     );
+    let profile = waitprof::profile::Profile::build(&collected, &symbols);
+    let pprof = |hide_idle| {
+        let opts = waitprof::export::pprof::PprofOptions {
+            hide_idle,
+            start_unix_ns: None,
+        };
+        waitprof::export::pprof::encode(&profile, View::Goroutines, &opts)
+            .expect("encoded")
+            .expect("a profile")
+    };
+    golden("go.goroutines.pprof.txt", &pprof_text(&pprof(false)));
+    let (all, shown) = (pprof_total(&pprof(false), 0), pprof_total(&pprof(true), 0));
+    assert_eq!(all - shown, 3_000_000_000, "idle goroutines left out");
+    let sampled: u64 = collected
+        .goroutines
+        .as_ref()
+        .map_or(0, |g| g.rows.iter().map(|r| r.ns).sum());
+    assert_eq!(all, sampled as i64);
 }

@@ -3,6 +3,7 @@ mod blocking;
 mod common;
 mod diff;
 mod errors;
+mod exports;
 mod golang;
 mod golden;
 mod goroutines;

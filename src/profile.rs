@@ -1,0 +1,289 @@
+//! The typed profile: the session's waits, and a Go program's goroutine samples, as
+//! samples over interned, symbolized stacks, each with typed labels (thread, kind,
+//! syscall, outcome, class, wait object, waker). Exports that keep the labels apart from
+//! the stacks (pprof) are derived from it; the folded text puts some of them into frames.
+//!
+//! Stacks are root first, as the folded files are: a wait's user frames, then its kernel
+//! frames; a waker's the same way, ending where it woke the thread. A frame keeps where
+//! it came from (`Site`: address, code, source line) when the symbolizer named it at an
+//! address; a `Marker` frame stands for what is not known (a missing stack, an address
+//! that could not be named).
+
+use std::sync::Arc;
+
+// Fx: keyed by name allocations and frame lists, hashed once per frame of every row
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::analyze::{self, WaitClass};
+use crate::fold;
+use crate::model::{Collected, GState, Kind, Outcome, StackRef, WakerCtx};
+use crate::symbolize::{Site, Symbols};
+use crate::syscalls;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    User,
+    Kernel,
+    /// Stands for what is not known: `[missed user stack]`, `[unknown: stripped]`.
+    Marker,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub name: Arc<str>,
+    pub kind: FrameKind,
+    pub site: Option<Site>,
+}
+
+/// An index into `Profile::stacks`.
+pub type StackId = u32;
+
+/// What put a thread on the run queue before it ran again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunqCause {
+    Wakeup,
+    Preemption,
+}
+
+/// One row of the profile: waits of one thread with the same stacks, kind, syscall,
+/// outcome, object and waker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The thread, as `comm-tid` (printable), when the rows are kept per thread
+    /// (`--per-thread`).
+    pub thread: Option<(u32, String)>,
+    pub kind: Kind,
+    /// The syscall's name, when the thread was in one.
+    pub syscall: Option<String>,
+    pub outcome: Outcome,
+    pub class: WaitClass,
+    /// What it waited on, in words (`futex 0x5000 (queue_lock in server)`).
+    pub object: Option<String>,
+    /// Who woke it, in words; None when nothing did (preempted, still waiting, or
+    /// wakers not recorded).
+    pub waker: Option<String>,
+    pub runq_cause: RunqCause,
+    pub stack: StackId,
+    /// The waker's stack, when it has one that belongs to the wakeup.
+    pub waker_stack: Option<StackId>,
+    /// Episodes (tracked syscalls) or off-CPU intervals (other).
+    pub count: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+}
+
+/// Sampled time of goroutines in one state at one stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineSample {
+    pub state: GState,
+    pub stack: StackId,
+    pub ns: u64,
+    pub samples: u64,
+    pub goroutines: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The process's name (printable) and pid.
+    pub process: String,
+    pub pid: u32,
+    pub session_ns: u64,
+    pub frames: Vec<Frame>,
+    /// Frame ids, root first.
+    pub stacks: Vec<Box<[u32]>>,
+    pub waits: Vec<Wait>,
+    pub goroutines: Vec<GoroutineSample>,
+}
+
+/// Interns frames (by the symbolizer's name allocation, or by text for markers) and
+/// stacks (by their frames).
+#[derive(Default)]
+struct Interner {
+    by_name: HashMap<(usize, FrameKind), u32>,
+    markers: HashMap<(String, FrameKind), u32>,
+    stacks: HashMap<Box<[u32]>, StackId>,
+    frames: Vec<Frame>,
+    stack_list: Vec<Box<[u32]>>,
+}
+
+impl Interner {
+    fn named(&mut self, name: &Arc<str>, kind: FrameKind, symbols: &Symbols) -> u32 {
+        let key = (Arc::as_ptr(name) as *const u8 as usize, kind);
+        if let Some(&id) = self.by_name.get(&key) {
+            return id;
+        }
+        let id = match symbols.sites.get(name) {
+            Some(site) => self.push(Frame {
+                name: name.clone(),
+                kind,
+                site: Some(site.clone()),
+            }),
+            // a name with no address: one the symbolizer made for what it could not
+            // name (`[unknown: stripped]`, made anew for each stack), or a test's
+            None if name.starts_with('[') => self.marker(name, FrameKind::Marker),
+            None => self.marker(name, kind),
+        };
+        self.by_name.insert(key, id);
+        id
+    }
+
+    fn marker(&mut self, name: &str, kind: FrameKind) -> u32 {
+        if let Some(&id) = self.markers.get(&(name.to_string(), kind)) {
+            return id;
+        }
+        let id = self.push(Frame {
+            name: Arc::from(crate::text::printable(name)),
+            kind,
+            site: None,
+        });
+        self.markers.insert((name.to_string(), kind), id);
+        id
+    }
+
+    fn push(&mut self, frame: Frame) -> u32 {
+        self.frames.push(frame);
+        (self.frames.len() - 1) as u32
+    }
+
+    fn stack(&mut self, frames: &[u32]) -> StackId {
+        if let Some(&id) = self.stacks.get(frames) {
+            return id;
+        }
+        let id = self.stack_list.len() as StackId;
+        self.stack_list.push(frames.into());
+        self.stacks.insert(frames.into(), id);
+        id
+    }
+
+    fn user(&mut self, stack: StackRef, symbols: &Symbols, out: &mut Vec<u32>) {
+        if let Some(frames) = stack.id().and_then(|id| symbols.user.get(&id)) {
+            out.extend(
+                frames
+                    .iter()
+                    .map(|f| self.named(f, FrameKind::User, symbols)),
+            );
+        } else if let Some(m) = fold::missing_user_stack(stack) {
+            out.push(self.marker(&m, FrameKind::Marker));
+        }
+    }
+
+    fn kernel(&mut self, stack: StackRef, symbols: &Symbols, c: &Collected, out: &mut Vec<u32>) {
+        if let Some(frames) = stack.id().and_then(|id| symbols.kernel.get(&id)) {
+            out.extend(
+                frames
+                    .iter()
+                    .map(|f| self.named(f, FrameKind::Kernel, symbols)),
+            );
+        } else if let StackRef::Proc(i) = stack {
+            // names read from /proc, with no address
+            for f in c.proc_kstacks.get(i as usize).into_iter().flatten() {
+                out.push(self.marker(f, FrameKind::Kernel));
+            }
+        } else if let Some(m) = fold::missing_kernel_stack(stack) {
+            out.push(self.marker(&m, FrameKind::Marker));
+        }
+    }
+}
+
+impl Profile {
+    /// The profile of a session: every row, and every goroutine sample with a stack.
+    pub fn build(collected: &Collected, symbols: &Symbols) -> Profile {
+        let mut interner = Interner::default();
+        let mut frames: Vec<u32> = Vec::new();
+        let threads: HashMap<u32, &str> = collected
+            .threads
+            .iter()
+            .map(|t| (t.tid, t.comm.as_str()))
+            .collect();
+        let mut waits = Vec::with_capacity(collected.rows.len());
+        for row in &collected.rows {
+            frames.clear();
+            interner.user(row.ustack, symbols, &mut frames);
+            interner.kernel(row.kstack, symbols, collected, &mut frames);
+            let stack = interner.stack(&frames);
+            let w = &row.waker;
+            let waker_stack = (w.ctx == WakerCtx::Task || w.ctx == WakerCtx::Interrupt)
+                .then(|| {
+                    frames.clear();
+                    if analyze::waker_task_relevant(w, symbols) {
+                        interner.user(w.ustack, symbols, &mut frames);
+                    }
+                    interner.kernel(w.kstack, symbols, collected, &mut frames);
+                    (!frames.is_empty()).then(|| interner.stack(&frames))
+                })
+                .flatten();
+            let comm = threads.get(&row.tid).copied().unwrap_or("?");
+            waits.push(Wait {
+                thread: (row.tid != 0).then(|| {
+                    (
+                        row.tid,
+                        format!("{}-{}", crate::text::printable(comm), row.tid),
+                    )
+                }),
+                kind: row.kind,
+                syscall: row.syscall.map(syscalls::name),
+                outcome: row.outcome,
+                class: analyze::class_of(row, symbols),
+                object: (row.object != 0)
+                    .then(|| analyze::object_label(row.kind, row.object, collected, symbols)),
+                waker: (w.ctx != WakerCtx::None)
+                    .then(|| analyze::waker_label(w, collected.pid, symbols)),
+                runq_cause: if w.ctx == WakerCtx::None {
+                    RunqCause::Preemption
+                } else {
+                    RunqCause::Wakeup
+                },
+                stack,
+                waker_stack,
+                count: row.count,
+                blocked_ns: row.blocked_ns,
+                runq_ns: row.runq_ns,
+            });
+        }
+        let mut goroutines = Vec::new();
+        if let Some(view) = &collected.goroutines {
+            for row in &view.rows {
+                frames.clear();
+                match row.stack {
+                    Some(id) => interner.user(StackRef::Id(id), symbols, &mut frames),
+                    None if row.raced => frames.push(interner.marker(
+                        "[unknown: the goroutine ran while it was read]",
+                        FrameKind::Marker,
+                    )),
+                    None => {}
+                }
+                goroutines.push(GoroutineSample {
+                    state: row.state.clone(),
+                    stack: interner.stack(&frames),
+                    ns: row.ns,
+                    samples: row.samples,
+                    goroutines: row.goroutines,
+                });
+            }
+        }
+        Profile {
+            process: crate::text::printable(&collected.comm).into_owned(),
+            pid: collected.pid,
+            session_ns: collected.end_ns.saturating_sub(collected.start_ns),
+            frames: interner.frames,
+            stacks: interner.stack_list,
+            waits,
+            goroutines,
+        }
+    }
+
+    /// A stack's frames, root first.
+    pub fn stack(&self, id: StackId) -> impl DoubleEndedIterator<Item = &Frame> {
+        self.stacks
+            .get(id as usize)
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .filter_map(|&f| self.frames.get(f as usize))
+    }
+
+    /// Whether a goroutine sample is idle waiting (`--hide-idle` leaves it out).
+    pub fn goroutine_idle(&self, g: &GoroutineSample) -> bool {
+        let names: Vec<&str> = self.stack(g.stack).map(|f| &*f.name).collect();
+        crate::runtime::go::classify::is_idle(&g.state, &names)
+    }
+}
