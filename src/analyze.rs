@@ -784,18 +784,78 @@ fn worth_a_finding(ns: u64, off_cpu: u64) -> bool {
     ns >= 1_000_000 && ns * 100 >= off_cpu
 }
 
-/// The session's findings in plain words, most important first, from the session's
-/// `objects` and `runq` threads (as `objects` and `runq_threads` give them).
+/// What a finding is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Threads that waited the whole session, or in a cycle.
+    Hang,
+    /// A listener's accept queue reached its limit.
+    AcceptOverflow,
+    /// A futex waited on by threads that held it in turn.
+    LockContention,
+    /// An object waited on with nothing to do: not a latency cost.
+    Idle,
+    /// Any other object waited on long (an epoll fd, a listener, a futex).
+    WaitObject,
+    /// Threads runnable with no CPU.
+    CpuStarvation,
+    /// An epoll fd nobody polled for long.
+    PollGap,
+    /// A Go program's goroutines: parked, runnable for a P, in system calls.
+    GoroutineWait,
+    GoroutineLockContention,
+    GoroutineStarvation,
+    GoroutineSyscall,
+}
+
+/// One finding: its kind, the time that ranks it, what it is about, and its words.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub what: FindingKind,
+    /// The time it is about (ns); None for what outranks any time (a hang, dropped
+    /// connections).
+    pub ns: Option<u64>,
+    /// The one thing it is about, named as the summary names it (`futex 0x.. (LOCK in
+    /// server)`, `listener 0.0.0.0:80`, `epoll fd 5`), if it is about one.
+    pub subject: Option<String>,
+    /// The finding in words, as the summary prints it.
+    pub text: String,
+}
+
+impl Finding {
+    fn new(what: FindingKind, ns: u64, subject: Option<String>, text: String) -> Finding {
+        Finding {
+            what,
+            ns: (ns != RANK_DROPS).then_some(ns),
+            subject,
+            text,
+        }
+    }
+
+    fn rank(&self) -> u64 {
+        self.ns.unwrap_or(RANK_DROPS)
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The session's findings, most important first, from the session's `objects` and
+/// `runq` threads (as `objects` and `runq_threads` give them).
 pub fn findings(
     collected: &Collected,
     symbols: &Symbols,
     objects: &[ObjectReport],
     runq: &[RunqReport],
-) -> Vec<String> {
-    let mut found: Vec<(u64, String)> = Vec::new();
+) -> Vec<Finding> {
+    let mut found: Vec<Finding> = Vec::new();
     // a hang outranks everything: nothing else happens while threads wait for good
     if let Some(h) = hang_finding(collected, &still_waiting(collected, symbols)) {
-        found.push((RANK_DROPS, h));
+        found.push(Finding::new(FindingKind::Hang, RANK_DROPS, None, h));
     }
     let off_cpu: u64 = collected
         .rows
@@ -806,8 +866,10 @@ pub fn findings(
         if l.drops == 0 && l.at_limit == 0 {
             continue;
         }
-        found.push((
+        found.push(Finding::new(
+            FindingKind::AcceptOverflow,
             RANK_DROPS,
+            Some(format!("listener {}", listener_name(l))),
             format!(
                 "listener {}: the accept queue reached its limit of {} in {} of {} accepts; \
                  {} connections dropped (accept queue overflow) {}",
@@ -829,27 +891,36 @@ pub fn findings(
         }
         let name = object_name(r, collected, symbols);
         let woken = woken_words(&r.wakers, r.blocked_ns);
-        let text = match (r.kind, r.class) {
-            (Kind::Futex, WaitClass::Contended) => format!(
-                "{name}: lock contention, {} waited by {} in {} waits{woken}",
-                secs(r.ns),
-                threads(r.threads),
-                r.waits
+        let (what, text) = match (r.kind, r.class) {
+            (Kind::Futex, WaitClass::Contended) => (
+                FindingKind::LockContention,
+                format!(
+                    "{name}: lock contention, {} waited by {} in {} waits{woken}",
+                    secs(r.ns),
+                    threads(r.threads),
+                    r.waits
+                ),
             ),
-            (_, WaitClass::Idle) => format!(
-                "{name}: idle, {} waited by {} with nothing to do ({}); not a latency cost",
-                secs(r.ns),
-                threads(r.threads),
-                outcome_words(r)
+            (_, WaitClass::Idle) => (
+                FindingKind::Idle,
+                format!(
+                    "{name}: idle, {} waited by {} with nothing to do ({}); not a latency cost",
+                    secs(r.ns),
+                    threads(r.threads),
+                    outcome_words(r)
+                ),
             ),
-            _ => format!(
-                "{name}: {} waited by {} ({}){woken}",
-                secs(r.ns),
-                threads(r.threads),
-                outcome_words(r)
+            _ => (
+                FindingKind::WaitObject,
+                format!(
+                    "{name}: {} waited by {} ({}){woken}",
+                    secs(r.ns),
+                    threads(r.threads),
+                    outcome_words(r)
+                ),
             ),
         };
-        found.push((r.blocked_ns, text));
+        found.push(Finding::new(what, r.blocked_ns, Some(name), text));
     }
     let total: u64 = runq.iter().map(|r| r.ns).sum();
     if worth_a_finding(total, off_cpu) {
@@ -868,8 +939,10 @@ pub fn findings(
             )
         });
         let worst = &runq[0];
-        found.push((
+        found.push(Finding::new(
+            FindingKind::CpuStarvation,
             total,
+            None,
             format!(
                 "{} waited {} for a CPU{}: {} after a wakeup, {} after preemption{p99}; \
                  most: {}-{} ({})",
@@ -899,8 +972,10 @@ pub fn findings(
         } else {
             format!("epoll fd {}", p.fd)
         };
-        found.push((
+        found.push(Finding::new(
+            FindingKind::PollGap,
             p.gap_max_ns,
+            Some(format!("epoll fd {}", p.fd)),
             format!(
                 "{who} was not polled for {} (until +{}, when {} polled it; {} gaps, p99 under {q99}): \
                  an event that became ready waited that long before anyone looked",
@@ -912,10 +987,14 @@ pub fn findings(
         ));
     }
     if let Some(view) = &collected.goroutines {
-        found.extend(crate::runtime::go::report::findings(view, symbols));
+        found.extend(
+            crate::runtime::go::report::findings(view, symbols)
+                .into_iter()
+                .map(|(what, ns, text)| Finding::new(what, ns, None, text)),
+        );
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    found.into_iter().map(|(_, t)| t).collect()
+    found.sort_by(|a, b| b.rank().cmp(&a.rank()).then(a.text.cmp(&b.text)));
+    found
 }
 
 fn outcome_words(r: &ObjectReport) -> String {

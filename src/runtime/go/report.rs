@@ -339,7 +339,11 @@ pub fn write(
 }
 
 /// Findings for Go: (rank in ns, words).
-pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
+pub fn findings(
+    view: &GoroutineView,
+    symbols: &Symbols,
+) -> Vec<(crate::analyze::FindingKind, u64, String)> {
+    use crate::analyze::FindingKind as F;
     let mut found = Vec::new();
     // worth saying: at least 5% of the goroutine time that was not idle
     let costly: u64 = view
@@ -353,17 +357,23 @@ pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
         if !worth(h.ns) {
             continue;
         }
-        let text = match state {
-            GState::Waiting(_) if h.lock.is_some() => format!(
-                "`{}` in `{place}`: {} over {} goroutines (lock contention)",
-                h.lock.unwrap_or_default(),
-                secs(h.ns),
-                h.goroutines
+        let (what, text) = match state {
+            GState::Waiting(_) if h.lock.is_some() => (
+                F::GoroutineLockContention,
+                format!(
+                    "`{}` in `{place}`: {} over {} goroutines (lock contention)",
+                    h.lock.unwrap_or_default(),
+                    secs(h.ns),
+                    h.goroutines
+                ),
             ),
-            GState::Waiting(r) => format!(
-                "{} goroutines waited {} in `{place}` ({r})",
-                h.goroutines,
-                secs(h.ns)
+            GState::Waiting(r) => (
+                F::GoroutineWait,
+                format!(
+                    "{} goroutines waited {} in `{place}` ({r})",
+                    h.goroutines,
+                    secs(h.ns)
+                ),
             ),
             GState::Runnable => {
                 let ran = running(view, symbols);
@@ -381,22 +391,25 @@ pub fn findings(view: &GoroutineView, symbols: &Symbols) -> Vec<(u64, String)> {
                         .unwrap_or_default(),
                     _ => String::new(),
                 };
-                format!(
+                (F::GoroutineStarvation, format!(
                     "goroutines waited {} runnable for a P (at most {} at once, {runtime_p99}spells p99 {}, sampled), in `{place}`{}",
                     secs(h.ns),
                     view.runnable_max,
                     quantile(&view.runnable_spells_ns, 0.99).map_or("-".to_string(), secs),
                     if who.is_empty() { String::new() } else { format!("; running meanwhile: {who}") }
-                )
+                ))
             }
-            GState::Syscall => format!(
-                "{} goroutines spent {} in system calls in `{place}`",
-                h.goroutines,
-                secs(h.ns)
+            GState::Syscall => (
+                F::GoroutineSyscall,
+                format!(
+                    "{} goroutines spent {} in system calls in `{place}`",
+                    h.goroutines,
+                    secs(h.ns)
+                ),
             ),
             GState::Running => continue,
         };
-        found.push((h.ns, text));
+        found.push((what, h.ns, text));
     }
     found
 }
