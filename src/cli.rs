@@ -48,6 +48,11 @@ pub struct Args {
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
+    /// Also write the summary's facts as JSON (schema waitprof.summary/1) to PATH, or to
+    /// standard output with `-`.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
     /// Leave out of the flame graph waits shorter than this (1ms, 200us; a bare number is
     /// microseconds, as in offcputime -m). They are still counted in the summary.
     #[arg(long, value_name = "TIME", default_value = "0")]
@@ -155,6 +160,7 @@ pub struct Config {
     pub tid: Option<u32>,
     pub duration: Option<Duration>,
     pub output: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     pub min_block: Duration,
     pub kinds: Vec<Kind>,
     pub per_thread: bool,
@@ -268,6 +274,7 @@ impl Config {
             tid: args.tid,
             duration,
             output: args.output,
+            json: args.json,
             min_block,
             kinds: parse_kinds(&args.kinds)?,
             per_thread: args.per_thread,

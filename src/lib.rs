@@ -49,6 +49,11 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         &export::files::file_stamp(),
     );
     let out_dir = export::files::OutputDir::open(&paths, cfg.output.is_none())?;
+    // `--json`: its directory opened now, so a bad path fails before the session
+    let json_dir = match cfg.json.as_deref() {
+        Some(p) if p != std::path::Path::new("-") => Some(export::files::OutputDir::open_named(p)?),
+        _ => None,
+    };
 
     let mut symbolizer = symbolize::Symbolizer::new(target.pid);
     let mut storage = session::new_storage();
@@ -162,6 +167,34 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     eprint!("{summary}");
     if aborted() {
         return Err(Interrupted("while writing the profile: no file was written").into());
+    }
+    if let Some(path) = cfg.json.as_deref() {
+        let objects = analyze::objects(&collected, &symbols);
+        let runq = analyze::runq_threads(&collected);
+        let findings = analyze::findings(&collected, &symbols, &objects, &runq);
+        let json = export::json::to_vec(&export::json::summary(&collected, &symbols, &findings))?;
+        match &json_dir {
+            None => {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&json)
+                    .and_then(|()| std::io::stdout().flush())
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot write the JSON summary to standard output: {e}")
+                    })?;
+            }
+            Some(dir) => {
+                let file = [(path, export::files::Content::Bytes(&json))];
+                dir.write_all(&file, &aborted, || {
+                    Interrupted("while writing the JSON summary: it was not written").into()
+                })?;
+                eprintln!(
+                    "waitprof: wrote the summary's facts to {} (JSON, {})",
+                    path.display(),
+                    export::json::SCHEMA
+                );
+            }
+        }
     }
     let mut outputs = Vec::new();
     for d in drawn {

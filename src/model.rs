@@ -249,7 +249,7 @@ impl ThreadTotals {
 }
 
 /// What the session could not see, counted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Losses {
     pub rows_dropped: u64,
     pub rows_dropped_ns: u64,

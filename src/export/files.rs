@@ -165,16 +165,30 @@ impl OutputDir {
         let dir = if default {
             Self::open_default(&path, owner)?
         } else {
-            // a directory the user named: its path is theirs to choose, symlinks and all
-            std::fs::create_dir_all(&path).with_context(|| {
-                format!("cannot create the output directory {}", path.display())
-            })?;
-            let fd = rustix::fs::open(&path, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .with_context(|| format!("cannot open the output directory {}", path.display()))?;
-            OutputDir { fd, path, owner }
+            Self::open_named_dir(path, owner)?
         };
         dir.check_writable()?;
         Ok(dir)
+    }
+
+    /// The directory of a file the user named (`--json PATH`), created if missing.
+    pub fn open_named(file: &Path) -> Result<OutputDir> {
+        let path = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = Self::open_named_dir(path, sudo_user())?;
+        dir.check_writable()?;
+        Ok(dir)
+    }
+
+    /// A directory the user named: its path is theirs to choose, symlinks and all.
+    fn open_named_dir(path: PathBuf, owner: Option<(u32, u32)>) -> Result<OutputDir> {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create the output directory {}", path.display()))?;
+        let fd = rustix::fs::open(&path, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .with_context(|| format!("cannot open the output directory {}", path.display()))?;
+        Ok(OutputDir { fd, path, owner })
     }
 
     /// `flamegraphs/` in the current directory: created if missing (and handed to the

@@ -1,10 +1,11 @@
 //! Exports: every file a session writes, and the one writer that puts them on disk all
 //! or none. Each format has its own module (`flamegraph`: inferno SVG; `pprof`: gzipped
-//! profile.proto); `files` owns how a file reaches the disk safely (directory fd,
+//! profile.proto; `json`: the summary's facts); `files` owns how a file reaches the disk safely (directory fd,
 //! `O_EXCL|O_NOFOLLOW`, rename into place).
 
 pub mod files;
 pub mod flamegraph;
+pub mod json;
 pub mod pprof;
 
 use std::path::PathBuf;

@@ -359,6 +359,11 @@ pub fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what
                             && names.contains(&format!("{stem}.folded"))
                     }
                     Some((stem, "folded")) => names.contains(&format!("{stem}.svg")),
+                    // a pprof profile beside its SVG, whole: it decodes
+                    Some((stem, "gz")) => stem.strip_suffix(".pb").is_some_and(|stem| {
+                        names.contains(&format!("{stem}.svg"))
+                            && pprof_strings(&dir.join(name)).is_some()
+                    }),
                     _ => false,
                 };
                 assert!(
@@ -372,6 +377,19 @@ pub fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what
             "{what}: wrote {names:?} and exited {code:?}"
         ),
     }
+}
+
+/// The string table of a gzipped pprof profile, if it decodes as one.
+pub fn pprof_strings(path: &std::path::Path) -> Option<Vec<String>> {
+    use prost::Message;
+    use std::io::Read;
+    let gz = std::fs::read(path).ok()?;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz.as_slice())
+        .read_to_end(&mut raw)
+        .ok()?;
+    let p = waitprof::export::pprof::proto::Profile::decode(raw.as_slice()).ok()?;
+    Some(p.string_table)
 }
 
 /// Sends `signal` to `waitprof -p` (on a parked fixture) `delay_ms` after starting it, for

@@ -286,3 +286,110 @@ fn pprof_labels_the_lock_and_its_waker() {
         wakers.text
     );
 }
+
+/// The lock fixture with `--json`: the JSON's facts are the summary's and the folded
+/// file's (the kinds' total, each kind's calls, the findings in their order), and the
+/// lock's finding is typed, with the lock as its subject.
+#[test]
+fn json_holds_the_summarys_facts() {
+    let _s = root_session();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("facts/session.json");
+    let path_arg = path.to_string_lossy().into_owned();
+    let run = profile_fixture(&["--json", &path_arg], &["lock", "20", "20"]);
+    let _ = run.folded();
+    let text = std::fs::read_to_string(&path).expect("the JSON file is written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(v["schema"], "waitprof.summary/1");
+    assert!(
+        run.stderr().contains("wrote the summary's facts to"),
+        "{}",
+        run.stderr()
+    );
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"));
+    let kinds = v["kinds"].as_array().expect("kinds");
+    let off_cpu: u64 = kinds
+        .iter()
+        .map(|k| n(&k["blocked_ns"]) + n(&k["run_queue_ns"]))
+        .sum();
+    let (us, lines) = folded_us(&run.folded_path);
+    assert!(
+        off_cpu.abs_diff(us * 1000) <= 500 * lines as u64,
+        "JSON {off_cpu} ns, folded {us} us"
+    );
+    // each kind's count is the summary's (`futex  1.20 s (...), 60 calls: ...`)
+    for k in kinds.iter().filter(|k| n(&k["count"]) > 0) {
+        let name = k["kind"].as_str().expect("a kind");
+        let line = run.kind_line(name);
+        assert!(
+            line.contains(&format!("), {} ", n(&k["count"]))),
+            "{name}: {} in JSON, summary: {line}",
+            n(&k["count"])
+        );
+    }
+    // the findings, in the summary's order and words
+    let stderr = run.stderr();
+    let listed: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("findings"))
+        .skip(1)
+        .map(|l| l.trim_start().split_once(". ").map_or(l, |(_, t)| t))
+        .collect();
+    let findings = v["findings"].as_array().expect("findings");
+    assert!(!findings.is_empty(), "no findings in:\n{text}");
+    for (f, line) in findings.iter().zip(&listed) {
+        assert_eq!(f["text"].as_str(), Some(*line));
+    }
+    let lock = findings
+        .iter()
+        .find(|f| f["what"] == "lock_contention")
+        .unwrap_or_else(|| panic!("no lock contention finding in:\n{text}"));
+    assert!(
+        lock["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("QUEUE_LOCK")),
+        "{lock}"
+    );
+    let object = v["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["name"].as_str().is_some_and(|s| s.contains("QUEUE_LOCK")))
+        .unwrap_or_else(|| panic!("no QUEUE_LOCK object in:\n{text}"));
+    assert_eq!(object["class"], "lock_contention");
+    assert_eq!(n(&object["threads"]), 3, "{object}");
+    assert_eq!(
+        lock["ns"], object["blocked_ns"],
+        "the finding's time is the lock's"
+    );
+}
+
+/// `--json` to a place that cannot be written fails before the session, with its path.
+#[test]
+fn json_to_an_unwritable_path_fails_first() {
+    let _s = root_session();
+    let out = Command::new(WAITPROF)
+        .args([
+            "-d",
+            "1s",
+            "--json",
+            "/proc/waitprof/s.json",
+            "--",
+            FIXTURE,
+            "sleep",
+            "1",
+            "1",
+        ])
+        .output()
+        .expect("waitprof");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the output directory /proc/waitprof"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("recording"),
+        "the session started: {stderr}"
+    );
+}
