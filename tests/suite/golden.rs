@@ -593,6 +593,33 @@ fn pprof_total(gz: &[u8], index: usize) -> i64 {
 }
 
 #[test]
+fn golden_json() {
+    use waitprof::analyze;
+    use waitprof::export::json;
+    for (name, (collected, symbols)) in [("server.json", profile()), ("go.json", go_profile())] {
+        let objects = analyze::objects(&collected, &symbols);
+        let runq = analyze::runq_threads(&collected);
+        let findings = analyze::findings(&collected, &symbols, &objects, &runq);
+        let text = json::to_vec(&json::summary(&collected, &symbols, &findings)).expect("JSON");
+        let text = String::from_utf8(text).expect("utf-8");
+        golden(name, &text);
+        // the summary's findings, in its words and order
+        let summary = summary::render(&collected, &symbols, 5, false);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        for (i, f) in v["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .take(8)
+            .enumerate()
+        {
+            let line = format!("  {}. {}\n", i + 1, f["text"].as_str().expect("text"));
+            assert!(summary.contains(&line), "{line} not in:\n{summary}");
+        }
+    }
+}
+
+#[test]
 fn golden_pprof() {
     use waitprof::export::pprof::{encode, PprofOptions};
     use waitprof::profile::Profile;
