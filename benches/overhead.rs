@@ -66,6 +66,8 @@ enum Tool {
     WaitprofNoWakers,
     /// Frame pointers only: what the unwind tables cost.
     WaitprofFp,
+    /// Every switch and wakeup sent to user space too: what the timeline costs.
+    WaitprofTimeline,
     Offcputime,
     /// Empty BPF programs on sched_switch, sched_waking and sys_exit: what the kernel's
     /// statistics (two clock reads a run) and the hook's dispatch cost by themselves.
@@ -79,6 +81,7 @@ impl Tool {
             Tool::Waitprof => "waitprof",
             Tool::WaitprofNoWakers => "waitprof --no-wakers",
             Tool::WaitprofFp => "waitprof --unwind fp",
+            Tool::WaitprofTimeline => "waitprof --timeline",
             Tool::Offcputime => "offcputime",
             Tool::Empty => "empty programs (floor)",
         }
@@ -183,15 +186,18 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
                 attach: t.elapsed(),
             }));
         }
-        Tool::Waitprof | Tool::WaitprofNoWakers | Tool::WaitprofFp => Command::new(WAITPROF)
-            .args(["-p", &pid.to_string(), "-o"])
-            .arg(dir.join("bench.svg"))
-            .args((tool == Tool::WaitprofNoWakers).then_some("--no-wakers"))
-            .args((tool == Tool::WaitprofFp).then_some("--unwind=fp"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting waitprof: {e}"))?,
+        Tool::Waitprof | Tool::WaitprofNoWakers | Tool::WaitprofFp | Tool::WaitprofTimeline => {
+            Command::new(WAITPROF)
+                .args(["-p", &pid.to_string(), "-o"])
+                .arg(dir.join("bench.svg"))
+                .args((tool == Tool::WaitprofNoWakers).then_some("--no-wakers"))
+                .args((tool == Tool::WaitprofFp).then_some("--unwind=fp"))
+                .args((tool == Tool::WaitprofTimeline).then_some("--timeline"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("starting waitprof: {e}"))?
+        }
         Tool::Offcputime => Command::new("offcputime")
             .args(["-p", &pid.to_string()])
             .stdout(Stdio::null())
@@ -441,11 +447,12 @@ impl Drop for Parked {
     }
 }
 
-const TOOLS: [Tool; 5] = [
+const TOOLS: [Tool; 6] = [
     Tool::None,
     Tool::Waitprof,
     Tool::WaitprofNoWakers,
     Tool::WaitprofFp,
+    Tool::WaitprofTimeline,
     Tool::Offcputime,
 ];
 

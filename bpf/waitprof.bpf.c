@@ -54,6 +54,7 @@ __u64 session_start_ns = 0;
 __u64 session_end_ns = 0;
 __u64 stats[WP_STAT_COUNT] = {};
 const volatile struct wp_enums enums_for_rust = {};
+const volatile struct wp_event event_for_rust = {};
 
 /* Sizes are set by user space before load (bpf_map__set_max_entries). */
 struct {
@@ -156,6 +157,36 @@ static __always_inline void stat_add(enum wp_stat which, __u64 v)
 {
 	if (which < WP_STAT_COUNT)
 		__sync_fetch_and_add(&stats[which], v);
+}
+
+/* --timeline's events (max_entries set by user space: a page when it is off) */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1);
+} timeline SEC(".maps");
+
+static __always_inline struct wp_event *timeline_reserve(__u8 type, __u32 tid, __u64 now)
+{
+	struct wp_event *ev = bpf_ringbuf_reserve(&timeline, sizeof(*ev), 0);
+
+	if (!ev) {
+		stat_add(WP_STAT_TIMELINE_DROPPED, 1);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->tid = tid;
+	ev->ts = now;
+	return ev;
+}
+
+/* User space is woken only once the buffer is half full: it reads on a timer otherwise. */
+static __always_inline void timeline_submit(struct wp_event *ev)
+{
+	__u64 avail = bpf_ringbuf_query(&timeline, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&timeline, BPF_RB_RING_SIZE);
+
+	bpf_ringbuf_submit(ev, avail > size / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* The value under `key`, inserted as `init` if missing; NULL when the map is full. */
@@ -793,8 +824,9 @@ static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
 	p->reuses = 0;
 }
 
-static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u32 tid,
-				       bool preempt, bool runnable, __u64 now)
+static __always_inline struct thread_state *switch_out(void *ctx, struct task_struct *prev,
+						       __u32 tid, bool preempt, bool runnable,
+						       __u64 now)
 {
 	struct thread_state *ts = bpf_map_lookup_elem(&threads, &tid);
 	__u64 ustack, kstack;
@@ -805,10 +837,10 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 	if (!ts) {
 		/* an exiting thread was already reported by sched_process_exit */
 		if (BPF_CORE_READ(prev, flags) & PF_EXITING)
-			return;
+			return 0;
 		ts = thread_new(tid, session_start_ns, WP_TF_ON_CPU);
 		if (!ts)
-			return;
+			return 0;
 		bpf_get_current_comm(ts->comm, sizeof(ts->comm));
 	}
 	if (ts->flags & WP_TF_ON_CPU)
@@ -830,7 +862,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 			if (kind == WP_KIND_EPOLL && !runnable && ts->object &&
 			    !(ts->flags & WP_TF_POLL_WATCHING))
 				poll_blocked(ts, ts->object - 1, now);
-			return;
+			return ts;
 		}
 		/* sys_exit was missed (exec, a restarted call): do not merge two calls */
 		close_episode(ts, WP_OUT_END_UNSEEN);
@@ -839,7 +871,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 	ts->syscall = nr;
 	if (!kind_enabled(kind)) {
 		ts->cur_ustack = ts->cur_kstack = WP_STACK_NOT_CAPTURED;
-		return;
+		return ts;
 	}
 	stacks_at(ctx, ts, prev, regs, preempt, SCRATCH_SCHED, &ustack, &kstack);
 	if (kind != WP_KIND_OTHER) {
@@ -855,6 +887,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
 		ts->cur_ustack = ustack;
 		ts->cur_kstack = kstack;
 	}
+	return ts;
 }
 
 static __always_inline void switch_in(struct thread_state *ts, __u64 now)
@@ -951,9 +984,19 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 	if (out)
 		check_preempt_count();
 	/* runnable < 0: read from prev's state, only for the target's own switch-out */
-	if (out)
-		switch_out(ctx, prev, (__u32)id, preempt,
-			   runnable < 0 ? task_runnable(preempt, prev) : runnable, now);
+	if (out) {
+		bool still = runnable < 0 ? task_runnable(preempt, prev) : runnable;
+		struct wp_event *ev;
+
+		ts = switch_out(ctx, prev, (__u32)id, preempt, still, now);
+		if (cfg.timeline && ts && (ev = timeline_reserve(WP_EV_OFF, (__u32)id, now))) {
+			ev->kind = ts->kind;
+			ev->syscall = ts->syscall;
+			ev->object = ts->flags & WP_TF_IN_EPISODE ? ts->object : 0;
+			ev->runnable = still;
+			timeline_submit(ev);
+		}
+	}
 	if (!in)
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &next_tid);
@@ -968,6 +1011,12 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), next_task->comm);
 	}
 	switch_in(ts, now);
+	if (cfg.timeline) {
+		struct wp_event *ev = timeline_reserve(WP_EV_ON, next_tid, now);
+
+		if (ev)
+			timeline_submit(ev);
+	}
 	return 0;
 }
 
@@ -1119,6 +1168,22 @@ static __always_inline int on_waking(void *ctx, __u32 tid, __u32 tgid, bool tgid
 		capture_waker(ctx, &ts->waking,
 			      fresh ? ~0ULL : ts->flags & WP_TF_ON_CPU ? 0 : now - ts->out_ts);
 	ts->waking_ts = now;
+	if (cfg.timeline) {
+		struct wp_event *ev = timeline_reserve(WP_EV_WAKE, tid, now);
+		__u64 id = bpf_get_current_pid_tgid();
+
+		if (ev) {
+			if (cfg.wakers) {
+				ev->waker_ctx = ts->waking.ctx;
+				ev->waker_tid = ts->waking.tid;
+				ev->waker_tgid = ts->waking.tgid;
+			} else {
+				ev->waker_tid = (__u32)id;
+				ev->waker_tgid = id >> 32;
+			}
+			timeline_submit(ev);
+		}
+	}
 	return 0;
 }
 

@@ -295,7 +295,29 @@ enum wp_stat {
 	WP_STAT_WAKER_DIFFERED,    /* ... and found different */
 	WP_STAT_WAKER_WALKED_NS,   /* blocked time ended by a wakeup whose waker stacks were walked */
 	WP_STAT_WAKER_REUSED_NS,   /* ... whose waker stacks were reused */
+	WP_STAT_TIMELINE_DROPPED,  /* --timeline: events lost, the ring buffer full */
 	WP_STAT_COUNT,
+};
+
+/* --timeline: the events a thread's states over the session are rebuilt from */
+enum wp_event_type {
+	WP_EV_OFF = 1,  /* switched out: blocked, or preempted (still runnable) */
+	WP_EV_ON = 2,   /* switched in */
+	WP_EV_WAKE = 3, /* woken (sched_waking, on the waker's CPU) */
+};
+
+struct wp_event {
+	__u64 ts;
+	__u64 object;     /* WP_EV_OFF: what it waits on, as a row's object; 0 = nothing known */
+	__u32 tid;
+	__u32 waker_tid;  /* WP_EV_WAKE: the task that woke it (0 in an interrupt) */
+	__u32 waker_tgid;
+	__s32 syscall;    /* WP_EV_OFF: the syscall it is in, -1 = none */
+	__u8 type;        /* enum wp_event_type */
+	__u8 kind;        /* WP_EV_OFF: enum wp_kind */
+	__u8 runnable;    /* WP_EV_OFF: preempted, not blocked */
+	__u8 waker_ctx;   /* WP_EV_WAKE: enum wp_waker_ctx; WP_WAKER_NONE = not recorded */
+	__u32 __pad;
 };
 
 /* All tunables, written by user space between open and load. Zero means "off"/"all". */
@@ -314,6 +336,8 @@ struct wp_config {
 	__u32 wakers;
 	/* 1 = unwind the target's user stacks with its unwind tables where they are loaded */
 	__u32 dwarf;
+	/* 1 = send every switch and wakeup of the target's threads to the timeline ring buffer */
+	__u32 timeline;
 	/*
 	 * A wakeup that ends a wait this long or longer always has its waker's stacks walked;
 	 * a shorter one, from a thread in a syscall at a place seen before, reuses them (see
@@ -412,6 +436,7 @@ struct wp_enums {
 	enum wp_sysclass sysclass;
 	enum wp_outcome outcome;
 	enum wp_stat stat;
+	enum wp_event_type event_type;
 	enum wp_stack_marker stack_marker;
 	enum wp_thread_flag thread_flag;
 	enum wp_waker_ctx waker_ctx;

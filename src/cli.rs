@@ -83,6 +83,12 @@ pub struct Args {
     #[arg(long)]
     pub no_goroutines: bool,
 
+    /// Also record every switch and wakeup of the target's threads and write a Perfetto
+    /// trace (NAME.pftrace, open it at ui.perfetto.dev): each thread's running, blocked
+    /// (by syscall and object) and runnable slices, with wakeup arrows from the waker.
+    #[arg(long)]
+    pub timeline: bool,
+
     /// How to walk user stacks. dwarf: with the unwind tables (.eh_frame) of every file
     /// the target maps, so code built without frame pointers (Debian's glibc, nginx,
     /// redis) unwinds completely; code without tables (Go, JIT) by frame pointer. fp:
@@ -167,6 +173,7 @@ pub struct Config {
     pub hide_idle: bool,
     pub wakers: bool,
     pub goroutines: bool,
+    pub timeline: bool,
     pub attach: AttachMode,
     pub unwind: Unwind,
     pub unwind_rows: u32,
@@ -281,6 +288,7 @@ impl Config {
             hide_idle: args.hide_idle,
             wakers: !args.no_wakers,
             goroutines: !args.no_goroutines,
+            timeline: args.timeline,
             attach: args.attach,
             unwind: args.unwind,
             unwind_rows: args.unwind_rows,

@@ -23,6 +23,7 @@ use crate::model::Poll;
 use crate::model::Row;
 use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, OnCpu, Outcome};
 use crate::model::{Snapshots, StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
+use crate::model::{Timeline, TimelineEvent, TimelineWhat};
 use crate::session::{self, Attached, Profiled};
 use crate::signals::Stop;
 use crate::snapshot;
@@ -143,6 +144,36 @@ fn waker_of(w: &wp_waker) -> Waker {
     }
 }
 
+/// The most timeline events kept (48 bytes each): beyond them events are counted only.
+pub const TIMELINE_MAX_EVENTS: usize = 4_000_000;
+/// How often the timeline's ring buffer is read at least.
+const TIMELINE_READ_EVERY: Duration = Duration::from_millis(100);
+
+/// A timeline record from the kernel, typed; None for one of no known type.
+fn timeline_event(ev: &crate::bpf::wp_event) -> Option<TimelineEvent> {
+    use crate::bpf::wp_event_type as T;
+    let what = match T(u32::from(ev.r#type)) {
+        T::WP_EV_OFF => TimelineWhat::Off {
+            kind: Kind::from_raw(ev.kind),
+            syscall: u32::try_from(ev.syscall).ok(),
+            object: ev.object,
+            preempted: ev.runnable != 0,
+        },
+        T::WP_EV_ON => TimelineWhat::On,
+        T::WP_EV_WAKE => TimelineWhat::Wake {
+            ctx: WakerCtx::from_raw(ev.waker_ctx),
+            waker_tid: ev.waker_tid,
+            waker_tgid: ev.waker_tgid,
+        },
+        _ => return None,
+    };
+    Some(TimelineEvent {
+        ts: ev.ts,
+        tid: ev.tid,
+        what,
+    })
+}
+
 /// Runs the session until it ends, then reads everything out.
 pub fn run(
     attached: &mut Attached<'_>,
@@ -153,7 +184,27 @@ pub fn run(
 ) -> Result<Collected> {
     let exited: RefCell<Vec<ThreadTotals>> = RefCell::new(Vec::new());
     let unwind_wanted = Cell::new(false);
+    let timeline: RefCell<Option<Timeline>> = RefCell::new(cfg.timeline.then(|| Timeline {
+        wakers: cfg.wakers,
+        ..Timeline::default()
+    }));
     let mut builder = RingBufferBuilder::new();
+    if cfg.timeline {
+        builder.add(&attached.skel.maps.timeline, |data: &[u8]| {
+            let mut ev = crate::bpf::wp_event::default();
+            if let (Ok(()), Some(t)) = (
+                plain::copy_from_bytes(&mut ev, data),
+                timeline.borrow_mut().as_mut(),
+            ) {
+                if t.events.len() < TIMELINE_MAX_EVENTS {
+                    t.events.extend(timeline_event(&ev));
+                } else {
+                    t.dropped_beyond_limit += 1;
+                }
+            }
+            0
+        })?;
+    }
     builder.add(&attached.skel.maps.exits, |data: &[u8]| {
         let mut ts = thread_state::default();
         if plain::copy_from_bytes(&mut ts, data).is_ok() {
@@ -263,6 +314,10 @@ pub fn run(
     let sleep = Sleep::new(ringbuf.epoll_fd(), stop, target.pid);
     let end_reason = loop {
         let mut timeout = next_cache.saturating_duration_since(Instant::now());
+        // the timeline's events wake user space only when its buffer is half full
+        if cfg.timeline {
+            timeout = timeout.min(TIMELINE_READ_EVERY);
+        }
         if let Some(d) = cfg.duration {
             timeout = timeout.min(d.saturating_sub(started.elapsed()));
         }
@@ -367,6 +422,12 @@ pub fn run(
     };
     collected.threads = exited.into_inner();
     read_stats(attached, &mut collected.losses)?;
+    collected.timeline = timeline.into_inner().map(|mut t| {
+        // the ring buffer is filled from every CPU: nearly, not exactly, in time order
+        t.events.sort_by_key(|e| e.ts);
+        t.dropped_in_kernel = collected.losses.timeline_dropped;
+        t
+    });
     read_rows(attached, &mut collected)?;
     read_waiters(attached, &mut collected)?;
     read_listeners(attached, &mut collected)?;
@@ -435,6 +496,7 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         waker_stacks_differed: s(wp_stat::WP_STAT_WAKER_DIFFERED),
         waker_walked_ns: s(wp_stat::WP_STAT_WAKER_WALKED_NS),
         waker_reused_ns: s(wp_stat::WP_STAT_WAKER_REUSED_NS),
+        timeline_dropped: s(wp_stat::WP_STAT_TIMELINE_DROPPED),
         waker_reuse_off: waker_reuse_off(attached),
     };
     Ok(())

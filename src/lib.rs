@@ -208,9 +208,21 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_NOTHING_BLOCKED));
     }
-    let written = export::write_views(&out_dir, &paths, &outputs, &aborted, || {
-        Interrupted("while writing the profile: no file was written").into()
-    })?;
+    let timeline = export::perfetto::trace(&collected, &symbols);
+    let written = export::write_views(
+        &out_dir,
+        &paths,
+        &outputs,
+        timeline.as_deref(),
+        &aborted,
+        || Interrupted("while writing the profile: no file was written").into(),
+    )?;
+    if timeline.is_some() {
+        eprintln!(
+            "waitprof: wrote the timeline to {} (Perfetto: open it at https://ui.perfetto.dev)",
+            paths.timeline.display()
+        );
+    }
     eprintln!(
         "waitprof: wrote {} ({:.2} s after the session ended)",
         written

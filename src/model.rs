@@ -294,6 +294,8 @@ pub struct Losses {
     pub waker_stacks_differed: u64,
     pub waker_walked_ns: u64,
     pub waker_reused_ns: u64,
+    /// `--timeline` events the kernel could not send (its ring buffer full).
+    pub timeline_dropped: u64,
     /// Why no waker stack could be reused (every waker was walked), if so.
     pub waker_reuse_off: Option<&'static str>,
 }
@@ -517,6 +519,46 @@ pub struct Collected {
     /// A Go program's goroutines, sampled; None for other programs (or
     /// `--no-goroutines`).
     pub goroutines: Option<GoroutineView>,
+    /// Every switch and wakeup of the target's threads (`--timeline`).
+    pub timeline: Option<Timeline>,
+}
+
+/// One switch or wakeup of a target thread (`--timeline`), CLOCK_MONOTONIC ns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineEvent {
+    pub ts: u64,
+    pub tid: u32,
+    pub what: TimelineWhat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimelineWhat {
+    /// Switched out: blocked in `syscall` (on `object`, as a row's), or preempted.
+    Off {
+        kind: Kind,
+        syscall: Option<u32>,
+        object: u64,
+        preempted: bool,
+    },
+    On,
+    /// Woken, by a task (`waker_tid` of `waker_tgid`) or an interrupt (`ctx`).
+    Wake {
+        ctx: WakerCtx,
+        waker_tid: u32,
+        waker_tgid: u32,
+    },
+}
+
+/// The timeline's events, in time order, and what it lost.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub events: Vec<TimelineEvent>,
+    /// Events the kernel could not send (its ring buffer full).
+    pub dropped_in_kernel: u64,
+    /// Events beyond the most kept (`collect::TIMELINE_MAX_EVENTS`).
+    pub dropped_beyond_limit: u64,
+    /// Wakers were recorded (their context and thread), or only the running task.
+    pub wakers: bool,
 }
 
 /// A goroutine's state, as the Go runtime keeps it (`g.atomicstatus`).

@@ -37,6 +37,10 @@ pub const MAX_POLLED_FDS: u32 = 4096;
 const MAX_ONCPU_STACKS: u32 = 1 << 16;
 /// The exit records ring buffer: 2 MiB holds ~16k thread exits between two polls.
 const EXITS_RINGBUF_BYTES: u32 = 2 << 20;
+/// `--timeline`'s ring buffer: 16 MiB holds ~350k events (48 bytes each with the ring's
+/// header) between two reads, which come at least every 100 ms; the smallest (a page)
+/// when it is off.
+pub const TIMELINE_RINGBUF_BYTES: u32 = 16 << 20;
 
 /// The attach methods, in the order `auto` tries them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,6 +370,7 @@ fn configure(
     c.rows_per_thread = u32::from(cfg.per_thread);
     c.wakers = u32::from(cfg.wakers);
     c.dwarf = u32::from(cfg.unwind == crate::cli::Unwind::Dwarf);
+    c.timeline = u32::from(cfg.timeline);
     c.waker_walk_ns = WAKER_WALK.as_nanos() as u64;
     c.preempt_from_rq = preempt_count_from_run_queue().unwrap_or(0);
     let entry = interrupt_entry_text();
@@ -383,6 +388,11 @@ fn configure(
     open.maps.polls.set_max_entries(MAX_POLLED_FDS)?;
     open.maps.oncpu.set_max_entries(MAX_ONCPU_STACKS)?;
     open.maps.exits.set_max_entries(EXITS_RINGBUF_BYTES)?;
+    open.maps.timeline.set_max_entries(if cfg.timeline {
+        TIMELINE_RINGBUF_BYTES
+    } else {
+        rustix::param::page_size() as u32
+    })?;
     open.maps.unwind_rows.set_max_entries(match cfg.unwind {
         crate::cli::Unwind::Dwarf => cfg.unwind_rows,
         crate::cli::Unwind::Fp => 1,

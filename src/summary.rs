@@ -260,6 +260,16 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     } else {
         write_waker_walks(&mut out, l);
     }
+    if let Some(t) = &collected.timeline {
+        let _ = writeln!(
+            out,
+            "  timeline: {} events (every switch and wakeup of the target's threads), {} lost (the kernel's ring buffer full), {} beyond the {} kept",
+            t.events.len(),
+            t.dropped_in_kernel,
+            t.dropped_beyond_limit,
+            crate::collect::TIMELINE_MAX_EVENTS
+        );
+    }
     write_unwinding(&mut out, collected, symbols);
     write_snapshots(&mut out, collected, symbols);
     if let Some(view) = &collected.goroutines {

@@ -26,6 +26,8 @@ pub struct OutputPaths {
     pub svg: PathBuf,
     pub folded: PathBuf,
     pub pprof: PathBuf,
+    /// The Perfetto trace (`--timeline`; one per session, beside the main view's files).
+    pub timeline: PathBuf,
 }
 
 impl OutputPaths {
@@ -34,6 +36,7 @@ impl OutputPaths {
         OutputPaths {
             folded: svg.with_extension("folded"),
             pprof: svg.with_extension("pb.gz"),
+            timeline: svg.with_extension("pftrace"),
             svg,
         }
     }

@@ -39,6 +39,15 @@ pub struct Summary<'a> {
     /// What is sampled rather than exact.
     pub sampled: Vec<&'static str>,
     pub goroutines: Option<Goroutines>,
+    /// `--timeline`: the events recorded and lost; null without it.
+    pub timeline: Option<TimelineCounts>,
+}
+
+#[derive(Serialize)]
+pub struct TimelineCounts {
+    pub events: usize,
+    pub dropped_in_kernel: u64,
+    pub dropped_beyond_limit: u64,
 }
 
 #[derive(Serialize)]
@@ -421,6 +430,11 @@ pub fn summary<'a>(
                 raced_samples: g.raced,
                 unreadable_gs: g.unreadable_gs,
             }
+        }),
+        timeline: collected.timeline.as_ref().map(|t| TimelineCounts {
+            events: t.events.len(),
+            dropped_in_kernel: t.dropped_in_kernel,
+            dropped_beyond_limit: t.dropped_beyond_limit,
         }),
     }
 }

@@ -6,6 +6,7 @@
 pub mod files;
 pub mod flamegraph;
 pub mod json;
+pub mod perfetto;
 pub mod pprof;
 
 use std::path::PathBuf;
@@ -28,13 +29,14 @@ pub struct Drawn {
 /// an older run's files removed, so that they do not pass for this run's.
 const OTHER_VIEWS: [View; 3] = [View::OffWake, View::RunQueue, View::Goroutines];
 
-/// Writes every drawn view (its folded stacks, its SVG and its pprof profile) into
-/// `dir`, all or none, and removes the files of views not drawn. Returns the SVGs'
+/// Writes every drawn view (its folded stacks, its SVG and its pprof profile), and the
+/// Perfetto trace if there is one, into `dir`, all or none, and removes the files of views not drawn. Returns the SVGs'
 /// paths, in the views' order.
 pub fn write_views(
     dir: &OutputDir,
     paths: &OutputPaths,
     drawn: &[Drawn],
+    timeline: Option<&[u8]>,
     aborted: &dyn Fn() -> bool,
     interrupted: impl Fn() -> anyhow::Error,
 ) -> Result<Vec<PathBuf>> {
@@ -43,7 +45,7 @@ pub fn write_views(
         .iter()
         .map(|d| move |out: &mut dyn std::io::Write| d.folded.write_to(out))
         .collect();
-    let files: Vec<(&std::path::Path, Content<'_>)> = drawn
+    let mut files: Vec<(&std::path::Path, Content<'_>)> = drawn
         .iter()
         .zip(&of)
         .zip(&writers)
@@ -59,6 +61,10 @@ pub fn write_views(
             .flatten()
         })
         .collect();
+    match timeline {
+        Some(trace) => files.push((paths.timeline.as_path(), Content::Bytes(trace))),
+        None => dir.remove(&paths.timeline),
+    }
     dir.write_all(&files, aborted, interrupted)?;
     for d in drawn.iter().filter(|d| d.pprof.is_none()) {
         dir.remove(&paths.of(d.view).pprof);

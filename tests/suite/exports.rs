@@ -393,3 +393,280 @@ fn json_to_an_unwritable_path_fails_first() {
         "the session started: {stderr}"
     );
 }
+
+/// A protobuf text-format message as `protoc --decode` prints it.
+#[derive(Debug, Default)]
+struct Msg {
+    fields: Vec<(String, Field)>,
+}
+
+#[derive(Debug)]
+enum Field {
+    Scalar(String),
+    Msg(Msg),
+}
+
+impl Msg {
+    fn parse(lines: &mut std::str::Lines<'_>) -> Msg {
+        let mut m = Msg::default();
+        while let Some(line) = lines.next() {
+            let t = line.trim();
+            if t == "}" {
+                break;
+            }
+            if let Some(name) = t.strip_suffix(" {") {
+                m.fields
+                    .push((name.to_string(), Field::Msg(Msg::parse(lines))));
+            } else if let Some((k, v)) = t.split_once(": ") {
+                let v = v.trim_matches('"').to_string();
+                m.fields.push((k.to_string(), Field::Scalar(v)));
+            }
+        }
+        m
+    }
+
+    fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, f)| f)
+    }
+
+    fn msg<'a>(&'a self, key: &'a str) -> Option<&'a Msg> {
+        self.all(key).find_map(|f| match f {
+            Field::Msg(m) => Some(m),
+            Field::Scalar(_) => None,
+        })
+    }
+
+    fn scalar<'a>(&'a self, key: &'a str) -> Option<&'a str> {
+        self.all(key).find_map(|f| match f {
+            Field::Scalar(s) => Some(s.as_str()),
+            Field::Msg(_) => None,
+        })
+    }
+
+    fn num(&self, key: &str) -> Option<u64> {
+        self.scalar(key).and_then(|s| s.parse().ok())
+    }
+
+    fn nums(&self, key: &str) -> Vec<u64> {
+        self.all(key)
+            .filter_map(|f| match f {
+                Field::Scalar(s) => s.parse().ok(),
+                Field::Msg(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// A slice of a thread's timeline, as the trace says it.
+#[derive(Debug)]
+struct TraceSlice {
+    thread: String,
+    name: String,
+    from: u64,
+    to: u64,
+    flow_end: Vec<u64>,
+    annotations: Vec<(String, String)>,
+}
+
+/// The trace decoded by protoc from Perfetto's published perfetto_trace.proto (the one
+/// the perfetto-trace-proto crate ships): its thread slices, and each flow's source
+/// thread by id.
+fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
+    let proto_dir = perfetto_proto_dir();
+    let out = Command::new("protoc")
+        .arg("--decode=perfetto.protos.Trace")
+        .arg("-I")
+        .arg(&proto_dir)
+        .arg(proto_dir.join("protos/perfetto/trace/perfetto_trace.proto"))
+        .stdin(std::fs::File::open(path).expect("the trace"))
+        .output()
+        .expect("protoc (protobuf-compiler, installed by .ci/setup)");
+    assert!(
+        out.status.success(),
+        "protoc --decode failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let trace = Msg::parse(&mut text.lines());
+    let mut threads: HashMap<u64, String> = HashMap::new();
+    // each track's slice begun and not yet ended
+    let mut open: HashMap<u64, TraceSlice> = HashMap::new();
+    let mut slices = Vec::new();
+    let mut flows = HashMap::new();
+    for p in trace.all("packet").filter_map(|f| match f {
+        Field::Msg(m) => Some(m),
+        Field::Scalar(_) => None,
+    }) {
+        if let Some(d) = p.msg("track_descriptor") {
+            if let (Some(uuid), Some(t)) = (d.num("uuid"), d.msg("thread")) {
+                let name = t.scalar("thread_name").unwrap_or("").to_string();
+                threads.insert(uuid, format!("{name}/{}", t.num("tid").unwrap_or(0)));
+            }
+            continue;
+        }
+        let Some(e) = p.msg("track_event") else {
+            continue;
+        };
+        let ts = p.num("timestamp").expect("an event's timestamp");
+        let track = e.num("track_uuid").expect("an event's track");
+        let thread = threads.get(&track).cloned().unwrap_or_default();
+        match e.scalar("type") {
+            Some("TYPE_SLICE_BEGIN") => {
+                let annotations = e
+                    .all("debug_annotations")
+                    .filter_map(|f| match f {
+                        Field::Msg(a) => Some((
+                            a.scalar("name").unwrap_or("").to_string(),
+                            a.scalar("string_value").unwrap_or("").to_string(),
+                        )),
+                        Field::Scalar(_) => None,
+                    })
+                    .collect();
+                let begun = TraceSlice {
+                    thread: thread.clone(),
+                    name: e.scalar("name").unwrap_or("").to_string(),
+                    from: ts,
+                    to: ts,
+                    flow_end: e.nums("terminating_flow_ids"),
+                    annotations,
+                };
+                let prev = open.insert(track, begun);
+                assert!(prev.is_none(), "overlapping slices on {thread} at {ts}");
+            }
+            Some("TYPE_SLICE_END") => {
+                let mut slice = open
+                    .remove(&track)
+                    .unwrap_or_else(|| panic!("an end without a begin on {thread}"));
+                assert!(
+                    ts >= slice.from,
+                    "a slice ends before it begins on {thread}"
+                );
+                slice.to = ts;
+                slices.push(slice);
+            }
+            Some("TYPE_INSTANT") => {
+                for id in e.nums("flow_ids") {
+                    flows.insert(id, thread.clone());
+                }
+            }
+            other => panic!("an unexpected event type {other:?}"),
+        }
+    }
+    assert!(open.is_empty(), "slices left open: {open:?}");
+    (slices, flows)
+}
+
+/// Where the perfetto-trace-proto crate's sources (and its .proto files) are.
+fn perfetto_proto_dir() -> std::path::PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let src = home.join("registry/src");
+    std::fs::read_dir(&src)
+        .expect("cargo's registry sources")
+        .flatten()
+        .flat_map(|index| {
+            std::fs::read_dir(index.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with("perfetto-trace-proto-0.1.0")
+            })
+        })
+        .map(|p| p.join("perfetto"))
+        .expect("the perfetto-trace-proto crate in cargo's registry")
+}
+
+/// The sleep fixture with `--timeline`: the sleeper's 20 sleeps of 50 ms are 20 blocked
+/// slices in clock_nanosleep, each within ±5% of what the fixture asked, and every slice
+/// of its track is in time order with no overlap (protoc decodes the trace independently).
+#[test]
+fn timeline_slices_match_the_fixtures_timing() {
+    let _s = root_session();
+    let run = profile_fixture(&["--timeline"], &["sleep", "20", "50"]);
+    let _ = run.folded();
+    let (slices, _) = decode_trace(&run.svg.with_extension("pftrace"));
+    let sleeps: Vec<&TraceSlice> = slices
+        .iter()
+        .filter(|s| s.thread.starts_with("sleeper/") && s.name == "blocked: clock_nanosleep")
+        .collect();
+    assert_eq!(sleeps.len(), 20, "{sleeps:#?}");
+    for s in &sleeps {
+        let ms = (s.to - s.from) as f64 / 1e6;
+        assert!((47.5..=52.5).contains(&ms), "a sleep of {ms:.3} ms: {s:?}");
+        // a timer woke it: no arrow, and it says so
+        assert!(
+            s.annotations
+                .iter()
+                .any(|(k, v)| k == "woken by" && v == "an interrupt"),
+            "{s:?}"
+        );
+    }
+    // their total is the fixture's own measure (which adds the run-queue wait after each)
+    let blocked: u64 = sleeps.iter().map(|s| s.to - s.from).sum();
+    assert_close(
+        "timeline: sleep 20 50",
+        blocked,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    assert!(
+        run.stderr()
+            .contains(" 0 lost (the kernel's ring buffer full)"),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// The lock fixture with `--timeline`: each worker's waits on QUEUE_LOCK are blocked
+/// slices, and those a thread ended end in a runnable slice with an arrow from the
+/// thread that released the lock: the dispatcher (in release_job) or another worker.
+#[test]
+fn timeline_wakeup_flows_come_from_the_lock_holder() {
+    let _s = root_session();
+    let run = profile_fixture(&["--timeline"], &["lock", "20", "20"]);
+    let _ = run.folded();
+    let (slices, flows) = decode_trace(&run.svg.with_extension("pftrace"));
+    let on_lock: Vec<usize> = slices
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.thread.starts_with("worker-") && s.name.contains("QUEUE_LOCK"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(on_lock.len() >= 20, "{} waits on the lock", on_lock.len());
+    let mut from_dispatcher = 0;
+    let mut from_thread = 0;
+    for &i in &on_lock {
+        let s = &slices[i];
+        // the slice after it on the same track: runnable, woken by the releasing thread
+        let next = slices
+            .iter()
+            .filter(|n| n.thread == s.thread && n.from == s.to)
+            .find(|n| n.name.starts_with("runnable"));
+        let Some(next) = next else { continue };
+        let Some(source) = next.flow_end.first().and_then(|id| flows.get(id)) else {
+            continue;
+        };
+        assert!(
+            source.starts_with("dispatcher/") || source.starts_with("worker-"),
+            "woken from {source}: {next:?}"
+        );
+        assert_ne!(source, &s.thread, "a thread woke itself");
+        from_thread += 1;
+        from_dispatcher += usize::from(source.starts_with("dispatcher/"));
+    }
+    assert!(
+        from_thread * 10 >= on_lock.len() * 9,
+        "only {from_thread} of {} lock waits end in an arrow from a thread",
+        on_lock.len()
+    );
+    assert!(from_dispatcher > 0, "no wakeup from the dispatcher");
+}

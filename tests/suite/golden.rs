@@ -260,6 +260,7 @@ fn profile() -> (Collected, Symbols) {
             refreshes: 1,
         }),
         goroutines: None,
+        timeline: None,
     };
     let frames = |names: &[&str]| {
         names
@@ -590,6 +591,99 @@ fn pprof_total(gz: &[u8], index: usize) -> i64 {
         .expect("gzip");
     let p = waitprof::export::pprof::proto::Profile::decode(raw.as_slice()).expect("decoded");
     p.sample.iter().map(|s| s.value[index]).sum()
+}
+
+/// The Perfetto trace of a fixed timeline, decoded and resolved to text: tracks, then
+/// each event with its time, track, name, flows and annotations.
+#[test]
+fn golden_timeline() {
+    use prost::Message;
+    use std::fmt::Write;
+    use waitprof::model::{Timeline, TimelineEvent, TimelineWhat};
+    let (mut collected, symbols) = profile();
+    let off = |ts, tid, kind, syscall, object, preempted| TimelineEvent {
+        ts: ts * MS,
+        tid,
+        what: TimelineWhat::Off {
+            kind,
+            syscall,
+            object,
+            preempted,
+        },
+    };
+    let on = |ts, tid| TimelineEvent {
+        ts: ts * MS,
+        tid,
+        what: TimelineWhat::On,
+    };
+    let wake = |ts, tid, ctx, waker_tid, waker_tgid| TimelineEvent {
+        ts: ts * MS,
+        tid,
+        what: TimelineWhat::Wake {
+            ctx,
+            waker_tid,
+            waker_tgid,
+        },
+    };
+    collected.timeline = Some(Timeline {
+        events: vec![
+            // worker-1 blocks on the queue lock; worker-0 releases it and wakes it
+            off(100, 103, Kind::Futex, Some(202), 0x5000, false),
+            wake(400, 103, WakerCtx::Task, 102, 100),
+            on(410, 103),
+            // worker-0 sleeps in epoll; an interrupt wakes it
+            off(420, 102, Kind::Epoll, Some(232), 4, false),
+            wake(600, 102, WakerCtx::Interrupt, 0, 0),
+            on(602, 102),
+            // the acceptor is preempted, and runs again
+            off(700, 101, Kind::Other, None, 0, true),
+            on(705, 101),
+        ],
+        dropped_in_kernel: 3,
+        dropped_beyond_limit: 0,
+        wakers: true,
+    });
+    let bytes = waitprof::export::perfetto::trace(&collected, &symbols).expect("a trace");
+    let trace = perfetto_trace_proto::Trace::decode(bytes.as_slice()).expect("a Trace message");
+    let mut t = String::new();
+    for p in &trace.packet {
+        match &p.data {
+            Some(perfetto_trace_proto::trace_packet::Data::TrackDescriptor(d)) => {
+                let _ = writeln!(
+                    t,
+                    "track {} process {:?} thread {:?}",
+                    d.uuid.unwrap_or(0),
+                    d.process.as_ref().map(|p| (p.pid, p.process_name.clone())),
+                    d.thread
+                        .as_ref()
+                        .map(|t| (t.pid, t.tid, t.thread_name.clone()))
+                );
+            }
+            Some(perfetto_trace_proto::trace_packet::Data::TrackEvent(e)) => {
+                let name = match &e.name_field {
+                    Some(perfetto_trace_proto::track_event::NameField::Name(n)) => n.as_str(),
+                    _ => "",
+                };
+                let annotations: Vec<String> = e
+                    .debug_annotations
+                    .iter()
+                    .map(|a| format!("{:?}={:?}", a.name_field, a.value))
+                    .collect();
+                let _ = writeln!(
+                    t,
+                    "{} {} type {:?} {name:?} flows {:?} ends {:?} {}",
+                    p.timestamp.unwrap_or(0),
+                    e.track_uuid.unwrap_or(0),
+                    e.r#type,
+                    e.flow_ids,
+                    e.terminating_flow_ids,
+                    annotations.join(" ")
+                );
+            }
+            _ => {}
+        }
+    }
+    golden("server.timeline.txt", &t);
 }
 
 #[test]

@@ -1,0 +1,454 @@
+//! Perfetto (`--timeline`): the session as a trace for ui.perfetto.dev, with Perfetto's
+//! own protos (the `perfetto-trace-proto` crate). Every target thread is a track with its
+//! slices over the session: `running`, `blocked: SYSCALL (OBJECT)` and `runnable (woken
+//! by ...)` or `runnable (preempted)`, rebuilt from every switch and wakeup the kernel
+//! sent. A wakeup by a thread is a flow: an instant `wakes TID` on the waker's track
+//! (another process's thread gets a track of its own), its arrow ending at the wakee's
+//! runnable slice. What the kernel could not send is counted on the process track.
+
+use std::collections::{BTreeMap, HashMap};
+
+use perfetto_trace_proto as pb;
+use prost::Message;
+
+use crate::model::{Collected, Kind, Timeline, TimelineWhat, WakerCtx};
+use crate::symbolize::Symbols;
+use crate::text::printable;
+
+const SEQUENCE: u32 = 1;
+const PROCESS_TRACK: u64 = 1;
+/// BUILTIN_CLOCK_MONOTONIC: bpf_ktime_get_ns's clock.
+const MONOTONIC: u32 = 3;
+
+fn thread_track(tgid: u32, tid: u32) -> u64 {
+    (u64::from(tgid) << 32 | u64::from(tid)) + 2
+}
+
+/// What a thread is doing between two events.
+#[derive(Clone, Debug)]
+enum State {
+    /// Nothing seen yet: off the CPU since before the session, or running.
+    Unknown,
+    Running {
+        since: u64,
+    },
+    Blocked {
+        since: u64,
+        name: String,
+        object: Option<String>,
+    },
+    /// `flow`: the wakeup's arrow, which ends at this slice.
+    Runnable {
+        since: u64,
+        name: String,
+        flow: Option<u64>,
+    },
+}
+
+/// One slice to draw: where, when, what, and the wakeup arrow that ends at it.
+struct Slice {
+    tid: u32,
+    from: u64,
+    to: u64,
+    name: String,
+    annotations: Vec<(&'static str, String)>,
+    flow_end: Option<u64>,
+}
+
+/// A slice of one thread's time, or an instant, before it becomes packets.
+struct Event {
+    ts: u64,
+    track: u64,
+    kind: pb::track_event::Type,
+    name: Option<String>,
+    flow: Option<u64>,
+    terminating_flow: Option<u64>,
+    annotations: Vec<(&'static str, String)>,
+}
+
+/// The trace, encoded; None without a timeline.
+pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
+    let timeline = collected.timeline.as_ref()?;
+    let pid = collected.pid;
+    let thread_names: HashMap<u32, &str> = collected
+        .threads
+        .iter()
+        .map(|t| (t.tid, t.comm.as_str()))
+        .collect();
+    let ends: HashMap<u32, u64> = collected
+        .threads
+        .iter()
+        .filter(|t| t.exited)
+        .map(|t| (t.tid, t.end_ns))
+        .collect();
+    let mut events: Vec<Event> = Vec::new();
+    let mut states: BTreeMap<u32, State> = BTreeMap::new();
+    // wakers of other processes, and the target's own threads seen only as wakers
+    let mut others: BTreeMap<(u32, u32), ()> = BTreeMap::new();
+    let mut next_flow = 1u64;
+    let slice = |events: &mut Vec<Event>, s: Slice| {
+        let track = thread_track(pid, s.tid);
+        events.push(Event {
+            ts: s.from,
+            track,
+            kind: pb::track_event::Type::SliceBegin,
+            name: Some(s.name),
+            flow: None,
+            terminating_flow: s.flow_end,
+            annotations: s.annotations,
+        });
+        events.push(Event {
+            ts: s.to.max(s.from),
+            track,
+            kind: pb::track_event::Type::SliceEnd,
+            name: None,
+            flow: None,
+            terminating_flow: None,
+            annotations: Vec::new(),
+        });
+    };
+    let plain = |tid, from, to, name: &str| Slice {
+        tid,
+        from,
+        to,
+        name: name.to_string(),
+        annotations: Vec::new(),
+        flow_end: None,
+    };
+    for e in &timeline.events {
+        let state = states.entry(e.tid).or_insert(State::Unknown);
+        let old = std::mem::replace(state, State::Unknown);
+        match e.what {
+            TimelineWhat::Off {
+                kind,
+                syscall,
+                object,
+                preempted,
+            } => {
+                let since = match old {
+                    State::Running { since } => since,
+                    // the first event: it ran since the session began
+                    State::Unknown => collected.start_ns,
+                    // a switch-in was not seen: what it did since is unknown
+                    other => {
+                        close(&mut events, &slice, e.tid, other, e.ts, &[]);
+                        e.ts
+                    }
+                };
+                slice(&mut events, plain(e.tid, since, e.ts, "running"));
+                *state = if preempted {
+                    State::Runnable {
+                        since: e.ts,
+                        name: "runnable (preempted)".into(),
+                        flow: None,
+                    }
+                } else {
+                    let call =
+                        syscall.map_or_else(|| "no syscall".to_string(), crate::syscalls::name);
+                    let object = (object != 0 && kind != Kind::Other)
+                        .then(|| crate::analyze::object_label(kind, object, collected, symbols));
+                    State::Blocked {
+                        since: e.ts,
+                        name: match &object {
+                            Some(o) => format!("blocked: {call} ({o})"),
+                            None => format!("blocked: {call}"),
+                        },
+                        object,
+                    }
+                };
+            }
+            TimelineWhat::Wake {
+                ctx,
+                waker_tid,
+                waker_tgid,
+            } => {
+                let (since, blocked) = match old {
+                    State::Blocked {
+                        since,
+                        name,
+                        object,
+                    } => (since, Some((name, object))),
+                    State::Unknown => (collected.start_ns, None),
+                    // woken while running or already runnable: nothing changes
+                    other => {
+                        *state = other;
+                        continue;
+                    }
+                };
+                let by_task = waker_tid != 0 && ctx != WakerCtx::Interrupt;
+                let waker = if !by_task {
+                    "an interrupt".to_string()
+                } else if waker_tgid == pid {
+                    format!(
+                        "thread {}-{waker_tid}",
+                        printable(thread_names.get(&waker_tid).copied().unwrap_or("?"))
+                    )
+                } else {
+                    format!("{} (pid {waker_tgid})", comm_of(waker_tgid, waker_tid))
+                };
+                let (name, object) = blocked
+                    .unwrap_or_else(|| ("blocked (since before the session)".to_string(), None));
+                let mut annotations = vec![("woken by", waker.clone())];
+                if let Some(o) = object {
+                    annotations.push(("object", o));
+                }
+                slice(
+                    &mut events,
+                    Slice {
+                        annotations,
+                        ..plain(e.tid, since, e.ts, &name)
+                    },
+                );
+                let flow = by_task.then(|| {
+                    next_flow += 1;
+                    next_flow
+                });
+                if let Some(id) = flow {
+                    if waker_tgid != pid || !thread_names.contains_key(&waker_tid) {
+                        others.insert((waker_tgid, waker_tid), ());
+                    }
+                    events.push(Event {
+                        ts: e.ts,
+                        track: thread_track(waker_tgid, waker_tid),
+                        kind: pb::track_event::Type::Instant,
+                        name: Some(format!("wakes {}", e.tid)),
+                        flow: Some(id),
+                        terminating_flow: None,
+                        annotations: Vec::new(),
+                    });
+                }
+                // the flow's arrow ends at the runnable slice: its begin carries the id
+                *state = State::Runnable {
+                    since: e.ts,
+                    name: format!("runnable (woken by {waker})"),
+                    flow,
+                };
+            }
+            TimelineWhat::On => {
+                match old {
+                    State::Blocked {
+                        since,
+                        name,
+                        object,
+                    } => {
+                        // no wakeup reached the hooks
+                        let mut annotations = vec![("woken by", "unseen".to_string())];
+                        annotations.extend(object.map(|o| ("object", o)));
+                        slice(
+                            &mut events,
+                            Slice {
+                                annotations,
+                                ..plain(e.tid, since, e.ts, &name)
+                            },
+                        )
+                    }
+                    State::Unknown => slice(
+                        &mut events,
+                        plain(
+                            e.tid,
+                            collected.start_ns,
+                            e.ts,
+                            "off-CPU (since before the session)",
+                        ),
+                    ),
+                    other => close(&mut events, &slice, e.tid, other, e.ts, &[]),
+                }
+                *state = State::Running { since: e.ts };
+            }
+        }
+    }
+    // what each thread was doing at the end (or when it exited)
+    for (tid, state) in std::mem::take(&mut states) {
+        let end = ends.get(&tid).copied().unwrap_or(collected.end_ns);
+        close(
+            &mut events,
+            &slice,
+            tid,
+            state,
+            end,
+            &[("at the end", "still".into())],
+        );
+    }
+    let mut packets: Vec<pb::TracePacket> = Vec::new();
+    packets.push(descriptor(
+        PROCESS_TRACK,
+        None,
+        Some(pb::ProcessDescriptor {
+            pid: Some(pid as i32),
+            process_name: Some(printable(&collected.comm).into_owned()),
+            ..Default::default()
+        }),
+        None,
+    ));
+    let mut tids: Vec<u32> = timeline.events.iter().map(|e| e.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    for tid in tids {
+        let name = thread_names
+            .get(&tid)
+            .map_or_else(|| format!("tid {tid}"), |c| printable(c).into_owned());
+        packets.push(thread_descriptor(pid, tid, name));
+    }
+    for &(tgid, tid) in others.keys() {
+        let name = if tgid == pid {
+            format!("tid {tid}")
+        } else {
+            format!("{} (waker, pid {tgid})", comm_of(tgid, tid))
+        };
+        packets.push(thread_descriptor(tgid, tid, name));
+    }
+    if let Some(p) = packets.first_mut() {
+        p.sequence_flags = Some(pb::trace_packet::SequenceFlags::SeqIncrementalStateCleared as u32);
+    }
+    // what the timeline could not see, on the process's track at the start
+    events.push(Event {
+        ts: collected.start_ns,
+        track: PROCESS_TRACK,
+        kind: pb::track_event::Type::Instant,
+        name: Some("waitprof: session start".into()),
+        flow: None,
+        terminating_flow: None,
+        annotations: losses(timeline),
+    });
+    // stable: a track's events were made in its order, which at one time is the right one
+    // (a slice's end before the next one's begin, a zero-length slice's begin before its
+    // end)
+    events.sort_by_key(|e| e.ts);
+    packets.extend(events.into_iter().map(packet));
+    Some(pb::Trace { packet: packets }.encode_to_vec())
+}
+
+/// The slices a thread's last state makes, up to `end`.
+fn close(
+    events: &mut Vec<Event>,
+    slice: &dyn Fn(&mut Vec<Event>, Slice),
+    tid: u32,
+    state: State,
+    end: u64,
+    extra: &[(&'static str, String)],
+) {
+    let mut annotations = extra.to_vec();
+    let (from, name, flow_end) = match state {
+        State::Running { since } => (since, "running".to_string(), None),
+        State::Blocked {
+            since,
+            name,
+            object,
+        } => {
+            annotations.extend(object.map(|o| ("object", o)));
+            (since, name, None)
+        }
+        State::Runnable { since, name, flow } => (since, name, flow),
+        State::Unknown => return,
+    };
+    slice(
+        events,
+        Slice {
+            tid,
+            from,
+            to: end,
+            name,
+            annotations,
+            flow_end,
+        },
+    );
+}
+
+fn losses(t: &Timeline) -> Vec<(&'static str, String)> {
+    vec![
+        ("events", t.events.len().to_string()),
+        (
+            "dropped (kernel ring buffer full)",
+            t.dropped_in_kernel.to_string(),
+        ),
+        (
+            "dropped (beyond the events kept)",
+            t.dropped_beyond_limit.to_string(),
+        ),
+        (
+            "wakers",
+            if t.wakers {
+                "recorded"
+            } else {
+                "off (--no-wakers): the running task only"
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// Another process's thread's name, as /proc has it now (it may have exited).
+fn comm_of(tgid: u32, tid: u32) -> String {
+    std::fs::read(format!("/proc/{tgid}/task/{tid}/comm"))
+        .ok()
+        .map(|b| printable(String::from_utf8_lossy(&b[..b.len().min(64)]).trim_end()).into_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| format!("tid {tid}"))
+}
+
+fn descriptor(
+    uuid: u64,
+    parent: Option<u64>,
+    process: Option<pb::ProcessDescriptor>,
+    thread: Option<pb::ThreadDescriptor>,
+) -> pb::TracePacket {
+    pb::TracePacket {
+        data: Some(pb::trace_packet::Data::TrackDescriptor(
+            pb::TrackDescriptor {
+                uuid: Some(uuid),
+                parent_uuid: parent,
+                process,
+                thread,
+                ..Default::default()
+            },
+        )),
+        optional_trusted_packet_sequence_id: Some(
+            pb::trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(SEQUENCE),
+        ),
+        ..Default::default()
+    }
+}
+
+fn thread_descriptor(tgid: u32, tid: u32, name: String) -> pb::TracePacket {
+    descriptor(
+        thread_track(tgid, tid),
+        None,
+        None,
+        Some(pb::ThreadDescriptor {
+            pid: Some(tgid as i32),
+            tid: Some(tid as i32),
+            thread_name: Some(name),
+            ..Default::default()
+        }),
+    )
+}
+
+fn packet(e: Event) -> pb::TracePacket {
+    let debug_annotations = e
+        .annotations
+        .into_iter()
+        .map(|(k, v)| pb::DebugAnnotation {
+            name_field: Some(pb::debug_annotation::NameField::Name(k.to_string())),
+            value: Some(pb::debug_annotation::Value::StringValue(v)),
+            ..Default::default()
+        })
+        .collect();
+    pb::TracePacket {
+        timestamp: Some(e.ts),
+        timestamp_clock_id: Some(MONOTONIC),
+        data: Some(pb::trace_packet::Data::TrackEvent(pb::TrackEvent {
+            r#type: Some(e.kind as i32),
+            track_uuid: Some(e.track),
+            name_field: e.name.map(pb::track_event::NameField::Name),
+            categories: vec!["waitprof".into()],
+            flow_ids: e.flow.into_iter().collect(),
+            terminating_flow_ids: e.terminating_flow.into_iter().collect(),
+            debug_annotations,
+            ..Default::default()
+        })),
+        optional_trusted_packet_sequence_id: Some(
+            pb::trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(SEQUENCE),
+        ),
+        ..Default::default()
+    }
+}
