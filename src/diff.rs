@@ -7,7 +7,8 @@
 //! output says so.
 //!
 //! The folded files are input from wherever the user found them: every line is checked
-//! (a stack, a space, a whole number), and a bad one is an error naming its line.
+//! (a stack, a space, a whole number), and a bad one is an error naming its line. A pprof
+//! profile (`.pb.gz`) is read too, as folded stacks of the same form, its length its own.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -24,13 +25,14 @@ const MAX_FILE: u64 = 2 << 30;
 /// The largest SVG title read, from the start of the SVG.
 const TITLE_BYTES: u64 = 64 << 10;
 
-/// Compare two sessions: `waitprof diff OLD.folded NEW.folded`.
+/// Compare two sessions: `waitprof diff OLD.folded NEW.folded` (or their `.pb.gz`).
 #[derive(Parser, Debug)]
 #[command(name = "waitprof diff", bin_name = "waitprof diff", version)]
 pub struct DiffArgs {
-    /// The earlier session's folded file (any of waitprof's views, or any folded stacks).
+    /// The earlier session's folded file (any of waitprof's views, or any folded stacks),
+    /// or its pprof profile (.pb.gz).
     pub old: PathBuf,
-    /// The later session's folded file, of the same view.
+    /// The later session's, of the same view and format.
     pub new: PathBuf,
     /// Where to write the differential flame graph (.svg). Default:
     /// flamegraphs/diff-OLD-NEW.svg.
@@ -130,9 +132,134 @@ fn read_bounded(path: &Path, max: u64, prefix: bool) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Reads one side: the folded file, and the session length from the SVG beside it.
+/// The most a pprof profile may decompress to (a bomb is refused, not followed).
+const MAX_PPROF: u64 = 256 << 20;
+
+/// A pprof profile (gzipped or not) as folded stacks, in microseconds, and the session
+/// length it says. Its stacks become root-first function names (each location's inlined
+/// functions outermost first), kernel frames (`[kernel.kallsyms]`) with `_[k]` and the
+/// `syscall` label as a `[syscall]_[i]` frame before them, as waitprof's folded files
+/// have them; a waitprof profile's run-queue time goes on top as `[run queue]_[j]`. Other
+/// profiles count their default sample type.
+pub fn parse_pprof(what: &str, data: &[u8]) -> Result<Side> {
+    use crate::export::pprof::proto;
+    use prost::Message;
+    let raw = if data.starts_with(&[0x1f, 0x8b]) {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .take(MAX_PPROF + 1)
+            .read_to_end(&mut raw)
+            .with_context(|| format!("{what}: not a gzipped pprof profile"))?;
+        if raw.len() as u64 > MAX_PPROF {
+            bail!(
+                "{what}: decompresses to more than {} MiB: not a profile waitprof wrote",
+                MAX_PPROF >> 20
+            );
+        }
+        raw
+    } else {
+        data.to_vec()
+    };
+    let p = proto::Profile::decode(raw.as_slice())
+        .map_err(|e| anyhow::anyhow!("{what}: not a pprof profile ({e})"))?;
+    let string = |i: i64| -> Result<&str> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| p.string_table.get(i))
+            .map(String::as_str)
+            .with_context(|| format!("{what}: a string index {i} past its string table"))
+    };
+    let type_index = |name: &str| -> Result<Option<usize>> {
+        for (i, t) in p.sample_type.iter().enumerate() {
+            if string(t.r#type)? == name {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    };
+    let default = match p.default_sample_type {
+        0 => p.sample_type.len().saturating_sub(1),
+        d => {
+            let name = string(d)?.to_string();
+            type_index(&name)?.unwrap_or(0)
+        }
+    };
+    // waitprof's main view: blocked below, run-queue wait on top
+    let split = match (type_index("blocked")?, type_index("runq")?) {
+        (Some(b), Some(r)) => Some((b, r)),
+        _ => None,
+    };
+    let locations: HashMap<u64, &proto::Location> = p.location.iter().map(|l| (l.id, l)).collect();
+    let functions: HashMap<u64, &proto::Function> = p.function.iter().map(|f| (f.id, f)).collect();
+    let kernel: std::collections::HashSet<u64> = p
+        .mapping
+        .iter()
+        .filter(|m| string(m.filename).is_ok_and(|f| f == crate::symbolize::KERNEL_CODE))
+        .map(|m| m.id)
+        .collect();
+    let syscall_key = p.string_table.iter().position(|s| s == "syscall");
+    let mut stacks: HashMap<String, u64> = HashMap::new();
+    for sample in &p.sample {
+        let mut user: Vec<String> = Vec::new();
+        let mut kframes: Vec<String> = Vec::new();
+        for id in sample.location_id.iter().rev() {
+            let l = locations
+                .get(id)
+                .with_context(|| format!("{what}: a sample refers to no location {id}"))?;
+            for line in l.line.iter().rev() {
+                let f = functions
+                    .get(&line.function_id)
+                    .with_context(|| format!("{what}: a location refers to no function"))?;
+                let name = string(f.name)?.replace(';', ":").replace(['\n', '\r'], " ");
+                if kernel.contains(&l.mapping_id) {
+                    kframes.push(format!("{name}_[k]"));
+                } else {
+                    user.push(name);
+                }
+            }
+        }
+        if let Some(key) = syscall_key {
+            if let Some(l) = sample.label.iter().find(|l| l.key as usize == key) {
+                user.push(format!("[{}]_[i]", string(l.str)?));
+            }
+        }
+        user.extend(kframes);
+        let stack = user.join(";");
+        if stack.is_empty() {
+            continue;
+        }
+        let value = |i: usize| sample.value.get(i).copied().unwrap_or(0).max(0) as u64 / 1000;
+        let mut add = |stack: String, us: u64| {
+            if us > 0 {
+                let v = stacks.entry(stack).or_default();
+                *v = v.saturating_add(us);
+            }
+        };
+        match split {
+            Some((b, r)) => {
+                add(stack.clone(), value(b));
+                add(
+                    format!("{stack};{}", crate::fold::RUN_QUEUE_FRAME),
+                    value(r),
+                );
+            }
+            None => add(stack, value(default)),
+        }
+    }
+    if stacks.is_empty() {
+        bail!("{what}: no samples in it (an empty profile): nothing to compare");
+    }
+    let seconds = (p.duration_nanos > 0).then(|| p.duration_nanos as f64 / 1e9);
+    Ok(Side { stacks, seconds })
+}
+
+/// Reads one side: a folded file, and the session length from the SVG beside it; or a
+/// pprof profile (`.pb.gz`), which holds its own length.
 pub fn read_side(path: &Path) -> Result<Side> {
     let data = read_bounded(path, MAX_FILE, false)?;
+    if data.starts_with(&[0x1f, 0x8b]) || path.extension().is_some_and(|e| e == "pb") {
+        return parse_pprof(&path.display().to_string(), &data);
+    }
     let stacks = parse_folded(&path.display().to_string(), &data)?;
     let seconds = read_bounded(&path.with_extension("svg"), TITLE_BYTES, true)
         .ok()

@@ -81,6 +81,13 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
         .filter(|t| t.exited)
         .map(|t| (t.tid, t.end_ns))
         .collect();
+    // a thread's first state began when the session did, or when it was created
+    let starts: HashMap<u32, u64> = collected
+        .threads
+        .iter()
+        .map(|t| (t.tid, t.start_ns.max(collected.start_ns)))
+        .collect();
+    let begin = |tid: u32| starts.get(&tid).copied().unwrap_or(collected.start_ns);
     let mut events: Vec<Event> = Vec::new();
     let mut states: BTreeMap<u32, State> = BTreeMap::new();
     // wakers of other processes, and the target's own threads seen only as wakers
@@ -127,8 +134,8 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
             } => {
                 let since = match old {
                     State::Running { since } => since,
-                    // the first event: it ran since the session began
-                    State::Unknown => collected.start_ns,
+                    // the first event: it ran since the session began (or it was created)
+                    State::Unknown => begin(e.tid),
                     // a switch-in was not seen: what it did since is unknown
                     other => {
                         close(&mut events, &slice, e.tid, other, e.ts, &[]);
@@ -168,7 +175,7 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                         name,
                         object,
                     } => (since, Some((name, object))),
-                    State::Unknown => (collected.start_ns, None),
+                    State::Unknown => (begin(e.tid), None),
                     // woken while running or already runnable: nothing changes
                     other => {
                         *state = other;
@@ -242,15 +249,15 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                             },
                         )
                     }
-                    State::Unknown => slice(
-                        &mut events,
-                        plain(
-                            e.tid,
-                            collected.start_ns,
-                            e.ts,
-                            "off-CPU (since before the session)",
-                        ),
-                    ),
+                    State::Unknown => {
+                        let from = begin(e.tid);
+                        let name = if from > collected.start_ns {
+                            "runnable (a new thread)"
+                        } else {
+                            "off-CPU (since before the session)"
+                        };
+                        slice(&mut events, plain(e.tid, from, e.ts, name))
+                    }
                     other => close(&mut events, &slice, e.tid, other, e.ts, &[]),
                 }
                 *state = State::Running { since: e.ts };
@@ -259,15 +266,15 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
     }
     // what each thread was doing at the end (or when it exited)
     for (tid, state) in std::mem::take(&mut states) {
-        let end = ends.get(&tid).copied().unwrap_or(collected.end_ns);
-        close(
-            &mut events,
-            &slice,
-            tid,
-            state,
-            end,
-            &[("at the end", "still".into())],
-        );
+        let (end, until) = match ends.get(&tid) {
+            Some(&exit) => (exit, ("until", "the thread exited".to_string())),
+            None => (collected.end_ns, ("until", "the session ended".to_string())),
+        };
+        let extra: &[(&'static str, String)] = match state {
+            State::Running { .. } => &[],
+            _ => std::slice::from_ref(&until),
+        };
+        close(&mut events, &slice, tid, state, end, extra);
     }
     let mut packets: Vec<pb::TracePacket> = Vec::new();
     packets.push(descriptor(

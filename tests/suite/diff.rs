@@ -92,6 +92,26 @@ fn diff_normalises_two_sessions_by_their_length() {
             .any(|l| l.contains("sleeper") && l.split(' ').count() >= 3),
         "{two}"
     );
+    // the same two sessions' pprof profiles: the same rates (their lengths are their own,
+    // to the nanosecond)
+    let from_pprof = out_dir.path().join("p.svg");
+    let diff = waitprof_diff(
+        &old.svg.with_extension("pb.gz"),
+        &new.svg.with_extension("pb.gz"),
+        &from_pprof,
+    );
+    let report = String::from_utf8_lossy(&diff.stderr);
+    assert_eq!(diff.status.code(), Some(0), "{report}");
+    let kind = kind_line(&report, "[clock_nanosleep]");
+    for (what, got, want) in [
+        ("old kind (pprof)", kind.0, rate(&old)),
+        ("new kind (pprof)", kind.1, rate(&new)),
+    ] {
+        assert!(
+            (got - want).abs() <= want * 0.08,
+            "{what}: the diff says {got:.1} ms/s, the fixture measured {want:.1} ms/s\n{report}"
+        );
+    }
 }
 
 #[test]
@@ -108,7 +128,27 @@ fn diff_refuses_what_is_not_a_folded_file() {
     // SAFETY: a valid path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let out = dir.path().join("out.svg");
+    // a gzip stream that is no profile, and one that would inflate past the limit
+    let not_pprof = dir.path().join("x.pb.gz");
+    {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"\xff\xff\xff this is not a profile").unwrap();
+        std::fs::write(&not_pprof, gz.finish().unwrap()).unwrap();
+    }
+    let bomb = dir.path().join("bomb.pb.gz");
+    {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..300 {
+            gz.write_all(&zeros).unwrap();
+        }
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+    }
     for (bad, want) in [
+        (&not_pprof, "not a pprof profile"),
+        (&bomb, "decompresses to more than 256 MiB"),
         (&corrupt, "line 2 is not folded stacks"),
         (&empty, "empty profile"),
         (&fifo, "not a regular file"),

@@ -618,6 +618,43 @@ fn timeline_slices_match_the_fixtures_timing() {
         run.measured_ns(),
         TOLERANCE,
     );
+    // and the three outputs agree: the sleeps' blocked and runnable slices are the time
+    // the flame graph (folded) and pprof give the sleeps, within 1%
+    let runnable: u64 = sleeps
+        .iter()
+        .filter_map(|s| {
+            slices
+                .iter()
+                .find(|n| n.thread == s.thread && n.from == s.to && n.name.starts_with("runnable"))
+        })
+        .map(|n| n.to - n.from)
+        .sum();
+    let folded = run.folded();
+    let folded_ns = attributed_us(&folded, &["sleeper", "[clock_nanosleep]"]) * 1000;
+    assert_close(
+        "timeline against folded",
+        blocked + runnable,
+        folded_ns,
+        0.01,
+    );
+    let pprof = raw(&run.svg.with_extension("pb.gz"));
+    let pprof_ns: i64 = pprof
+        .samples
+        .iter()
+        .filter(|s| {
+            s.functions
+                .iter()
+                .any(|f| f.starts_with("waitprof_fixture::sleeper"))
+        })
+        .filter(|s| s.labels.contains("syscall:[clock_nanosleep]"))
+        .map(|s| s.values[0])
+        .sum();
+    assert_close(
+        "timeline against pprof",
+        blocked + runnable,
+        pprof_ns as u64,
+        0.01,
+    );
     assert!(
         run.stderr()
             .contains(" 0 lost (the kernel's ring buffer full)"),
