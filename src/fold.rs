@@ -21,7 +21,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use crate::analyze;
-use crate::model::{Collected, Outcome, Row, StackRef, WakerCtx};
+use crate::model::{Collected, Outcome, Row, StackRef};
+use crate::profile::{Profile, RunqCause, StackId};
 use crate::symbolize::Symbols;
 use crate::syscalls;
 
@@ -227,18 +228,13 @@ impl Folded {
 }
 
 /// A frame name safe for the folded format: no separators, no line breaks.
-fn clean(name: &str) -> String {
+pub fn clean(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
-/// Frame names as they go into lines: cleaned (and suffixed) once per distinct name,
-/// then shared by every line as one id.
+/// Frame names as they go into lines, each distinct text one id shared by every line.
 #[derive(Default)]
 struct Names {
-    /// Keyed by the address of the symbolizer's shared name: user, kernel, waker frames.
-    user: HashMap<usize, u32>,
-    kernel: HashMap<usize, u32>,
-    waker: HashMap<usize, u32>,
     made: HashMap<Arc<str>, u32>,
     /// Each id's name.
     names: Vec<Arc<str>>,
@@ -257,47 +253,7 @@ fn intern(made: &mut HashMap<Arc<str>, u32>, names: &mut Vec<Arc<str>>, name: &s
 }
 
 impl Names {
-    /// `name` cleaned and suffixed, looked up once per distinct shared name (keyed by
-    /// its address) and interned by its text: the symbolizer may hand out one name for
-    /// each address of a function, and equal frames must be one id.
-    fn shared(&mut self, which: u8, name: &Arc<str>, suffix: &str) -> u32 {
-        let key = Arc::as_ptr(name) as *const u8 as usize;
-        let map = match which {
-            0 => &mut self.user,
-            1 => &mut self.kernel,
-            _ => &mut self.waker,
-        };
-        if let Some(&id) = map.get(&key) {
-            return id;
-        }
-        let id = intern(
-            &mut self.made,
-            &mut self.names,
-            &format!("{}{suffix}", clean(name)),
-        );
-        match which {
-            0 => &mut self.user,
-            1 => &mut self.kernel,
-            _ => &mut self.waker,
-        }
-        .insert(key, id);
-        id
-    }
-
-    fn user(&mut self, name: &Arc<str>) -> u32 {
-        self.shared(0, name, "")
-    }
-
-    fn kernel(&mut self, name: &Arc<str>) -> u32 {
-        self.shared(1, name, "_[k]")
-    }
-
-    /// A waker's frame, user or kernel: apart from the same function in the blocked part.
-    fn waker(&mut self, name: &Arc<str>) -> u32 {
-        self.shared(2, name, "_[w]")
-    }
-
-    /// A synthetic or derived frame (`[futex]_[i]`, a thread name).
+    /// A frame's name as it goes into lines (cleaned and suffixed already).
     fn made(&mut self, name: &str) -> u32 {
         intern(&mut self.made, &mut self.names, name)
     }
@@ -341,49 +297,12 @@ pub fn missing_kernel_stack(stack: StackRef) -> Option<String> {
     })
 }
 
-fn user_frames(stack: StackRef, symbols: &Symbols, names: &mut Names, out: &mut Vec<u32>) {
-    if let Some(frames) = stack.id().and_then(|id| symbols.user.get(&id)) {
-        out.extend(frames.iter().map(|f| names.user(f)));
-    } else if let Some(marker) = missing_user_stack(stack) {
-        out.push(names.made(&marker));
-    }
-}
-
-fn kernel_frames(
-    stack: StackRef,
-    symbols: &Symbols,
-    collected: &Collected,
-    names: &mut Names,
-    out: &mut Vec<u32>,
-) {
-    if let Some(frames) = stack.id().and_then(|id| symbols.kernel.get(&id)) {
-        out.extend(frames.iter().map(|f| names.kernel(f)));
-    } else if let StackRef::Proc(i) = stack {
-        for f in collected.proc_kstacks.get(i as usize).into_iter().flatten() {
-            out.push(names.made(&format!("{}_[k]", clean(f))));
-        }
-    } else if let Some(marker) = missing_kernel_stack(stack) {
-        out.push(names.made(&format!("{marker}_[k]")));
-    }
-}
-
 /// The synthetic frame naming the syscall a wait happened in.
 pub fn syscall_frame(row: &Row) -> String {
     match row.syscall {
         Some(nr) => format!("[{}]", syscalls::name(nr)),
         None => "[no syscall]".to_string(),
     }
-}
-
-fn thread_name(collected: &Collected, tid: u32) -> String {
-    let comm = collected
-        .threads
-        .iter()
-        .find(|t| t.tid == tid)
-        .map(|t| t.comm.as_str())
-        .filter(|c| !c.is_empty())
-        .unwrap_or("?");
-    format!("{}-{tid}", clean(comm))
 }
 
 /// The order of the joined lines (`a;b;c 12`), which is what inferno checks, computed
@@ -414,35 +333,6 @@ fn cmp_frames(a: &[u32], b: &[u32], names: &[Arc<str>]) -> Ordering {
     a.len().cmp(&b.len())
 }
 
-/// The waker's part of an off-wake line: its kernel stack, then its user stack, both
-/// leaf first (upside down, so that the two stacks meet where the wakeup happened), then
-/// its name. Returns the kernel frames' names, to colour them.
-fn waker_frames(
-    row: &Row,
-    collected: &Collected,
-    symbols: &Symbols,
-    names: &mut Names,
-    out: &mut Vec<u32>,
-) -> Vec<u32> {
-    let w = &row.waker;
-    let kernel: Vec<u32> = w
-        .kstack
-        .id()
-        .and_then(|id| symbols.kernel.get(&id))
-        .map(|f| f.iter().rev().map(|n| names.waker(n)).collect())
-        .unwrap_or_default();
-    out.extend(kernel.iter().copied());
-    if analyze::waker_task_relevant(w, symbols) {
-        match w.ustack.id().and_then(|id| symbols.user.get(&id)) {
-            Some(f) => out.extend(f.iter().rev().map(|n| names.waker(n))),
-            None => out.push(names.made("[missed user stack]_[w]")),
-        }
-    }
-    let label = analyze::waker_label(w, collected.pid, symbols);
-    out.push(names.made(&format!("[woken by {}]_[w]", clean(&label))));
-    kernel
-}
-
 /// Adds `ns` to the line `frames`, copying the frames only for a line not seen before.
 fn add_line(lines: &mut HashMap<FrameIds, u64>, frames: &[u32], ns: u64) {
     match lines.get_mut(frames) {
@@ -455,11 +345,80 @@ fn add_line(lines: &mut HashMap<FrameIds, u64>, frames: &[u32], ns: u64) {
 
 /// Folds every row of the profile into one view.
 pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Folded {
-    if opts.view == View::Goroutines {
-        return fold_goroutines(collected, symbols, opts);
+    fold_profile(&Profile::build(collected, symbols), opts)
+}
+
+/// The folded names of a profile's frames, by the role they play in a line (a wait's
+/// user or kernel frame, or a waker's), each made once.
+struct Roles {
+    names: Names,
+    by_role: [Vec<Option<u32>>; 3],
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    User = 0,
+    Kernel = 1,
+    Waker = 2,
+}
+
+impl Roles {
+    fn new(profile: &Profile) -> Roles {
+        let n = profile.frames.len();
+        Roles {
+            names: Names::default(),
+            by_role: [vec![None; n], vec![None; n], vec![None; n]],
+        }
     }
-    let mut names = Names::default();
-    let process = names.made(&clean(&collected.comm));
+
+    fn name(&mut self, profile: &Profile, frame: u32, role: Role) -> u32 {
+        let slot = &mut self.by_role[role as usize];
+        if let Some(Some(id)) = slot.get(frame as usize) {
+            return *id;
+        }
+        let name = profile.frames.get(frame as usize).map_or("", |f| &*f.name);
+        let suffix = match role {
+            Role::User => "",
+            Role::Kernel => "_[k]",
+            Role::Waker => "_[w]",
+        };
+        let id = self.names.made(&format!("{}{suffix}", clean(name)));
+        if let Some(s) = self.by_role[role as usize].get_mut(frame as usize) {
+            *s = Some(id);
+        }
+        id
+    }
+
+    /// A stack's frames in `role`, root first (or leaf first, `reversed`).
+    fn extend(
+        &mut self,
+        profile: &Profile,
+        stack: StackId,
+        role: Role,
+        reversed: bool,
+        out: &mut Vec<u32>,
+    ) {
+        let frames: &[u32] = profile.stacks.get(stack as usize).map_or(&[], |s| &s[..]);
+        if reversed {
+            for &f in frames.iter().rev() {
+                out.push(self.name(profile, f, role));
+            }
+        } else {
+            for &f in frames {
+                out.push(self.name(profile, f, role));
+            }
+        }
+    }
+}
+
+/// Folds the typed profile into one view.
+pub fn fold_profile(profile: &Profile, opts: &FoldOptions) -> Folded {
+    if opts.view == View::Goroutines {
+        return fold_goroutines(profile, opts);
+    }
+    let mut roles = Roles::new(profile);
+    let names = &mut roles.names;
+    let process = names.made(&clean(&profile.process));
     let run_queue = names.made(RUN_QUEUE_FRAME);
     let separator = names.made(WAKER_SEPARATOR);
     let after_wakeup = names.made("[run queue after a wakeup]_[j]");
@@ -469,15 +428,14 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
     let mut ns: HashMap<FrameIds, u64> = HashMap::default();
     // one line's frames, built here and copied only into a new line
     let mut frames: Vec<u32> = Vec::new();
-    for row in &collected.rows {
+    for w in &profile.waits {
         let (weight, runq_weight) = match opts.view {
             View::Main => {
-                let idle =
-                    opts.hide_idle && analyze::class_of(row, symbols) == analyze::WaitClass::Idle;
-                (if idle { 0 } else { row.blocked_ns }, row.runq_ns)
+                let idle = opts.hide_idle && w.class == analyze::WaitClass::Idle;
+                (if idle { 0 } else { w.blocked_ns }, w.runq_ns)
             }
-            View::OffWake => (row.blocked_ns, 0),
-            View::RunQueue => (0, row.runq_ns),
+            View::OffWake => (w.blocked_ns, 0),
+            View::RunQueue => (0, w.runq_ns),
             View::Goroutines => (0, 0),
         };
         if weight == 0 && runq_weight == 0 {
@@ -486,15 +444,19 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         frames.clear();
         frames.push(process);
         if opts.per_thread {
-            frames.push(names.made(&thread_name(collected, row.tid)));
+            frames.push(roles.names.made(&w.thread));
         }
-        user_frames(row.ustack, symbols, &mut names, &mut frames);
-        frames.push(names.made(&format!("{}_[i]", syscall_frame(row))));
-        kernel_frames(row.kstack, symbols, collected, &mut names, &mut frames);
+        roles.extend(profile, w.ustack, Role::User, false, &mut frames);
+        let syscall = match &w.syscall {
+            Some(name) => format!("[{name}]_[i]"),
+            None => "[no syscall]_[i]".to_string(),
+        };
+        frames.push(roles.names.made(&syscall));
+        roles.extend(profile, w.kstack, Role::Kernel, false, &mut frames);
         let stack_len = frames.len();
         if runq_weight > 0 {
             frames.push(match opts.view {
-                View::RunQueue if row.waker.ctx == WakerCtx::None => after_preemption,
+                View::RunQueue if w.runq_cause == RunqCause::Preemption => after_preemption,
                 View::RunQueue => after_wakeup,
                 _ => run_queue,
             });
@@ -503,22 +465,28 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
         }
         if weight > 0 {
             // a wait the session ended in, on top of where it waits
-            if opts.view == View::Main && row.outcome == Outcome::Unfinished {
+            if opts.view == View::Main && w.outcome == Outcome::Unfinished {
                 frames.push(still_waiting);
             }
             if opts.view == View::OffWake {
+                // the waker's kernel stack, then its user stack, both leaf first (so that
+                // the two stacks meet where the wakeup happened), then who it was
                 frames.push(separator);
-                waker_kernel.extend(waker_frames(
-                    row,
-                    collected,
-                    symbols,
-                    &mut names,
-                    &mut frames,
-                ));
+                let start = frames.len();
+                if let Some(k) = w.waker_kstack {
+                    roles.extend(profile, k, Role::Waker, true, &mut frames);
+                }
+                waker_kernel.extend(frames[start..].iter().copied());
+                if let Some(u) = w.waker_ustack {
+                    roles.extend(profile, u, Role::Waker, true, &mut frames);
+                }
+                let label = format!("[woken by {}]_[w]", clean(&w.waker));
+                frames.push(roles.names.made(&label));
             }
             add_line(&mut ns, &frames, weight);
         }
     }
+    let names = roles.names;
     let mut waker_kernel_frames: Vec<String> = waker_kernel
         .into_iter()
         .map(|f| names.names[f as usize].to_string())
@@ -533,35 +501,23 @@ pub fn fold(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Fol
 
 /// The goroutine view: process; the goroutine's stack, root first; its state on top
 /// (`[chan receive]`, `[runnable: waiting for a P]`). The values are sampled time.
-fn fold_goroutines(collected: &Collected, symbols: &Symbols, opts: &FoldOptions) -> Folded {
-    let Some(view) = &collected.goroutines else {
-        return Folded::default();
-    };
-    let mut names = Names::default();
-    let process = names.made(&clean(&collected.comm));
-    let raced = names.made("[unknown: the goroutine ran while it was read]");
+fn fold_goroutines(profile: &Profile, opts: &FoldOptions) -> Folded {
+    let mut roles = Roles::new(profile);
+    let process = roles.names.made(&clean(&profile.process));
     let mut ns: HashMap<FrameIds, u64> = HashMap::default();
     let mut frames: Vec<u32> = Vec::new();
-    for row in &view.rows {
+    for g in &profile.goroutines {
+        if opts.hide_idle && profile.goroutine_idle(g) {
+            continue;
+        }
         frames.clear();
         frames.push(process);
-        match row.stack {
-            Some(id) => user_frames(StackRef::Id(id), symbols, &mut names, &mut frames),
-            None if row.raced => frames.push(raced),
-            None => {}
-        }
-        if opts.hide_idle {
-            let stack: Vec<&str> = frames[1..]
-                .iter()
-                .map(|&f| &*names.names[f as usize])
-                .collect();
-            if crate::runtime::go::classify::is_idle(&row.state, &stack) {
-                continue;
-            }
-        }
-        frames.push(names.made(&format!("{}_[j]", clean(&row.state.frame()))));
-        add_line(&mut ns, &frames, row.ns);
+        roles.extend(profile, g.stack, Role::User, false, &mut frames);
+        let state = format!("{}_[j]", clean(&g.state.frame()));
+        frames.push(roles.names.made(&state));
+        add_line(&mut ns, &frames, g.ns);
     }
+    let names = roles.names;
     Folded {
         lines: sorted_lines(ns, &names.names),
         names: names.names,

@@ -4,7 +4,7 @@
 //!
 //! The pipeline, one module per stage: `cli` (flags into a `Config`) → `session` (checks,
 //! target, load and attach) → `collect` (run, then read the kernel's aggregation) →
-//! `symbolize` (blazesym) → `profile` (typed samples over interned stacks) and `fold`
+//! `symbolize` (blazesym) → `profile` (typed samples over interned stacks) → `fold`
 //! (folded stacks) → `export` (inferno SVG, pprof, and the files on disk) and `summary`
 //! (text).
 
@@ -88,10 +88,10 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             (now.as_nanos() as u64).checked_sub(since_start)
         }),
     };
+    // every view, folded and in pprof, from the one typed profile
     let fold_view = |view| {
-        fold::fold(
-            &collected,
-            &symbols,
+        fold::fold_profile(
+            &profile,
             &fold::FoldOptions {
                 per_thread: cfg.per_thread,
                 hide_idle: cfg.hide_idle,

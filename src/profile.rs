@@ -1,10 +1,12 @@
 //! The typed profile: the session's waits, and a Go program's goroutine samples, as
 //! samples over interned, symbolized stacks, each with typed labels (thread, kind,
-//! syscall, outcome, class, wait object, waker). Exports that keep the labels apart from
-//! the stacks (pprof) are derived from it; the folded text puts some of them into frames.
+//! syscall, outcome, class, wait object, waker). The folded files (and so the SVGs) and
+//! the pprof profiles are derived from it: pprof keeps the labels apart from the stacks,
+//! the folded text puts some of them into frames.
 //!
-//! Stacks are root first, as the folded files are: a wait's user frames, then its kernel
-//! frames; a waker's the same way, ending where it woke the thread. A frame keeps where
+//! Stacks are root first, as the folded files are: a wait's user frames and its kernel
+//! frames apart (the syscall sits between them), a waker's the same way, ending where it
+//! woke the thread. A frame keeps where
 //! it came from (`Site`: address, code, source line) when the symbolizer named it at an
 //! address; a `Marker` frame stands for what is not known (a missing stack, an address
 //! that could not be named).
@@ -49,9 +51,11 @@ pub enum RunqCause {
 /// outcome, object and waker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wait {
-    /// The thread, as `comm-tid` (printable), when the rows are kept per thread
-    /// (`--per-thread`).
-    pub thread: Option<(u32, String)>,
+    /// The thread, when the rows are kept per thread (`--per-thread`); 0 when threads
+    /// share rows.
+    pub tid: u32,
+    /// `comm-tid`, as the folded files name the thread (`?-TID` for one never seen).
+    pub thread: String,
     pub kind: Kind,
     /// The syscall's name, when the thread was in one.
     pub syscall: Option<String>,
@@ -59,13 +63,18 @@ pub struct Wait {
     pub class: WaitClass,
     /// What it waited on, in words (`futex 0x5000 (queue_lock in server)`).
     pub object: Option<String>,
-    /// Who woke it, in words; None when nothing did (preempted, still waiting, or
-    /// wakers not recorded).
-    pub waker: Option<String>,
+    /// Whether a wakeup ended it (not a preemption, nor the end of the session).
+    pub woken: bool,
+    /// Who woke it, in words (`nobody: still waiting at the end` when nothing did).
+    pub waker: String,
     pub runq_cause: RunqCause,
-    pub stack: StackId,
-    /// The waker's stack, when it has one that belongs to the wakeup.
-    pub waker_stack: Option<StackId>,
+    /// Where it waited: its user frames, and its kernel frames, root first.
+    pub ustack: StackId,
+    pub kstack: StackId,
+    /// The waker's user stack, where its own code woke the thread (a marker when it
+    /// was not recorded), and its kernel stack down to the wakeup, when recorded.
+    pub waker_ustack: Option<StackId>,
+    pub waker_kstack: Option<StackId>,
     /// Episodes (tracked syscalls) or off-CPU intervals (other).
     pub count: u64,
     pub blocked_ns: u64,
@@ -84,7 +93,7 @@ pub struct GoroutineSample {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Profile {
-    /// The process's name (printable) and pid.
+    /// The process's name (printable, as collection made it) and pid.
     pub process: String,
     pub pid: u32,
     pub session_ns: u64,
@@ -196,45 +205,58 @@ impl Profile {
             .map(|t| (t.tid, t.comm.as_str()))
             .collect();
         let mut waits = Vec::with_capacity(collected.rows.len());
+        let missed_user = interner.marker("[missed user stack]", FrameKind::Marker);
         for row in &collected.rows {
             frames.clear();
             interner.user(row.ustack, symbols, &mut frames);
+            let ustack = interner.stack(&frames);
+            frames.clear();
             interner.kernel(row.kstack, symbols, collected, &mut frames);
-            let stack = interner.stack(&frames);
+            let kstack = interner.stack(&frames);
             let w = &row.waker;
-            let waker_stack = (w.ctx == WakerCtx::Task || w.ctx == WakerCtx::Interrupt)
-                .then(|| {
+            // the waker's own code, where it woke the thread itself
+            let waker_ustack = analyze::waker_task_relevant(w, symbols).then(|| {
+                frames.clear();
+                match w.ustack.id().and_then(|id| symbols.user.get(&id)) {
+                    Some(_) => interner.user(w.ustack, symbols, &mut frames),
+                    None => frames.push(missed_user),
+                }
+                interner.stack(&frames)
+            });
+            let waker_kstack = w
+                .kstack
+                .id()
+                .filter(|id| symbols.kernel.contains_key(id))
+                .map(|_| {
                     frames.clear();
-                    if analyze::waker_task_relevant(w, symbols) {
-                        interner.user(w.ustack, symbols, &mut frames);
-                    }
                     interner.kernel(w.kstack, symbols, collected, &mut frames);
-                    (!frames.is_empty()).then(|| interner.stack(&frames))
-                })
-                .flatten();
-            let comm = threads.get(&row.tid).copied().unwrap_or("?");
+                    interner.stack(&frames)
+                });
+            let comm = threads
+                .get(&row.tid)
+                .copied()
+                .filter(|c| !c.is_empty())
+                .unwrap_or("?");
             waits.push(Wait {
-                thread: (row.tid != 0).then(|| {
-                    (
-                        row.tid,
-                        format!("{}-{}", crate::text::printable(comm), row.tid),
-                    )
-                }),
+                tid: row.tid,
+                thread: format!("{}-{}", fold::clean(comm), row.tid),
                 kind: row.kind,
                 syscall: row.syscall.map(syscalls::name),
                 outcome: row.outcome,
                 class: analyze::class_of(row, symbols),
                 object: (row.object != 0)
                     .then(|| analyze::object_label(row.kind, row.object, collected, symbols)),
-                waker: (w.ctx != WakerCtx::None)
-                    .then(|| analyze::waker_label(w, collected.pid, symbols)),
+                woken: w.ctx != WakerCtx::None,
+                waker: analyze::waker_label(w, collected.pid, symbols),
                 runq_cause: if w.ctx == WakerCtx::None {
                     RunqCause::Preemption
                 } else {
                     RunqCause::Wakeup
                 },
-                stack,
-                waker_stack,
+                ustack,
+                kstack,
+                waker_ustack,
+                waker_kstack,
                 count: row.count,
                 blocked_ns: row.blocked_ns,
                 runq_ns: row.runq_ns,
@@ -262,7 +284,7 @@ impl Profile {
             }
         }
         Profile {
-            process: crate::text::printable(&collected.comm).into_owned(),
+            process: collected.comm.clone(),
             pid: collected.pid,
             session_ns: collected.end_ns.saturating_sub(collected.start_ns),
             frames: interner.frames,

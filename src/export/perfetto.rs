@@ -6,7 +6,7 @@
 //! (another process's thread gets a track of its own), its arrow ending at the wakee's
 //! runnable slice. What the kernel could not send is counted on the process track.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use perfetto_trace_proto as pb;
 use prost::Message;
@@ -91,8 +91,10 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
     let mut events: Vec<Event> = Vec::new();
     let mut states: BTreeMap<u32, State> = BTreeMap::new();
     // wakers of other processes, and the target's own threads seen only as wakers
-    let mut others: BTreeMap<(u32, u32), ()> = BTreeMap::new();
+    let mut others: BTreeSet<(u32, u32)> = BTreeSet::new();
     let mut next_flow = 1u64;
+    // other processes' wakers' names, read once each
+    let mut comms: HashMap<(u32, u32), String> = HashMap::new();
     let slice = |events: &mut Vec<Event>, s: Slice| {
         let track = thread_track(pid, s.tid);
         events.push(Event {
@@ -182,8 +184,12 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                         continue;
                     }
                 };
-                let by_task = waker_tid != 0 && ctx != WakerCtx::Interrupt;
-                let waker = if !by_task {
+                // without wakers the kernel knows only the task that ran, which in an
+                // interrupt is not the waker: no arrow then
+                let by_task = timeline.wakers && waker_tid != 0 && ctx != WakerCtx::Interrupt;
+                let waker = if !timeline.wakers {
+                    "unknown (--no-wakers)".to_string()
+                } else if !by_task {
                     "an interrupt".to_string()
                 } else if waker_tgid == pid {
                     format!(
@@ -191,7 +197,10 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                         printable(thread_names.get(&waker_tid).copied().unwrap_or("?"))
                     )
                 } else {
-                    format!("{} (pid {waker_tgid})", comm_of(waker_tgid, waker_tid))
+                    let comm = comms
+                        .entry((waker_tgid, waker_tid))
+                        .or_insert_with(|| comm_of(waker_tgid, waker_tid));
+                    format!("{comm} (pid {waker_tgid})")
                 };
                 let (name, object) = blocked
                     .unwrap_or_else(|| ("blocked (since before the session)".to_string(), None));
@@ -212,7 +221,7 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                 });
                 if let Some(id) = flow {
                     if waker_tgid != pid || !thread_names.contains_key(&waker_tid) {
-                        others.insert((waker_tgid, waker_tid), ());
+                        others.insert((waker_tgid, waker_tid));
                     }
                     events.push(Event {
                         ts: e.ts,
@@ -296,11 +305,10 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
             .map_or_else(|| format!("tid {tid}"), |c| printable(c).into_owned());
         packets.push(thread_descriptor(pid, tid, name));
     }
-    for &(tgid, tid) in others.keys() {
-        let name = if tgid == pid {
-            format!("tid {tid}")
-        } else {
-            format!("{} (waker, pid {tgid})", comm_of(tgid, tid))
+    for &(tgid, tid) in &others {
+        let name = match comms.get(&(tgid, tid)) {
+            Some(comm) if tgid != pid => format!("{comm} (waker, pid {tgid})"),
+            _ => format!("tid {tid}"),
         };
         packets.push(thread_descriptor(tgid, tid, name));
     }

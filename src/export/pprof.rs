@@ -17,12 +17,13 @@
 //! - The goroutine view (`NAME.goroutines.pb.gz`): sampled time and samples at each
 //!   goroutine's stack, its state a label.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use prost::Message;
+// Fx: keyed by frame lists and names, hashed for every frame of every sample
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::analyze::WaitClass;
 use crate::fold::View;
@@ -51,7 +52,8 @@ pub fn encode(profile: &Profile, view: View, opts: &PprofOptions) -> Result<Opti
     let Some(p) = build(profile, view, opts) else {
         return Ok(None);
     };
-    let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::default());
+    // the fastest level: a 40,000-stack profile's 20 MB compress to 0.6 MB either way
+    let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
     gz.write_all(&p.encode_to_vec())
         .and_then(|()| gz.finish())
         .map(Some)
@@ -98,7 +100,7 @@ pub fn build(profile: &Profile, view: View, opts: &PprofOptions) -> Option<proto
                     ns(w.runq_ns),
                     ns(w.count),
                 ];
-                b.sample(Some(w.stack), values, labels);
+                b.sample(&[w.ustack, w.kstack], values, labels);
             }
         }
         View::OffWake => {
@@ -106,13 +108,15 @@ pub fn build(profile: &Profile, view: View, opts: &PprofOptions) -> Option<proto
                 let mut labels = b.wait_labels(w, false);
                 let waiter = crate::analyze::waiter_name(
                     &profile
-                        .stack(w.stack)
+                        .stack(w.ustack)
                         .filter(|f| f.kind == FrameKind::User)
                         .map(|f| f.name.clone())
                         .collect::<Vec<_>>(),
                 );
                 labels.push(b.label("waiter", &waiter.replace('`', "")));
-                b.sample(w.waker_stack, vec![ns(w.blocked_ns), ns(w.count)], labels);
+                let waker: Vec<StackId> =
+                    w.waker_ustack.into_iter().chain(w.waker_kstack).collect();
+                b.sample(&waker, vec![ns(w.blocked_ns), ns(w.count)], labels);
             }
         }
         View::Goroutines => {
@@ -130,7 +134,7 @@ pub fn build(profile: &Profile, view: View, opts: &PprofOptions) -> Option<proto
                     b.label("state", &state),
                     b.num_label("goroutines", g.goroutines),
                 ];
-                b.sample(Some(g.stack), vec![ns(g.ns), ns(g.samples)], labels);
+                b.sample(&[g.stack], vec![ns(g.ns), ns(g.samples)], labels);
             }
         }
         View::RunQueue => {}
@@ -240,8 +244,10 @@ struct Builder<'p> {
     locations: HashMap<Vec<u32>, u64>,
     /// By name and file.
     functions: HashMap<(Arc<str>, Option<Arc<str>>), u64>,
-    /// Each stack's locations, leaf first, once made.
-    stacks: HashMap<StackId, Vec<u64>>,
+    /// Each stack's locations (of its parts, root first), leaf first, once made.
+    stacks: HashMap<Vec<StackId>, Vec<u64>>,
+    /// The marker locations, by name.
+    markers: HashMap<String, u64>,
 }
 
 impl<'p> Builder<'p> {
@@ -250,13 +256,14 @@ impl<'p> Builder<'p> {
             profile,
             out: proto::Profile::default(),
             strings: Strings {
-                ids: HashMap::from([(String::new(), 0)]),
+                ids: std::iter::once((String::new(), 0)).collect(),
                 list: vec![String::new()],
             },
-            mappings: HashMap::new(),
-            locations: HashMap::new(),
-            functions: HashMap::new(),
-            stacks: HashMap::new(),
+            mappings: HashMap::default(),
+            locations: HashMap::default(),
+            functions: HashMap::default(),
+            stacks: HashMap::default(),
+            markers: HashMap::default(),
         }
     }
 
@@ -283,9 +290,9 @@ impl<'p> Builder<'p> {
             self.label("outcome", outcome_name(w.outcome)),
             self.label("class", class_name(w.class)),
         ];
-        if let Some((tid, name)) = &w.thread {
-            l.push(self.label("thread", name));
-            l.push(self.num_label("tid", u64::from(*tid)));
+        if w.tid != 0 {
+            l.push(self.label("thread", &w.thread));
+            l.push(self.num_label("tid", u64::from(w.tid)));
         }
         if let Some(s) = &w.syscall {
             l.push(self.label("syscall", s));
@@ -293,8 +300,8 @@ impl<'p> Builder<'p> {
         if let Some(o) = &w.object {
             l.push(self.label("object", o));
         }
-        if let Some(who) = &w.waker {
-            l.push(self.label("waker", who));
+        if w.woken {
+            l.push(self.label("waker", &w.waker));
         }
         if runq && w.runq_ns > 0 {
             let cause = match w.runq_cause {
@@ -306,11 +313,15 @@ impl<'p> Builder<'p> {
         l
     }
 
-    fn sample(&mut self, stack: Option<StackId>, value: Vec<i64>, label: Vec<proto::Label>) {
-        let location_id = match stack {
-            Some(s) => self.locations_of(s),
-            None => vec![self.marker_location("[no waker stack]")],
-        };
+    /// A sample at the stack made of `parts` (root first, each a profile stack).
+    fn sample(&mut self, parts: &[StackId], value: Vec<i64>, label: Vec<proto::Label>) {
+        let mut location_id = self.locations_of(parts);
+        if location_id.is_empty() && !parts.is_empty() {
+            location_id.push(self.marker_location("[no stack]"));
+        }
+        if parts.is_empty() {
+            location_id.push(self.marker_location("[no waker stack]"));
+        }
         self.out.sample.push(proto::Sample {
             location_id,
             value,
@@ -320,15 +331,19 @@ impl<'p> Builder<'p> {
 
     /// A stack's locations, leaf first: each address one location, with the functions
     /// inlined there as its lines (innermost first, as pprof orders them).
-    fn locations_of(&mut self, stack: StackId) -> Vec<u64> {
-        if let Some(l) = self.stacks.get(&stack) {
+    fn locations_of(&mut self, parts: &[StackId]) -> Vec<u64> {
+        if let Some(l) = self.stacks.get(parts) {
             return l.clone();
         }
         let profile = self.profile;
-        let frames: &[u32] = profile.stacks.get(stack as usize).map_or(&[], |s| &s[..]);
+        let frames: Vec<u32> = parts
+            .iter()
+            .filter_map(|&p| profile.stacks.get(p as usize))
+            .flat_map(|s| s.iter().copied())
+            .collect();
         // group root-first frames: an address's function, then what is inlined into it
         let mut groups: Vec<Vec<u32>> = Vec::new();
-        for &f in frames {
+        for &f in &frames {
             let inlined = profile
                 .frames
                 .get(f as usize)
@@ -350,7 +365,7 @@ impl<'p> Builder<'p> {
             }
         }
         let ids: Vec<u64> = groups.into_iter().rev().map(|g| self.location(g)).collect();
-        self.stacks.insert(stack, ids.clone());
+        self.stacks.insert(parts.to_vec(), ids.clone());
         ids
     }
 
@@ -392,6 +407,9 @@ impl<'p> Builder<'p> {
 
     /// A location that is only a name (nothing stands for it in the profile's frames).
     fn marker_location(&mut self, name: &str) -> u64 {
+        if let Some(&id) = self.markers.get(name) {
+            return id;
+        }
         let function_id = self.function(&Arc::from(name), None);
         let id = self.out.location.len() as u64 + 1;
         self.out.location.push(proto::Location {
@@ -402,6 +420,7 @@ impl<'p> Builder<'p> {
             }],
             ..Default::default()
         });
+        self.markers.insert(name.to_string(), id);
         id
     }
 
