@@ -41,6 +41,39 @@ fn go_pprof(args: &[&str], file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `go tool pprof -http` on a free port: the page at `path`, whole (status line first).
+fn pprof_http(file: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server = Command::new("go")
+        .args(["tool", "pprof", "-no_browser"])
+        .arg(format!("-http=127.0.0.1:{port}"))
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("go tool pprof -http");
+    let mut page = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            if conn.write_all(request.as_bytes()).is_ok() && conn.read_to_string(&mut page).is_ok()
+            {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    page
+}
+
 fn raw(file: &Path) -> Raw {
     let text = go_pprof(&["-raw"], file);
     // Locations:  `   7: 0x55.. M=1 fn file:line s=0()`, then `             inner file:line`
@@ -199,6 +232,23 @@ fn pprof_opens_in_go_tool_pprof_with_the_folded_totals() {
     let top = go_pprof(&["-top"], &pprof);
     assert!(top.contains("File: waitprof-fixture"), "{top}");
     assert!(top.contains("Build ID: "), "{top}");
+    let traces = go_pprof(&["-traces"], &pprof);
+    assert!(
+        traces.contains("waitprof_fixture::sleeper")
+            && traces.contains("syscall:  clock_nanosleep"),
+        "{traces}"
+    );
+    // and its web UI serves the flame graph
+    let page = pprof_http(&pprof, "/ui/flamegraph");
+    assert!(
+        page.starts_with("HTTP/1.1 200"),
+        "{}",
+        &page[..page.len().min(300)]
+    );
+    assert!(
+        page.contains("waitprof_fixture::sleeper"),
+        "the flame graph page names the sleeper"
+    );
     let sleeps: Vec<&RawSample> = raw
         .samples
         .iter()
