@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use perfetto_trace_proto as pb;
-use prost::Message;
 
 use crate::model::{Collected, Kind, Timeline, TimelineWhat, WakerCtx};
 use crate::symbolize::Symbols;
@@ -66,6 +65,66 @@ struct Event {
     annotations: Vec<(&'static str, String)>,
 }
 
+/// The trace as it is written: each packet encoded as it is made (a Trace is its packets
+/// one after another, field 1 repeated), none held. A thread's slices go on a packet
+/// sequence of their own, in their order; the track descriptors and the instants (flows'
+/// starts, made in time order) on sequence 1. Perfetto orders the sequences' packets by
+/// time when it reads them, so nothing is sorted here.
+struct Writer {
+    out: Vec<u8>,
+    sequences: HashMap<u64, u32>,
+    /// Each sequence's event names, interned: a name goes into the trace once per
+    /// sequence, then by its id.
+    names: HashMap<u32, HashMap<String, u64>>,
+}
+
+impl Writer {
+    fn packet(&mut self, p: &pb::TracePacket) {
+        prost::encoding::message::encode(TRACE_PACKET_FIELD, p, &mut self.out);
+    }
+
+    fn push(&mut self, mut e: Event) {
+        let sequence = match e.kind {
+            pb::track_event::Type::Instant => SEQUENCE,
+            _ => {
+                let next = self.sequences.len() as u32 + SEQUENCE + 1;
+                *self.sequences.entry(e.track).or_insert(next)
+            }
+        };
+        use pb::trace_packet::SequenceFlags as F;
+        // sequence 1 began with the process's descriptor, which cleared its state
+        let fresh = sequence != SEQUENCE && !self.names.contains_key(&sequence);
+        let names = self.names.entry(sequence).or_default();
+        let mut interned = None;
+        let iid = e.name.take().map(|name| match names.get(&name) {
+            Some(&iid) => iid,
+            None => {
+                let iid = names.len() as u64 + 1;
+                names.insert(name.clone(), iid);
+                interned = Some(pb::InternedData {
+                    event_names: vec![pb::EventName {
+                        iid: Some(iid),
+                        name: Some(name),
+                    }],
+                    ..Default::default()
+                });
+                iid
+            }
+        });
+        let mut p = packet(e, sequence);
+        if let (Some(iid), Some(pb::trace_packet::Data::TrackEvent(t))) = (iid, p.data.as_mut()) {
+            t.name_field = Some(pb::track_event::NameField::NameIid(iid));
+        }
+        p.interned_data = interned;
+        let mut flags = F::SeqNeedsIncrementalState as u32;
+        if fresh {
+            flags |= F::SeqIncrementalStateCleared as u32;
+        }
+        p.sequence_flags = Some(flags);
+        self.packet(&p);
+    }
+}
+
 /// The trace, encoded; None without a timeline.
 pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
     let timeline = collected.timeline.as_ref()?;
@@ -88,14 +147,73 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
         .map(|t| (t.tid, t.start_ns.max(collected.start_ns)))
         .collect();
     let begin = |tid: u32| starts.get(&tid).copied().unwrap_or(collected.start_ns);
-    let mut events: Vec<Event> = Vec::new();
     let mut states: BTreeMap<u32, State> = BTreeMap::new();
-    // wakers of other processes, and the target's own threads seen only as wakers
-    let mut others: BTreeSet<(u32, u32)> = BTreeSet::new();
     let mut next_flow = 1u64;
-    // other processes' wakers' names, read once each
+    // the tracks first: every thread of the target seen, and every thread (of another
+    // process, or one of its own it never saw run) that woke one, named once
+    let mut others: BTreeSet<(u32, u32)> = BTreeSet::new();
     let mut comms: HashMap<(u32, u32), String> = HashMap::new();
-    let slice = |events: &mut Vec<Event>, s: Slice| {
+    for e in &timeline.events {
+        if let TimelineWhat::Wake {
+            ctx,
+            waker_tid,
+            waker_tgid,
+        } = e.what
+        {
+            let by_task = timeline.wakers && waker_tid != 0 && ctx != WakerCtx::Interrupt;
+            if by_task && (waker_tgid != pid || !thread_names.contains_key(&waker_tid)) {
+                others.insert((waker_tgid, waker_tid));
+            }
+        }
+    }
+    for &(tgid, tid) in others.iter().filter(|(tgid, _)| *tgid != pid) {
+        comms.insert((tgid, tid), comm_of(tgid, tid));
+    }
+    let mut w = Writer {
+        out: Vec::new(),
+        sequences: HashMap::new(),
+        names: HashMap::new(),
+    };
+    let mut first = descriptor(
+        PROCESS_TRACK,
+        None,
+        Some(pb::ProcessDescriptor {
+            pid: Some(pid as i32),
+            process_name: Some(printable(&collected.comm).into_owned()),
+            ..Default::default()
+        }),
+        None,
+    );
+    first.sequence_flags = Some(pb::trace_packet::SequenceFlags::SeqIncrementalStateCleared as u32);
+    w.packet(&first);
+    let mut tids: Vec<u32> = timeline.events.iter().map(|e| e.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    for tid in tids {
+        let name = thread_names
+            .get(&tid)
+            .map_or_else(|| format!("tid {tid}"), |c| printable(c).into_owned());
+        w.packet(&thread_descriptor(pid, tid, name));
+    }
+    for &(tgid, tid) in &others {
+        let name = match comms.get(&(tgid, tid)) {
+            Some(comm) => format!("{comm} (waker, pid {tgid})"),
+            None => format!("tid {tid}"),
+        };
+        w.packet(&thread_descriptor(tgid, tid, name));
+    }
+    // what the timeline could not see, on the process's track at the start
+    w.push(Event {
+        ts: collected.start_ns,
+        track: PROCESS_TRACK,
+        kind: pb::track_event::Type::Instant,
+        name: Some("waitprof: session start".into()),
+        flow: None,
+        terminating_flow: None,
+        annotations: losses(timeline),
+    });
+    let events = &mut w;
+    let slice = |events: &mut Writer, s: Slice| {
         let track = thread_track(pid, s.tid);
         events.push(Event {
             ts: s.from,
@@ -140,11 +258,11 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                     State::Unknown => begin(e.tid),
                     // a switch-in was not seen: what it did since is unknown
                     other => {
-                        close(&mut events, &slice, e.tid, other, e.ts, &[]);
+                        close(events, &slice, e.tid, other, e.ts, &[]);
                         e.ts
                     }
                 };
-                slice(&mut events, plain(e.tid, since, e.ts, "running"));
+                slice(events, plain(e.tid, since, e.ts, "running"));
                 *state = if preempted {
                     State::Runnable {
                         since: e.ts,
@@ -198,8 +316,8 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                     )
                 } else {
                     let comm = comms
-                        .entry((waker_tgid, waker_tid))
-                        .or_insert_with(|| comm_of(waker_tgid, waker_tid));
+                        .get(&(waker_tgid, waker_tid))
+                        .map_or("?", String::as_str);
                     format!("{comm} (pid {waker_tgid})")
                 };
                 let (name, object) = blocked
@@ -209,7 +327,7 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                     annotations.push(("object", o));
                 }
                 slice(
-                    &mut events,
+                    events,
                     Slice {
                         annotations,
                         ..plain(e.tid, since, e.ts, &name)
@@ -220,9 +338,6 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                     next_flow
                 });
                 if let Some(id) = flow {
-                    if waker_tgid != pid || !thread_names.contains_key(&waker_tid) {
-                        others.insert((waker_tgid, waker_tid));
-                    }
                     events.push(Event {
                         ts: e.ts,
                         track: thread_track(waker_tgid, waker_tid),
@@ -251,7 +366,7 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                         let mut annotations = vec![("woken by", "unseen".to_string())];
                         annotations.extend(object.map(|o| ("object", o)));
                         slice(
-                            &mut events,
+                            events,
                             Slice {
                                 annotations,
                                 ..plain(e.tid, since, e.ts, &name)
@@ -265,9 +380,9 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
                         } else {
                             "off-CPU (since before the session)"
                         };
-                        slice(&mut events, plain(e.tid, from, e.ts, name))
+                        slice(events, plain(e.tid, from, e.ts, name))
                     }
-                    other => close(&mut events, &slice, e.tid, other, e.ts, &[]),
+                    other => close(events, &slice, e.tid, other, e.ts, &[]),
                 }
                 *state = State::Running { since: e.ts };
             }
@@ -283,60 +398,18 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
             State::Running { .. } => &[],
             _ => std::slice::from_ref(&until),
         };
-        close(&mut events, &slice, tid, state, end, extra);
+        close(events, &slice, tid, state, end, extra);
     }
-    let mut packets: Vec<pb::TracePacket> = Vec::new();
-    packets.push(descriptor(
-        PROCESS_TRACK,
-        None,
-        Some(pb::ProcessDescriptor {
-            pid: Some(pid as i32),
-            process_name: Some(printable(&collected.comm).into_owned()),
-            ..Default::default()
-        }),
-        None,
-    ));
-    let mut tids: Vec<u32> = timeline.events.iter().map(|e| e.tid).collect();
-    tids.sort_unstable();
-    tids.dedup();
-    for tid in tids {
-        let name = thread_names
-            .get(&tid)
-            .map_or_else(|| format!("tid {tid}"), |c| printable(c).into_owned());
-        packets.push(thread_descriptor(pid, tid, name));
-    }
-    for &(tgid, tid) in &others {
-        let name = match comms.get(&(tgid, tid)) {
-            Some(comm) if tgid != pid => format!("{comm} (waker, pid {tgid})"),
-            _ => format!("tid {tid}"),
-        };
-        packets.push(thread_descriptor(tgid, tid, name));
-    }
-    if let Some(p) = packets.first_mut() {
-        p.sequence_flags = Some(pb::trace_packet::SequenceFlags::SeqIncrementalStateCleared as u32);
-    }
-    // what the timeline could not see, on the process's track at the start
-    events.push(Event {
-        ts: collected.start_ns,
-        track: PROCESS_TRACK,
-        kind: pb::track_event::Type::Instant,
-        name: Some("waitprof: session start".into()),
-        flow: None,
-        terminating_flow: None,
-        annotations: losses(timeline),
-    });
-    // stable: a track's events were made in its order, which at one time is the right one
-    // (a slice's end before the next one's begin, a zero-length slice's begin before its
-    // end)
-    events.sort_by_key(|e| e.ts);
-    packets.extend(events.into_iter().map(packet));
-    Some(pb::Trace { packet: packets }.encode_to_vec())
+    Some(w.out)
 }
+
+/// `Trace.packet`'s field number in perfetto_trace.proto.
+const TRACE_PACKET_FIELD: u32 = 1;
 
 /// The slices a thread's last state makes, up to `end`.
 fn close(
-    events: &mut Vec<Event>,
-    slice: &dyn Fn(&mut Vec<Event>, Slice),
+    events: &mut Writer,
+    slice: &dyn Fn(&mut Writer, Slice),
     tid: u32,
     state: State,
     end: u64,
@@ -438,7 +511,7 @@ fn thread_descriptor(tgid: u32, tid: u32, name: String) -> pb::TracePacket {
     )
 }
 
-fn packet(e: Event) -> pb::TracePacket {
+fn packet(e: Event, sequence: u32) -> pb::TracePacket {
     let debug_annotations = e
         .annotations
         .into_iter()
@@ -455,14 +528,13 @@ fn packet(e: Event) -> pb::TracePacket {
             r#type: Some(e.kind as i32),
             track_uuid: Some(e.track),
             name_field: e.name.map(pb::track_event::NameField::Name),
-            categories: vec!["waitprof".into()],
             flow_ids: e.flow.into_iter().collect(),
             terminating_flow_ids: e.terminating_flow.into_iter().collect(),
             debug_annotations,
             ..Default::default()
         })),
         optional_trusted_packet_sequence_id: Some(
-            pb::trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(SEQUENCE),
+            pb::trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(sequence),
         ),
         ..Default::default()
     }

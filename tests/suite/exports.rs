@@ -546,6 +546,7 @@ fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
     let mut open: HashMap<u64, TraceSlice> = HashMap::new();
     let mut slices = Vec::new();
     let mut flows = HashMap::new();
+    let mut names: HashMap<(u64, u64), String> = HashMap::new();
     for p in trace.all("packet").filter_map(|f| match f {
         Field::Msg(m) => Some(m),
         Field::Scalar(_) => None,
@@ -557,8 +558,29 @@ fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
             }
             continue;
         }
+        // event names are interned per packet sequence
+        let sequence = p.num("trusted_packet_sequence_id").unwrap_or(0);
+        if let Some(interned) = p.msg("interned_data") {
+            for n in interned.all("event_names").filter_map(|f| match f {
+                Field::Msg(m) => Some(m),
+                Field::Scalar(_) => None,
+            }) {
+                let (Some(iid), Some(name)) = (n.num("iid"), n.scalar("name")) else {
+                    continue;
+                };
+                names.insert((sequence, iid), name.to_string());
+            }
+        }
         let Some(e) = p.msg("track_event") else {
             continue;
+        };
+        let name = match (e.scalar("name"), e.num("name_iid")) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(iid)) => names
+                .get(&(sequence, iid))
+                .cloned()
+                .unwrap_or_else(|| panic!("name {iid} not interned on sequence {sequence}")),
+            (None, None) => String::new(),
         };
         let ts = p.num("timestamp").expect("an event's timestamp");
         let track = e.num("track_uuid").expect("an event's track");
@@ -577,7 +599,7 @@ fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
                     .collect();
                 let begun = TraceSlice {
                     thread: thread.clone(),
-                    name: e.scalar("name").unwrap_or("").to_string(),
+                    name,
                     from: ts,
                     to: ts,
                     flow_end: e.nums("terminating_flow_ids"),

@@ -660,18 +660,31 @@ fn golden_timeline() {
                 );
             }
             Some(perfetto_trace_proto::trace_packet::Data::TrackEvent(e)) => {
+                if let Some(i) = &p.interned_data {
+                    for n in &i.event_names {
+                        let _ = writeln!(t, "  interned {:?} = {:?}", n.iid, n.name);
+                    }
+                }
                 let name = match &e.name_field {
-                    Some(perfetto_trace_proto::track_event::NameField::Name(n)) => n.as_str(),
-                    _ => "",
+                    Some(perfetto_trace_proto::track_event::NameField::Name(n)) => n.clone(),
+                    Some(perfetto_trace_proto::track_event::NameField::NameIid(i)) => {
+                        format!("#{i}")
+                    }
+                    _ => String::new(),
                 };
                 let annotations: Vec<String> = e
                     .debug_annotations
                     .iter()
                     .map(|a| format!("{:?}={:?}", a.name_field, a.value))
                     .collect();
+                let sequence = match p.optional_trusted_packet_sequence_id {
+                    Some(perfetto_trace_proto::trace_packet::OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(s)) => s,
+                    None => 0,
+                };
                 let _ = writeln!(
                     t,
-                    "{} {} type {:?} {name:?} flows {:?} ends {:?} {}",
+                    "seq {sequence} flags {:?} {} {} type {:?} {name:?} flows {:?} ends {:?} {}",
+                    p.sequence_flags,
                     p.timestamp.unwrap_or(0),
                     e.track_uuid.unwrap_or(0),
                     e.r#type,
