@@ -5,8 +5,8 @@
 //! The pipeline, one module per stage: `cli` (flags into a `Config`) → `session` (checks,
 //! target, load and attach) → `collect` (run, then read the kernel's aggregation) →
 //! `symbolize` (blazesym) → `profile` (typed samples over interned stacks) → `fold`
-//! (folded stacks) → `export` (inferno SVG, pprof, and the files on disk) and `summary`
-//! (text).
+//! (folded stacks) → `export` (inferno SVG, pprof, the JSON summary, the Perfetto
+//! timeline, and the files on disk) and `summary` (text).
 
 pub mod analyze;
 pub mod bpf;

@@ -1,7 +1,8 @@
 //! Exports: every file a session writes, and the one writer that puts them on disk all
 //! or none. Each format has its own module (`flamegraph`: inferno SVG; `pprof`: gzipped
-//! profile.proto; `json`: the summary's facts); `files` owns how a file reaches the disk safely (directory fd,
-//! `O_EXCL|O_NOFOLLOW`, rename into place).
+//! profile.proto; `json`: the summary's facts; `perfetto`: the timeline); `files` owns
+//! how a file reaches the disk safely (directory fd, `O_EXCL|O_NOFOLLOW`, rename into
+//! place).
 
 pub mod files;
 pub mod flamegraph;
@@ -30,8 +31,8 @@ pub struct Drawn {
 const OTHER_VIEWS: [View; 3] = [View::OffWake, View::RunQueue, View::Goroutines];
 
 /// Writes every drawn view (its folded stacks, its SVG and its pprof profile), and the
-/// Perfetto trace if there is one, into `dir`, all or none, and removes the files of views not drawn. Returns the SVGs'
-/// paths, in the views' order.
+/// Perfetto trace if there is one, into `dir`, all or none, and removes the files of
+/// views not drawn (and a stale trace). Returns the SVGs' paths, in the views' order.
 pub fn write_views(
     dir: &OutputDir,
     paths: &OutputPaths,
