@@ -132,9 +132,6 @@ fn read_bounded(path: &Path, max: u64, prefix: bool) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// The most a pprof profile may decompress to (a bomb is refused, not followed).
-const MAX_PPROF: u64 = 256 << 20;
-
 /// A pprof profile (gzipped or not) as folded stacks, in microseconds, and the session
 /// length it says. Its stacks become root-first function names (each location's inlined
 /// functions outermost first), kernel frames (`[kernel.kallsyms]`) with `_[k]` and the
@@ -143,25 +140,7 @@ const MAX_PPROF: u64 = 256 << 20;
 /// profiles count their default sample type.
 pub fn parse_pprof(what: &str, data: &[u8]) -> Result<Side> {
     use crate::export::pprof::proto;
-    use prost::Message;
-    let raw = if data.starts_with(&[0x1f, 0x8b]) {
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(data)
-            .take(MAX_PPROF + 1)
-            .read_to_end(&mut raw)
-            .with_context(|| format!("{what}: not a gzipped pprof profile"))?;
-        if raw.len() as u64 > MAX_PPROF {
-            bail!(
-                "{what}: decompresses to more than {} MiB: not a profile waitprof wrote",
-                MAX_PPROF >> 20
-            );
-        }
-        raw
-    } else {
-        data.to_vec()
-    };
-    let p = proto::Profile::decode(raw.as_slice())
-        .map_err(|e| anyhow::anyhow!("{what}: not a pprof profile ({e})"))?;
+    let p = crate::export::pprof::decode(data).with_context(|| what.to_string())?;
     let string = |i: i64| -> Result<&str> {
         usize::try_from(i)
             .ok()

@@ -60,6 +60,35 @@ pub fn encode(profile: &Profile, view: View, opts: &PprofOptions) -> Result<Opti
         .context("compressing the pprof profile")
 }
 
+/// The most a pprof profile read back may inflate to: a gzip bomb is refused, not
+/// followed.
+pub const MAX_DECODED: u64 = 256 << 20;
+
+/// A pprof profile read back (`waitprof diff`, the tests): gzipped, as pprof writes
+/// them, or not, inflated to at most `MAX_DECODED` bytes.
+pub fn decode(data: &[u8]) -> Result<proto::Profile> {
+    use std::io::Read;
+    let inflated;
+    let raw = if data.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .take(MAX_DECODED + 1)
+            .read_to_end(&mut out)
+            .context("not a gzipped pprof profile")?;
+        if out.len() as u64 > MAX_DECODED {
+            anyhow::bail!(
+                "decompresses to more than {} MiB: not a profile waitprof wrote",
+                MAX_DECODED >> 20
+            );
+        }
+        inflated = out;
+        inflated.as_slice()
+    } else {
+        data
+    };
+    proto::Profile::decode(raw).map_err(|e| anyhow::anyhow!("not a pprof profile ({e})"))
+}
+
 /// The view as a pprof profile (not compressed); None as `encode`.
 pub fn build(profile: &Profile, view: View, opts: &PprofOptions) -> Option<proto::Profile> {
     let mut b = Builder::new(profile);

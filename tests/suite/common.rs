@@ -381,14 +381,8 @@ pub fn assert_complete_or_nothing(dir: &std::path::Path, code: Option<i32>, what
 
 /// The string table of a gzipped pprof profile, if it decodes as one.
 pub fn pprof_strings(path: &std::path::Path) -> Option<Vec<String>> {
-    use prost::Message;
-    use std::io::Read;
     let gz = std::fs::read(path).ok()?;
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz.as_slice())
-        .read_to_end(&mut raw)
-        .ok()?;
-    let p = waitprof::export::pprof::proto::Profile::decode(raw.as_slice()).ok()?;
+    let p = waitprof::export::pprof::decode(&gz).ok()?;
     Some(p.string_table)
 }
 

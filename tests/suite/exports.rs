@@ -17,6 +17,13 @@ struct RawSample {
     labels: String,
 }
 
+impl RawSample {
+    /// Whether its stack runs through a function whose name starts with `prefix`.
+    fn runs(&self, prefix: &str) -> bool {
+        self.functions.iter().any(|f| f.starts_with(prefix))
+    }
+}
+
 /// What `go tool pprof -raw` prints of a profile: its samples, and each location's
 /// lines (`function file:line`).
 struct Raw {
@@ -159,7 +166,7 @@ impl Raw {
     fn under(&self, name: &str, index: usize) -> i64 {
         self.samples
             .iter()
-            .filter(|s| s.functions.iter().any(|f| f.starts_with(name)))
+            .filter(|s| s.runs(name))
             .map(|s| s.values[index])
             .sum()
     }
@@ -252,11 +259,7 @@ fn pprof_opens_in_go_tool_pprof_with_the_folded_totals() {
     let sleeps: Vec<&RawSample> = raw
         .samples
         .iter()
-        .filter(|s| {
-            s.functions
-                .iter()
-                .any(|f| f.starts_with("waitprof_fixture::sleeper"))
-        })
+        .filter(|s| s.runs("waitprof_fixture::sleeper"))
         .collect();
     for s in &sleeps {
         for want in [
@@ -290,11 +293,7 @@ fn pprof_labels_the_lock_and_its_waker() {
     let contended: Vec<&RawSample> = main
         .samples
         .iter()
-        .filter(|s| {
-            s.functions
-                .iter()
-                .any(|f| f.starts_with("waitprof_fixture::take_job"))
-        })
+        .filter(|s| s.runs("waitprof_fixture::take_job"))
         .filter(|s| s.labels.contains("kind:[futex]"))
         .collect();
     assert!(
@@ -322,11 +321,7 @@ fn pprof_labels_the_lock_and_its_waker() {
     let released = wakers
         .samples
         .iter()
-        .filter(|s| {
-            s.functions
-                .iter()
-                .any(|f| f.starts_with("waitprof_fixture::release_job"))
-        })
+        .filter(|s| s.runs("waitprof_fixture::release_job"))
         .filter(|s| s.labels.contains("waiter:[waitprof_fixture::take_job]"))
         .map(|s| s.values[0])
         .sum::<i64>();
@@ -713,11 +708,7 @@ fn timeline_slices_match_the_fixtures_timing() {
     let pprof_ns: i64 = pprof
         .samples
         .iter()
-        .filter(|s| {
-            s.functions
-                .iter()
-                .any(|f| f.starts_with("waitprof_fixture::sleeper"))
-        })
+        .filter(|s| s.runs("waitprof_fixture::sleeper"))
         .filter(|s| s.labels.contains("syscall:[clock_nanosleep]"))
         .map(|s| s.values[0])
         .sum();

@@ -501,15 +501,8 @@ fn golden_summary() {
 /// A pprof profile as text, every id resolved: its sample types, mappings and samples
 /// (values, labels by key, locations leaf first with their lines innermost first).
 fn pprof_text(gz: &[u8]) -> String {
-    use prost::Message;
     use std::fmt::Write;
-    use std::io::Read;
-    use waitprof::export::pprof::proto;
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut raw)
-        .expect("gzip");
-    let p = proto::Profile::decode(raw.as_slice()).expect("a profile.proto message");
+    let p = waitprof::export::pprof::decode(gz).expect("a gzipped profile.proto message");
     let s = |i: i64| p.string_table[i as usize].as_str();
     assert_eq!(s(0), "", "string 0 is empty");
     let mut t = String::new();
@@ -583,13 +576,7 @@ fn pprof_text(gz: &[u8]) -> String {
 
 /// The sum of one sample type's values.
 fn pprof_total(gz: &[u8], index: usize) -> i64 {
-    use prost::Message;
-    use std::io::Read;
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut raw)
-        .expect("gzip");
-    let p = waitprof::export::pprof::proto::Profile::decode(raw.as_slice()).expect("decoded");
+    let p = waitprof::export::pprof::decode(gz).expect("a gzipped profile.proto message");
     p.sample.iter().map(|s| s.value[index]).sum()
 }
 
