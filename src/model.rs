@@ -593,7 +593,7 @@ pub struct GoroutineRow {
     /// it was read (`raced`).
     pub stack: Option<u64>,
     pub raced: bool,
-    /// Sampled time: each sample counts half the time to the sweeps either side of it.
+    /// Sampled time: each sample counts the time to the next sweep.
     pub ns: u64,
     pub samples: u64,
     /// Distinct goroutines (by goid) among the samples.

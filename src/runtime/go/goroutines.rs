@@ -7,8 +7,12 @@
 //! have is never reported. A parked goroutine's stack does not change until it runs, so
 //! the stack walked once is reused while its goid and saved registers stay the same.
 //!
-//! Durations are sampled: each sample stands for half the interval before it and half
-//! the one after (the first sweep's for all the time before it). The sweep rate adapts
+//! Durations are sampled: each sample stands for the interval from its sweep to the next
+//! (the first sweep's also for all the time before it). Not the midpoint: a pause of the
+//! whole machine (a hypervisor's steal, a real-time burst) freezes every goroutine where
+//! the sweep before it saw them, while the sweep after it wakes with the timers that
+//! expired meanwhile and catches the program's goroutines mid-transition; giving it half
+//! the pause skewed a 4 s pool wait by 20% under such bursts. The sweep rate adapts
 //! so that sweeping costs at most `BUDGET` of one CPU over the session (10 ms between
 //! sweeps at the fastest, `MAX_PERIOD` at the slowest), with a costly sweep paid back over
 //! several gaps rather than one.
@@ -348,8 +352,8 @@ fn marker(m: crate::bpf::types::wp_unwind_stop) -> u64 {
 }
 
 impl Sweeper {
-    /// One sweep at `now_ns`: the interval since the last sweep is split between the
-    /// samples of the last sweep and those of this one (see `carry`).
+    /// One sweep at `now_ns`: the interval since the last sweep goes to the samples of
+    /// the last sweep (see `carry`).
     fn sweep(&mut self, now_ns: u64) {
         let dt = now_ns.saturating_sub(self.last_ns);
         self.last_ns = now_ns;
@@ -447,8 +451,8 @@ impl Sweeper {
         let mut runnable = 0u64;
         let mut now_runnable = FxHashSet::default();
         let mut in_syscall = Vec::new();
-        // the second half of the interval goes to the samples before it
-        self.carry(dt - dt / 2);
+        // the interval since the last sweep goes to the samples before it
+        self.carry(dt);
         let mut keys = Vec::with_capacity(gs.len());
         for (i, g) in gs.iter().enumerate() {
             let status = match g.status {
@@ -475,9 +479,11 @@ impl Sweeper {
             let key = (status, reason, ptr, raced[i]);
             keys.push(key);
             let a = self.acc.entry(key).or_default();
-            // each sample stands for half the interval before it and half the one after
-            // (the first for all the time before it)
-            a.ns += if self.sweeps_read == 0 { dt } else { dt / 2 };
+            // each sample stands for the interval after it (see `carry`), the first
+            // sweep's also for all the time before it
+            if self.sweeps_read == 0 {
+                a.ns += dt;
+            }
             a.samples += 1;
             if a.goids.len() < MAX_GOIDS {
                 a.goids.insert(g.goid);
@@ -578,8 +584,8 @@ impl Sweeper {
         self.buf = buf;
     }
 
-    /// Gives `ns` to each sample of the last sweep read: the half of an interval that
-    /// follows it, or (the program gone, the goroutines unreadable) half of what is left.
+    /// Gives `ns` to each sample of the last sweep read: the interval that follows it,
+    /// or half of it when the program is gone (it left at some time in between).
     fn carry(&mut self, ns: u64) {
         if self.sweeps_read == 0 {
             return;
@@ -995,7 +1001,7 @@ fn run(
         // the next sweep when the sweeps so far are within BUDGET of the time so far, but
         // at most twice the recent pace later: a costly sweep (the first, which walks
         // every stack, or one slowed by a busy machine) is repaid over the next gaps, not
-        // in one long gap that the samples either side of it would have to stand for
+        // in one long gap that the samples before it would have to stand for
         let due = Duration::from_nanos((spent as f64 / BUDGET) as u64);
         let pace = Duration::from_nanos((recent_cost(&s.view.sweep_cpu_ns) as f64 / BUDGET) as u64);
         let period = due

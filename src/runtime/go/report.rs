@@ -188,7 +188,7 @@ pub fn write(
     );
     let _ = writeln!(
         out,
-        "    {} goroutines at most, {} seen; goroutine time by state (sampled: each sample counts half the time to the sweeps either side of it):",
+        "    {} goroutines at most, {} seen; goroutine time by state (sampled: each sample counts the time to the next sweep):",
         view.goroutines_max, view.goroutines_seen
     );
     let total: u64 = view.rows.iter().map(|r| r.ns).sum();
