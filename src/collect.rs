@@ -298,6 +298,7 @@ pub fn run(
             target.pid,
             start_ns,
             matches!(cfg.target, Target::Command(_)),
+            cfg.timeline,
         )
     });
     let other_namespaces = crate::target::other_namespaces(target.pid);

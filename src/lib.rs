@@ -208,7 +208,7 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_NOTHING_BLOCKED));
     }
-    let timeline = export::perfetto::trace(&collected, &symbols);
+    let timeline = export::perfetto::trace(&collected, &symbols, &profile);
     let written = export::write_views(
         &out_dir,
         &paths,

@@ -678,4 +678,28 @@ pub struct GoroutineView {
     /// The on-CPU samples that gave the running goroutines their stacks, or why the
     /// running goroutines show their start function only (None: none ran).
     pub running_from: Option<Result<u64, String>>,
+    /// Each goroutine's states over the session, with `--timeline`.
+    pub spells: Option<GoroutineSpells>,
+}
+
+/// Each goroutine's states over the session, as the sweeps saw them (`--timeline`).
+#[derive(Clone, Debug, Default)]
+pub struct GoroutineSpells {
+    /// In the order they ended.
+    pub spells: Vec<GoroutineSpell>,
+    /// Spells beyond the most kept.
+    pub dropped: u64,
+}
+
+/// A goroutine in one state at one stack, from the sweep that first saw it so to the
+/// first that saw it otherwise (sampled: its ends are a sweep interval wide).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineSpell {
+    pub goid: u64,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub state: GState,
+    /// Its stack among the profile's stacks; None when it ran while it was read (`raced`).
+    pub stack: Option<u64>,
+    pub raced: bool,
 }

@@ -102,6 +102,18 @@ pub struct Profile {
     pub stacks: Vec<Box<[u32]>>,
     pub waits: Vec<Wait>,
     pub goroutines: Vec<GoroutineSample>,
+    /// Each goroutine's states over the session (`--timeline`), in the order they ended.
+    pub goroutine_spells: Vec<GoroutineSpell>,
+}
+
+/// A goroutine in one state at one stack over a stretch of the session (sampled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoroutineSpell {
+    pub goid: u64,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub state: GState,
+    pub stack: StackId,
 }
 
 /// Interns frames (by the symbolizer's name allocation, or by text for markers) and
@@ -263,23 +275,36 @@ impl Profile {
             });
         }
         let mut goroutines = Vec::new();
+        let mut goroutine_spells = Vec::new();
         if let Some(view) = &collected.goroutines {
-            for row in &view.rows {
+            let mut stack_of = |stack: Option<u64>, raced: bool, frames: &mut Vec<u32>| {
                 frames.clear();
-                match row.stack {
-                    Some(id) => interner.user(StackRef::Id(id), symbols, &mut frames),
-                    None if row.raced => frames.push(interner.marker(
+                match stack {
+                    Some(id) => interner.user(StackRef::Id(id), symbols, frames),
+                    None if raced => frames.push(interner.marker(
                         "[unknown: the goroutine ran while it was read]",
                         FrameKind::Marker,
                     )),
                     None => {}
                 }
+                interner.stack(frames)
+            };
+            for row in &view.rows {
                 goroutines.push(GoroutineSample {
                     state: row.state.clone(),
-                    stack: interner.stack(&frames),
+                    stack: stack_of(row.stack, row.raced, &mut frames),
                     ns: row.ns,
                     samples: row.samples,
                     goroutines: row.goroutines,
+                });
+            }
+            for spell in view.spells.iter().flat_map(|s| &s.spells) {
+                goroutine_spells.push(GoroutineSpell {
+                    goid: spell.goid,
+                    from_ns: spell.from_ns,
+                    to_ns: spell.to_ns,
+                    state: spell.state.clone(),
+                    stack: stack_of(spell.stack, spell.raced, &mut frames),
                 });
             }
         }
@@ -291,6 +316,7 @@ impl Profile {
             stacks: interner.stack_list,
             waits,
             goroutines,
+            goroutine_spells,
         }
     }
 

@@ -269,6 +269,22 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             t.dropped_beyond_limit,
             crate::collect::TIMELINE_MAX_EVENTS
         );
+        if let Some(spells) = collected
+            .goroutines
+            .as_ref()
+            .and_then(|g| g.spells.as_ref())
+        {
+            let goroutines: std::collections::HashSet<u64> =
+                spells.spells.iter().map(|s| s.goid).collect();
+            let _ = writeln!(
+                out,
+                "    and goroutine spells ({} of {} goroutines, sampled: each from the sweep that saw a state to the first that saw another), {} beyond the {} kept",
+                spells.spells.len(),
+                goroutines.len(),
+                spells.dropped,
+                crate::runtime::go::goroutines::MAX_TIMELINE_SPELLS
+            );
+        }
     }
     write_unwinding(&mut out, collected, symbols);
     write_snapshots(&mut out, collected, symbols);

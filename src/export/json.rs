@@ -48,6 +48,10 @@ pub struct TimelineCounts {
     pub events: usize,
     pub dropped_in_kernel: u64,
     pub dropped_beyond_limit: u64,
+    /// A Go program's goroutine spells (sampled states) kept and dropped; null for
+    /// other programs.
+    pub goroutine_spells: Option<usize>,
+    pub goroutine_spells_dropped: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -241,6 +245,10 @@ pub fn summary<'a>(
     findings: &'a [Finding],
 ) -> Summary<'a> {
     let session_ns = collected.end_ns.saturating_sub(collected.start_ns);
+    let spells = collected
+        .goroutines
+        .as_ref()
+        .and_then(|g| g.spells.as_ref());
     let (ended_by, exit_status) = match &collected.end_reason {
         Some(EndReason::Duration) => ("duration", None),
         Some(EndReason::Interrupted) => ("interrupted", None),
@@ -435,6 +443,8 @@ pub fn summary<'a>(
             events: t.events.len(),
             dropped_in_kernel: t.dropped_in_kernel,
             dropped_beyond_limit: t.dropped_beyond_limit,
+            goroutine_spells: spells.map(|s| s.spells.len()),
+            goroutine_spells_dropped: spells.map(|s| s.dropped),
         }),
     }
 }

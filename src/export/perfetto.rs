@@ -5,12 +5,17 @@
 //! sent. A wakeup by a thread is a flow: an instant `wakes TID` on the waker's track
 //! (another process's thread gets a track of its own), its arrow ending at the wakee's
 //! runnable slice. What the kernel could not send is counted on the process track.
+//! A Go program's goroutines are tracks too, under one `goroutines (sampled ...)` track:
+//! each goroutine's states (the runtime's wait reason, runnable, running, in a syscall)
+//! as its sweeps saw them, each slice with its function and stack: sampled, so a slice's
+//! ends are as wide as the sweep interval, and a state shorter than one may be missed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use perfetto_trace_proto as pb;
 
-use crate::model::{Collected, Kind, Timeline, TimelineWhat, WakerCtx};
+use crate::model::{Collected, GState, Kind, Timeline, TimelineWhat, WakerCtx};
+use crate::profile::{FrameKind, Profile};
 use crate::symbolize::Symbols;
 use crate::text::printable;
 
@@ -21,6 +26,14 @@ const MONOTONIC: u32 = 3;
 
 fn thread_track(tgid: u32, tid: u32) -> u64 {
     (u64::from(tgid) << 32 | u64::from(tid)) + 2
+}
+
+/// The goroutines' parent track, and each goroutine's (above any thread's: a tgid is
+/// below 2^22).
+const GOROUTINES_TRACK: u64 = 1 << 62;
+
+fn goroutine_track(goid: u64) -> u64 {
+    GOROUTINES_TRACK + 1 + (goid & (GOROUTINES_TRACK - 1))
 }
 
 /// What a thread is doing between two events.
@@ -126,7 +139,7 @@ impl Writer {
 }
 
 /// The trace, encoded; None without a timeline.
-pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
+pub fn trace(collected: &Collected, symbols: &Symbols, profile: &Profile) -> Option<Vec<u8>> {
     let timeline = collected.timeline.as_ref()?;
     let pid = collected.pid;
     let thread_names: HashMap<u32, &str> = collected
@@ -201,6 +214,13 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
             None => format!("tid {tid}"),
         };
         w.packet(&thread_descriptor(tgid, tid, name));
+    }
+    let goroutines = collected
+        .goroutines
+        .as_ref()
+        .and_then(|g| g.spells.as_ref());
+    if let Some(spells) = goroutines {
+        goroutine_descriptors(&mut w, collected, profile, spells.dropped);
     }
     // what the timeline could not see, on the process's track at the start
     w.push(Event {
@@ -400,7 +420,120 @@ pub fn trace(collected: &Collected, symbols: &Symbols) -> Option<Vec<u8>> {
         };
         close(events, &slice, tid, state, end, extra);
     }
+    if goroutines.is_some() {
+        goroutine_slices(&mut w, profile);
+    }
     Some(w.out)
+}
+
+/// A goroutine's function: the frame its stacks begin with above `runtime.goexit`, past
+/// the wrapper a `go` statement with arguments makes (`main.serve.gowrap1`, Go 1.21 on;
+/// before, a `main.serve.func1` cannot be told from the program's own closure).
+fn goroutine_function(profile: &Profile, stack: crate::profile::StackId) -> Option<&str> {
+    let mut frames = profile.stack(stack);
+    let first = frames.next()?;
+    if &*first.name != "runtime.goexit" {
+        return None;
+    }
+    let is_wrapper = |name: &str| {
+        name.rsplit_once(".gowrap")
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    frames
+        .find(|f| f.kind != FrameKind::User || !is_wrapper(&f.name))
+        .filter(|f| f.kind == FrameKind::User)
+        .map(|f| &*f.name)
+}
+
+/// The goroutines' tracks, under one parent: `goroutine 17: main.worker`.
+fn goroutine_descriptors(w: &mut Writer, collected: &Collected, profile: &Profile, dropped: u64) {
+    let apart = collected
+        .goroutines
+        .as_ref()
+        .map_or(0, |g| g.period_max.as_millis());
+    let mut parent = descriptor(GOROUTINES_TRACK, Some(PROCESS_TRACK), None, None);
+    if let Some(pb::trace_packet::Data::TrackDescriptor(d)) = parent.data.as_mut() {
+        let mut name = format!(
+            "goroutines (sampled: sweeps at most {apart} ms apart; a slice's ends are that wide)"
+        );
+        if dropped > 0 {
+            name.push_str(&format!("; {dropped} spells beyond the most kept"));
+        }
+        d.static_or_dynamic_name = Some(pb::track_descriptor::StaticOrDynamicName::Name(name));
+    }
+    w.packet(&parent);
+    let mut names: BTreeMap<u64, Option<&str>> = BTreeMap::new();
+    for spell in &profile.goroutine_spells {
+        let name = names.entry(spell.goid).or_default();
+        if name.is_none() {
+            *name = goroutine_function(profile, spell.stack);
+        }
+    }
+    for (goid, function) in names {
+        let name = match function {
+            Some(f) => format!("goroutine {goid}: {}", printable(f)),
+            None => format!("goroutine {goid}"),
+        };
+        let mut d = descriptor(goroutine_track(goid), Some(GOROUTINES_TRACK), None, None);
+        if let Some(pb::trace_packet::Data::TrackDescriptor(t)) = d.data.as_mut() {
+            t.static_or_dynamic_name = Some(pb::track_descriptor::StaticOrDynamicName::Name(name));
+        }
+        w.packet(&d);
+    }
+}
+
+/// A goroutine state's slice name: the runtime's wait reason, or what it did instead.
+fn goroutine_state(state: &GState) -> String {
+    match state {
+        GState::Waiting(reason) => printable(reason).into_owned(),
+        GState::Runnable => "runnable (waiting for a P)".into(),
+        GState::Running => "running".into(),
+        GState::Syscall => "in a syscall".into(),
+    }
+}
+
+/// Each goroutine's spells as slices, with the innermost function outside the runtime
+/// (`in`) and the whole stack, leaf first.
+fn goroutine_slices(w: &mut Writer, profile: &Profile) {
+    // a goroutine's spells in time order, on its track's sequence
+    let mut order: Vec<&crate::profile::GoroutineSpell> = profile.goroutine_spells.iter().collect();
+    order.sort_by_key(|s| (s.goid, s.from_ns));
+    for spell in order {
+        let frames: Vec<&crate::profile::Frame> = profile.stack(spell.stack).collect();
+        let mut annotations = Vec::new();
+        if let Some(f) = frames
+            .iter()
+            .rev()
+            .find(|f| f.kind == FrameKind::User && !f.name.starts_with("runtime."))
+        {
+            annotations.push(("in", printable(&f.name).into_owned()));
+        }
+        let stack: Vec<String> = frames
+            .iter()
+            .rev()
+            .map(|f| printable(&f.name).into_owned())
+            .collect();
+        annotations.push(("stack", stack.join("\n")));
+        let track = goroutine_track(spell.goid);
+        w.push(Event {
+            ts: spell.from_ns,
+            track,
+            kind: pb::track_event::Type::SliceBegin,
+            name: Some(goroutine_state(&spell.state)),
+            flow: None,
+            terminating_flow: None,
+            annotations,
+        });
+        w.push(Event {
+            ts: spell.to_ns.max(spell.from_ns),
+            track,
+            kind: pb::track_event::Type::SliceEnd,
+            name: None,
+            flow: None,
+            terminating_flow: None,
+            annotations: Vec::new(),
+        });
+    }
 }
 
 /// `Trace.packet`'s field number in perfetto_trace.proto.

@@ -185,8 +185,7 @@ pub fn build(profile: &Profile, view: View, opts: &PprofOptions) -> Option<proto
     );
     b.out.comment = vec![b.strings.id(&comment)];
     if view == View::Goroutines {
-        let sampled =
-            "goroutine time is sampled: each sample counts the time to the next sweep";
+        let sampled = "goroutine time is sampled: each sample counts the time to the next sweep";
         b.out.comment.push(b.strings.id(sampled));
     }
     b.out.duration_nanos = ns(profile.session_ns);

@@ -439,6 +439,41 @@ fn json_to_an_unwritable_path_fails_first() {
     );
 }
 
+/// A text-format string's bytes: protoc escapes newlines, quotes, backslashes and
+/// (in octal) every byte outside printable ASCII.
+fn unescape(quoted: &str) -> String {
+    let b = quoted.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
+    while i < b.len() {
+        if b[i] != b'\\' || i + 1 == b.len() {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let octal = b[i + 1..]
+            .iter()
+            .take(3)
+            .take_while(|c| (b'0'..=b'7').contains(c));
+        let digits = octal.count();
+        if digits > 0 {
+            let n = b[i + 1..i + 1 + digits]
+                .iter()
+                .fold(0u32, |n, d| n * 8 + u32::from(d - b'0'));
+            out.push(n as u8);
+            i += 1 + digits;
+            continue;
+        }
+        out.push(match b[i + 1] {
+            b'n' => b'\n',
+            b't' => b'\t',
+            b'r' => b'\r',
+            other => other,
+        });
+        i += 2;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A protobuf text-format message as `protoc --decode` prints it.
 #[derive(Debug, Default)]
 struct Msg {
@@ -463,7 +498,10 @@ impl Msg {
                 m.fields
                     .push((name.to_string(), Field::Msg(Msg::parse(lines))));
             } else if let Some((k, v)) = t.split_once(": ") {
-                let v = v.trim_matches('"').to_string();
+                let v = match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                    Some(quoted) => unescape(quoted),
+                    None => v.to_string(),
+                };
                 m.fields.push((k.to_string(), Field::Scalar(v)));
             }
         }
@@ -507,19 +545,20 @@ impl Msg {
 
 /// A slice of a thread's timeline, as the trace says it.
 #[derive(Debug)]
-struct TraceSlice {
-    thread: String,
-    name: String,
-    from: u64,
-    to: u64,
-    flow_end: Vec<u64>,
-    annotations: Vec<(String, String)>,
+pub(super) struct TraceSlice {
+    /// The thread's `NAME/TID`, or the track's name (a goroutine's).
+    pub(super) thread: String,
+    pub(super) name: String,
+    pub(super) from: u64,
+    pub(super) to: u64,
+    pub(super) flow_end: Vec<u64>,
+    pub(super) annotations: Vec<(String, String)>,
 }
 
 /// The trace decoded by protoc from Perfetto's published perfetto_trace.proto (the one
-/// the perfetto-trace-proto crate ships): its thread slices, and each flow's source
-/// thread by id.
-fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
+/// the perfetto-trace-proto crate ships): its thread (and goroutine) slices, and each
+/// flow's source thread by id.
+pub(super) fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
     let proto_dir = perfetto_proto_dir();
     let out = Command::new("protoc")
         .arg("--decode=perfetto.protos.Trace")
@@ -550,6 +589,8 @@ fn decode_trace(path: &Path) -> (Vec<TraceSlice>, HashMap<u64, String>) {
             if let (Some(uuid), Some(t)) = (d.num("uuid"), d.msg("thread")) {
                 let name = t.scalar("thread_name").unwrap_or("").to_string();
                 threads.insert(uuid, format!("{name}/{}", t.num("tid").unwrap_or(0)));
+            } else if let (Some(uuid), Some(name)) = (d.num("uuid"), d.scalar("name")) {
+                threads.insert(uuid, name.to_string());
             }
             continue;
         }

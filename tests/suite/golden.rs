@@ -584,8 +584,6 @@ fn pprof_total(gz: &[u8], index: usize) -> i64 {
 /// each event with its time, track, name, flows and annotations.
 #[test]
 fn golden_timeline() {
-    use prost::Message;
-    use std::fmt::Write;
     use waitprof::model::{Timeline, TimelineEvent, TimelineWhat};
     let (mut collected, symbols) = profile();
     let off = |ts, tid, kind, syscall, object, preempted| TimelineEvent {
@@ -630,16 +628,27 @@ fn golden_timeline() {
         dropped_beyond_limit: 0,
         wakers: true,
     });
-    let bytes = waitprof::export::perfetto::trace(&collected, &symbols).expect("a trace");
-    let trace = perfetto_trace_proto::Trace::decode(bytes.as_slice()).expect("a Trace message");
+    let profile = waitprof::profile::Profile::build(&collected, &symbols);
+    let bytes = waitprof::export::perfetto::trace(&collected, &symbols, &profile).expect("a trace");
+    golden("server.timeline.txt", &timeline_text(&bytes));
+}
+
+/// A trace decoded and resolved to text: tracks, then each event with its time, track,
+/// name, flows and annotations.
+fn timeline_text(bytes: &[u8]) -> String {
+    use prost::Message;
+    use std::fmt::Write;
+    let trace = perfetto_trace_proto::Trace::decode(bytes).expect("a Trace message");
     let mut t = String::new();
     for p in &trace.packet {
         match &p.data {
             Some(perfetto_trace_proto::trace_packet::Data::TrackDescriptor(d)) => {
                 let _ = writeln!(
                     t,
-                    "track {} process {:?} thread {:?}",
+                    "track {} parent {:?} name {:?} process {:?} thread {:?}",
                     d.uuid.unwrap_or(0),
+                    d.parent_uuid,
+                    d.static_or_dynamic_name,
                     d.process.as_ref().map(|p| (p.pid, p.process_name.clone())),
                     d.thread
                         .as_ref()
@@ -683,7 +692,56 @@ fn golden_timeline() {
             _ => {}
         }
     }
-    golden("server.timeline.txt", &t);
+    t
+}
+
+/// A Go program's goroutines on the timeline: a track each under one parent, named by
+/// the goroutine's function, with its sampled states as slices (function and stack
+/// annotated); a raced sample's spell keeps its marker stack.
+#[test]
+fn golden_goroutine_timeline() {
+    use waitprof::model::{GoroutineSpell, GoroutineSpells, Timeline};
+    let (mut collected, symbols) = go_profile();
+    collected.timeline = Some(Timeline {
+        events: Vec::new(),
+        dropped_in_kernel: 0,
+        dropped_beyond_limit: 0,
+        wakers: true,
+    });
+    let spell = |goid, from: u64, to: u64, state: GState, stack: Option<u64>| GoroutineSpell {
+        goid,
+        from_ns: collected.start_ns + from * MS,
+        to_ns: collected.start_ns + to * MS,
+        state,
+        stack,
+        raced: stack.is_none(),
+    };
+    let waiting = |r: &str| GState::Waiting(r.to_string());
+    let spells = vec![
+        spell(18, 0, 40, waiting("chan receive"), Some(1 << 63 | 1)),
+        spell(18, 40, 50, GState::Runnable, Some(1 << 63 | 5)),
+        spell(19, 0, 30, waiting("semacquire"), Some(1 << 63 | 2)),
+        spell(18, 50, 70, waiting("chan receive"), Some(1 << 63 | 1)),
+        spell(19, 30, 40, waiting("chan receive"), None),
+        spell(1, 0, 1000, waiting("IO wait"), Some(1 << 63 | 3)),
+    ];
+    collected.goroutines.as_mut().expect("a Go profile").spells =
+        Some(GoroutineSpells { spells, dropped: 2 });
+    let profile = waitprof::profile::Profile::build(&collected, &symbols);
+    let bytes = waitprof::export::perfetto::trace(&collected, &symbols, &profile).expect("a trace");
+    let text = timeline_text(&bytes);
+    golden("go.timeline.txt", &text);
+    // every spell is one slice on its goroutine's track, and what was dropped is said
+    for (goid, slices) in [(18, 3), (19, 2), (1, 1)] {
+        let track = (1u64 << 62) + 1 + goid;
+        let begins = text
+            .lines()
+            .filter(|l| l.contains(&format!(" {track} type Some(1)")))
+            .count();
+        assert_eq!(begins, slices, "goroutine {goid}:\n{text}");
+    }
+    assert!(text.contains("goroutine 18: main.handle"), "{text}");
+    assert!(text.contains("2 spells beyond the most kept"), "{text}");
 }
 
 #[test]

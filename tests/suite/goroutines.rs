@@ -14,8 +14,8 @@ use super::golang::{go_build, toolchains};
 const TOLERANCE: f64 = 0.05;
 /// A goroutine created half-way through that sleeps 500 ms then exits: 50 samples at
 /// the fastest rate, so one sample either way is 2%. Its start and its end each fall
-/// somewhere between two sweeps, and each is counted to the midpoint: the error is at
-/// most one interval between sweeps in all, which the tolerance grows to when the sweeps
+/// somewhere between two sweeps (its time counted from the first sweep that saw it to
+/// the first that did not): the error is at most one interval between sweeps in all, which the tolerance grows to when the sweeps
 /// ran further apart (a debug build sweeps several times slower within the same budget),
 /// up to 25%.
 const LATE_TOLERANCE: f64 = 0.10;
@@ -85,6 +85,68 @@ fn profile(fixture: &str, args: &[&str]) -> (Run, Vec<(String, u64)>) {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("no goroutine view ({e}):\n{}", run.stderr()));
     (run, parse_folded(&text))
+}
+
+/// With `--timeline` each goroutine is a track (under the goroutines' own), named by its
+/// function, with its sampled states as slices, each with its stack: the six pool
+/// workers' `chan receive`
+/// slices in `main.(*Pool).Get` add up to what the goroutine flame graph gives them
+/// (within 1%: the same samples) and to what the fixture measured (±5%); no two slices of
+/// a track overlap (protoc decodes the trace, independently of the writer).
+#[test]
+fn goroutines_are_tracks_on_the_timeline() {
+    let _s = root_session();
+    let (version, go) = &toolchains()[0];
+    let bin = gowaits(go, version, false);
+    let run = waitprof(&["--timeline", "--", &bin, "waits", "4000"]);
+    assert_eq!(run.code(), Some(0), "waitprof failed:\n{}", run.stderr());
+    let text = std::fs::read_to_string(run.svg.with_extension("goroutines.folded"))
+        .unwrap_or_else(|e| panic!("no goroutine view ({e}):\n{}", run.stderr()));
+    let folded = parse_folded(&text);
+    let (slices, _) = super::exports::decode_trace(&run.svg.with_extension("pftrace"));
+    let has = |s: &super::exports::TraceSlice, key: &str, what: &str| {
+        s.annotations
+            .iter()
+            .any(|(k, v)| k == key && v.split('\n').any(|f| f == what))
+    };
+    // Go 1.21 on names a worker by its function; before, by the `go` statement's closure
+    let workers: std::collections::BTreeSet<&str> = slices
+        .iter()
+        .filter(|s| s.thread.starts_with("goroutine ") && has(s, "stack", "main.poolWorker"))
+        .map(|s| s.thread.as_str())
+        .collect();
+    assert_eq!(workers.len(), 6, "the pool's workers: {workers:?}");
+    if binary::minor_version(version).is_some_and(|m| m >= 21) {
+        assert!(
+            workers.iter().all(|w| w.ends_with(": main.poolWorker")),
+            "{workers:?}"
+        );
+    }
+    let waits: u64 = slices
+        .iter()
+        .filter(|s| workers.contains(s.thread.as_str()) && s.name == "chan receive")
+        .filter(|s| has(s, "in", "main.(*Pool).Get"))
+        .map(|s| s.to - s.from)
+        .sum();
+    let graph_ns = attributed_us(&folded, &["main.(*Pool).Get", "[chan receive]"]) * 1000;
+    assert_close(
+        "timeline against the goroutine graph",
+        waits,
+        graph_ns,
+        0.01,
+    );
+    assert_close(
+        "timeline against the fixture",
+        waits,
+        measured(&run.stdout(), "pool"),
+        TOLERANCE,
+    );
+    // the summary counts what the timeline kept of the goroutines
+    assert!(
+        run.stderr().contains("goroutine spells ("),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]

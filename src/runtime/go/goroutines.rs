@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::binary::{GoBinary, Layout};
-use crate::model::{GState, GoroutineRow, GoroutineThread, GoroutineView, Mapping};
+use crate::model::{
+    GState, GoroutineRow, GoroutineSpell, GoroutineSpells, GoroutineThread, GoroutineView, Mapping,
+};
 use crate::target::files::TargetFile;
 
 /// The shortest time between sweeps.
@@ -45,6 +47,9 @@ pub const MAX_GOROUTINES: usize = 400_000;
 /// The most runnable spells and (thread, goroutine, stack) triples remembered.
 const MAX_SPELLS: usize = 1 << 20;
 const MAX_THREAD_PAIRS: usize = 100_000;
+/// The most goroutine spells kept for the timeline (`--timeline`; about 40 bytes each):
+/// beyond them spells are counted, not kept.
+pub const MAX_TIMELINE_SPELLS: usize = 1 << 20;
 /// The most distinct goroutine stacks kept: a target whose stacks never repeat costs
 /// bounded memory (the samples beyond keep their time, not their stacks).
 const MAX_STACKS: usize = 200_000;
@@ -310,6 +315,72 @@ type AccKey = (u32, u8, usize, bool);
 /// A goroutine's registers as read: (goid, pc, sp, bp, status).
 type Regs = (u64, u64, u64, u64, u32);
 
+/// Each goroutine's states over the session, for the timeline: a spell begins at the
+/// sweep that first saw a goroutine in a state at a stack, and ends at the first sweep
+/// that saw it otherwise (or not at all), as the samples' time is counted (the first
+/// sweep's spells begin at the session's start).
+#[derive(Default)]
+struct Spells {
+    /// goid -> (since, its sample's key).
+    open: FxHashMap<u64, (u64, AccKey)>,
+    /// (goid, from, to, key), in the order they ended.
+    done: Vec<(u64, u64, u64, AccKey)>,
+    dropped: u64,
+}
+
+impl Spells {
+    fn end(&mut self, goid: u64, from: u64, to: u64, key: AccKey) {
+        if self.done.len() < MAX_TIMELINE_SPELLS {
+            self.done.push((goid, from, to, key));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The goroutines of a sweep at `now` (the first sweep's from `start`), by goid.
+    fn sweep(&mut self, now: u64, start: u64, seen: &[(u64, AccKey)]) {
+        let since = if self.open.is_empty() && self.done.is_empty() {
+            start
+        } else {
+            now
+        };
+        let mut here = FxHashSet::default();
+        for &(goid, key) in seen {
+            here.insert(goid);
+            match self.open.get(&goid) {
+                Some(&(_, k)) if k == key => {}
+                Some(&(from, k)) => {
+                    self.end(goid, from, now, k);
+                    self.open.insert(goid, (now, key));
+                }
+                None => {
+                    self.open.insert(goid, (since, key));
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .open
+            .keys()
+            .filter(|g| !here.contains(g))
+            .copied()
+            .collect();
+        for goid in gone {
+            if let Some((from, k)) = self.open.remove(&goid) {
+                self.end(goid, from, now, k);
+            }
+        }
+    }
+
+    /// Every spell still open ends at `end`.
+    fn finish(&mut self, end: u64) {
+        let mut open: Vec<(u64, (u64, AccKey))> = self.open.drain().collect();
+        open.sort_unstable_by_key(|&(goid, _)| goid);
+        for (goid, (from, k)) in open {
+            self.end(goid, from, end, k);
+        }
+    }
+}
+
 /// What a sampler hands back: the view, and its stacks by id (leaf first).
 pub type Sampled = (GoroutineView, HashMap<u64, Vec<u64>>);
 
@@ -342,6 +413,13 @@ struct Sweeper {
     threads: FxHashMap<(u32, u64, usize), u64>,
     /// goid -> when it was first seen runnable in its current runnable spell.
     runnable_since: FxHashMap<u64, u64>,
+    /// Each goroutine's states over time, with `--timeline`.
+    spells: Option<Spells>,
+    /// When the session began, the sweep before the last, and the time up to which the
+    /// samples have been counted.
+    start_ns: u64,
+    prev_ns: u64,
+    covered_ns: u64,
     view: GoroutineView,
     buf: Vec<u8>,
     last_ns: u64,
@@ -356,6 +434,7 @@ impl Sweeper {
     /// the last sweep (see `carry`).
     fn sweep(&mut self, now_ns: u64) {
         let dt = now_ns.saturating_sub(self.last_ns);
+        self.prev_ns = self.last_ns;
         self.last_ns = now_ns;
         let o = self.layout.offsets;
         let mut buf = std::mem::take(&mut self.buf);
@@ -483,11 +562,17 @@ impl Sweeper {
             // sweep's also for all the time before it
             if self.sweeps_read == 0 {
                 a.ns += dt;
+                self.covered_ns = now_ns;
             }
             a.samples += 1;
             if a.goids.len() < MAX_GOIDS {
                 a.goids.insert(g.goid);
             }
+        }
+        if let Some(spells) = self.spells.as_mut() {
+            let seen: Vec<(u64, AccKey)> =
+                gs.iter().zip(&keys).map(|(g, &k)| (g.goid, k)).collect();
+            spells.sweep(now_ns, self.start_ns, &seen);
         }
         self.last_keys = keys;
         self.sweeps_read += 1;
@@ -591,10 +676,20 @@ impl Sweeper {
             return;
         }
         let ns = if self.mem.gone { ns / 2 } else { ns };
+        self.covered_ns = self.prev_ns + ns;
         for key in &self.last_keys {
             if let Some(a) = self.acc.get_mut(key) {
                 a.ns += ns;
             }
+        }
+    }
+
+    fn state(&self, status: u32, reason: u8) -> GState {
+        match status {
+            G_WAITING => GState::Waiting(self.reason_name(reason)),
+            G_RUNNABLE => GState::Runnable,
+            G_RUNNING => GState::Running,
+            _ => GState::Syscall,
         }
     }
 
@@ -833,13 +928,14 @@ fn thread_cpu_ns() -> u64 {
 impl Sampler {
     /// Starts sampling `pid`'s goroutines from `start_ns` if it is (or, for a launched
     /// command, becomes) a Go program.
-    pub fn start(pid: u32, start_ns: u64, launched: bool) -> Sampler {
+    /// With `timeline`, it keeps each goroutine's states over time too (`Spells`).
+    pub fn start(pid: u32, start_ns: u64, launched: bool, timeline: bool) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let go = Arc::new(AtomicBool::new(false));
         let (flag, found) = (stop.clone(), go.clone());
         let handle = std::thread::Builder::new()
             .name("waitprof-go".to_string())
-            .spawn(move || run(pid, start_ns, launched, &flag, &found))
+            .spawn(move || run(pid, start_ns, launched, timeline, &flag, &found))
             .ok();
         Sampler {
             stop,
@@ -887,6 +983,7 @@ fn run(
     pid: u32,
     start_ns: u64,
     launched: bool,
+    timeline: bool,
     stop: &AtomicBool,
     found: &AtomicBool,
 ) -> Option<Sampled> {
@@ -962,6 +1059,10 @@ fn run(
         last_keys: Vec::new(),
         sweeps_read: 0,
         runnable_since: FxHashMap::default(),
+        spells: timeline.then(Spells::default),
+        start_ns,
+        prev_ns: start_ns,
+        covered_ns: start_ns,
         view,
         buf: Vec::new(),
         last_ns: start_ns,
@@ -1020,12 +1121,7 @@ fn run(
     let mut stacks = HashMap::new();
     let mut rows: HashMap<(GState, Option<u64>, bool), GoroutineRow> = HashMap::new();
     for ((status, reason, ptr, raced), a) in std::mem::take(&mut s.acc) {
-        let state = match status {
-            G_WAITING => GState::Waiting(s.reason_name(reason)),
-            G_RUNNABLE => GState::Runnable,
-            G_RUNNING => GState::Running,
-            _ => GState::Syscall,
-        };
+        let state = s.state(status, reason);
         let stack = s.kept.get(&ptr).map(|ips| stack_id(&mut stacks, ips));
         let row = rows
             .entry((state.clone(), stack, raced))
@@ -1042,6 +1138,24 @@ fn run(
         row.goroutines += a.goids.len() as u64;
     }
     s.view.rows = rows.into_values().collect();
+    if let Some(mut spells) = s.spells.take() {
+        spells.finish(s.covered_ns);
+        let mut out = GoroutineSpells {
+            spells: Vec::with_capacity(spells.done.len()),
+            dropped: spells.dropped,
+        };
+        for (goid, from_ns, to_ns, (status, reason, ptr, raced)) in spells.done {
+            out.spells.push(GoroutineSpell {
+                goid,
+                from_ns,
+                to_ns,
+                state: s.state(status, reason),
+                stack: s.kept.get(&ptr).map(|ips| stack_id(&mut stacks, ips)),
+                raced,
+            });
+        }
+        s.view.spells = Some(out);
+    }
     for ((tid, goid, ptr), ns) in std::mem::take(&mut s.threads) {
         let stack = s.kept.get(&ptr).map(|ips| stack_id(&mut stacks, ips));
         s.view.in_syscalls.push(GoroutineThread {
