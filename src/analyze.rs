@@ -28,6 +28,15 @@ pub enum WaitClass {
 }
 
 impl WaitClass {
+    /// Its name in the exports (pprof's `class` label; the JSON's `*_ns` keys).
+    pub fn key(self) -> &'static str {
+        match self {
+            WaitClass::Idle => "idle",
+            WaitClass::Contended => "lock_contention",
+            WaitClass::Other => "other",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             WaitClass::Idle => "idle (waiting for work)",
@@ -841,6 +850,26 @@ impl Finding {
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text)
+    }
+}
+
+/// The session's analysis, made once: what the summary words and the JSON serialises.
+pub struct Analysis {
+    pub objects: Vec<ObjectReport>,
+    pub runq: Vec<RunqReport>,
+    pub findings: Vec<Finding>,
+}
+
+impl Analysis {
+    pub fn of(collected: &Collected, symbols: &Symbols) -> Analysis {
+        let objects = objects(collected, symbols);
+        let runq = runq_threads(collected);
+        let findings = findings(collected, symbols, &objects, &runq);
+        Analysis {
+            objects,
+            runq,
+            findings,
+        }
     }
 }
 

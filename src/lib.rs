@@ -130,6 +130,8 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
             "each goroutine's stack | on top its state: the runtime's wait reason, runnable (waiting for a P), running, in a syscall",
         ),
     ];
+    // analysed once: the summary words it, the JSON serialises it
+    let analysis = analyze::Analysis::of(&collected, &symbols);
     // each view folded and drawn on a thread of its own, while the summary is written
     let (summary, drawn) = std::thread::scope(|s| {
         let handles: Vec<_> = views
@@ -154,7 +156,7 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
                 })
             })
             .collect();
-        let summary = summary::render(&collected, &symbols, cfg.top, cfg.per_thread);
+        let summary = summary::render(&collected, &symbols, &analysis, cfg.top, cfg.per_thread);
         let drawn: Vec<_> = handles
             .into_iter()
             .map(|h| {
@@ -169,10 +171,7 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         return Err(Interrupted("while writing the profile: no file was written").into());
     }
     if let Some(path) = cfg.json.as_deref() {
-        let objects = analyze::objects(&collected, &symbols);
-        let runq = analyze::runq_threads(&collected);
-        let findings = analyze::findings(&collected, &symbols, &objects, &runq);
-        let json = export::json::to_vec(&export::json::summary(&collected, &symbols, &findings))?;
+        let json = export::json::to_vec(&export::json::summary(&collected, &symbols, &analysis))?;
         match &json_dir {
             None => {
                 use std::io::Write;

@@ -66,6 +66,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its name in the exports (the JSON's keys, pprof's `outcome` label).
+    pub fn key(self) -> &'static str {
+        match self {
+            Outcome::None => "none",
+            Outcome::Ok => "ok",
+            Outcome::Timeout => "timeout",
+            Outcome::Again => "eagain",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Error => "error",
+            Outcome::Unfinished => "still_waiting",
+            Outcome::EndUnseen => "end_unseen",
+        }
+    }
+
     pub fn from_raw(raw: u8) -> Outcome {
         match bpf::wp_outcome(raw.into()) {
             bpf::wp_outcome::WP_OUT_OK => Outcome::Ok,

@@ -39,7 +39,14 @@ pub fn accounting_range(collected: &Collected) -> Option<(f64, f64)> {
     Some((min, max))
 }
 
-pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: bool) -> String {
+/// The summary, in words, of the session and its `analysis` (`analyze::Analysis::of`).
+pub fn render(
+    collected: &Collected,
+    symbols: &Symbols,
+    analysis: &analyze::Analysis,
+    top: usize,
+    per_thread: bool,
+) -> String {
     let mut out = String::new();
     let session_ns = collected.end_ns.saturating_sub(collected.start_ns);
     let exited = collected.threads.iter().filter(|t| t.exited).count();
@@ -145,13 +152,15 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
     ] {
         let _ = writeln!(out, "    {label:<36} {:>10}  {:5.1}%", secs(v), pct(v, off));
     }
-    // built once, for their sections and for the findings
-    let objects = analyze::objects(collected, symbols);
-    let runq = analyze::runq_threads(collected);
-    objects_section(&mut out, &objects, collected, symbols);
+    let analyze::Analysis {
+        objects,
+        runq,
+        findings,
+    } = analysis;
+    objects_section(&mut out, objects, collected, symbols);
     listeners_section(&mut out, collected);
     polls_section(&mut out, collected);
-    runq_section(&mut out, &runq, per_thread);
+    runq_section(&mut out, runq, per_thread);
 
     match accounting_range(collected) {
         Some((min, max)) => {
@@ -330,7 +339,6 @@ pub fn render(collected: &Collected, symbols: &Symbols, top: usize, per_thread: 
             secs(l.below_min_block_ns)
         );
     }
-    let findings = analyze::findings(collected, symbols, &objects, &runq);
     if findings.is_empty() {
         let _ = writeln!(
             out,

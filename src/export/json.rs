@@ -213,20 +213,6 @@ pub struct Goroutines {
     pub unreadable_gs: u64,
 }
 
-fn outcome_key(o: crate::model::Outcome) -> &'static str {
-    use crate::model::Outcome as O;
-    match o {
-        O::None => "none",
-        O::Ok => "ok",
-        O::Timeout => "timeout",
-        O::Again => "eagain",
-        O::Interrupted => "interrupted",
-        O::Error => "error",
-        O::Unfinished => "still_waiting",
-        O::EndUnseen => "end_unseen",
-    }
-}
-
 fn histogram(hist: &[u64]) -> Vec<Bucket> {
     hist.iter()
         .enumerate()
@@ -238,12 +224,14 @@ fn histogram(hist: &[u64]) -> Vec<Bucket> {
         .collect()
 }
 
-/// The session's facts, with its findings as `analyze::findings` gives them.
+/// The session's facts, from its `analysis` (`analyze::Analysis::of`), which the
+/// summary words too.
 pub fn summary<'a>(
     collected: &'a Collected,
     symbols: &'a Symbols,
-    findings: &'a [Finding],
+    analysis: &'a analyze::Analysis,
 ) -> Summary<'a> {
+    let findings = &analysis.findings;
     let session_ns = collected.end_ns.saturating_sub(collected.start_ns);
     let spells = collected
         .goroutines
@@ -273,7 +261,7 @@ pub fn summary<'a>(
         k.blocked_ns += row.blocked_ns;
         k.run_queue_ns += row.runq_ns;
         k.count += row.count;
-        *k.outcomes.entry(outcome_key(row.outcome)).or_default() += row.count;
+        *k.outcomes.entry(row.outcome.key()).or_default() += row.count;
         let syscall = row
             .syscall
             .map_or_else(|| "none".to_string(), crate::syscalls::name);
@@ -293,7 +281,8 @@ pub fn summary<'a>(
             })
             .collect()
     };
-    let objects = analyze::objects(collected, symbols)
+    let objects = analysis
+        .objects
         .iter()
         .map(|r| Object {
             kind: r.kind.name(),
@@ -304,11 +293,7 @@ pub fn summary<'a>(
             waits: r.waits,
             threads: r.threads,
             class: class_key(r.class),
-            outcomes: r
-                .outcomes
-                .iter()
-                .map(|(o, n)| (outcome_key(*o), *n))
-                .collect(),
+            outcomes: r.outcomes.iter().map(|(o, n)| (o.key(), *n)).collect(),
             waiters: shares(&r.waiters),
             wakers: shares(&r.wakers),
         })
@@ -378,8 +363,9 @@ pub fn summary<'a>(
                 gap_p99_below_ns: analyze::quantile_ns(&p.gap_hist, 0.99),
             })
             .collect(),
-        run_queue: analyze::runq_threads(collected)
-            .into_iter()
+        run_queue: analysis
+            .runq
+            .iter()
             .map(|r| RunQueue {
                 tid: r.tid,
                 comm: printable(&r.comm).into_owned(),

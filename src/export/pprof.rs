@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::analyze::WaitClass;
 use crate::fold::View;
-use crate::model::{GState, Outcome};
+use crate::model::GState;
 use crate::profile::{FrameKind, Profile, RunqCause, StackId, Wait};
 use crate::symbolize::Code;
 
@@ -223,27 +223,6 @@ fn ns(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::None => "none",
-        Outcome::Ok => "ok",
-        Outcome::Timeout => "timeout",
-        Outcome::Again => "eagain",
-        Outcome::Interrupted => "interrupted",
-        Outcome::Error => "error",
-        Outcome::Unfinished => "still waiting at the end",
-        Outcome::EndUnseen => "end unseen",
-    }
-}
-
-fn class_name(c: WaitClass) -> &'static str {
-    match c {
-        WaitClass::Idle => "idle",
-        WaitClass::Contended => "lock contention",
-        WaitClass::Other => "other",
-    }
-}
-
 /// pprof's string table: index 0 is the empty string.
 struct Strings {
     ids: HashMap<String, i64>,
@@ -315,8 +294,8 @@ impl<'p> Builder<'p> {
     fn wait_labels(&mut self, w: &Wait, runq: bool) -> Vec<proto::Label> {
         let mut l = vec![
             self.label("kind", w.kind.name()),
-            self.label("outcome", outcome_name(w.outcome)),
-            self.label("class", class_name(w.class)),
+            self.label("outcome", w.outcome.key()),
+            self.label("class", w.class.key()),
         ];
         if w.tid != 0 {
             l.push(self.label("thread", &w.thread));

@@ -491,7 +491,13 @@ fn golden_summary() {
     let (collected, symbols) = profile();
     golden(
         "server.summary",
-        &summary::render(&collected, &symbols, 5, true),
+        &summary::render(
+            &collected,
+            &symbols,
+            &waitprof::analyze::Analysis::of(&collected, &symbols),
+            5,
+            true,
+        ),
     );
 }
 
@@ -749,14 +755,12 @@ fn golden_json() {
     use waitprof::analyze;
     use waitprof::export::json;
     for (name, (collected, symbols)) in [("server.json", profile()), ("go.json", go_profile())] {
-        let objects = analyze::objects(&collected, &symbols);
-        let runq = analyze::runq_threads(&collected);
-        let findings = analyze::findings(&collected, &symbols, &objects, &runq);
-        let text = json::to_vec(&json::summary(&collected, &symbols, &findings)).expect("JSON");
+        let analysis = analyze::Analysis::of(&collected, &symbols);
+        let text = json::to_vec(&json::summary(&collected, &symbols, &analysis)).expect("JSON");
         let text = String::from_utf8(text).expect("utf-8");
         golden(name, &text);
         // the summary's findings, in its words and order
-        let summary = summary::render(&collected, &symbols, 5, false);
+        let summary = summary::render(&collected, &symbols, &analysis, 5, false);
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         for (i, f) in v["findings"]
             .as_array()
@@ -958,7 +962,13 @@ fn golden_goroutines() {
     assert_eq!(view(false).total_us() - hidden.total_us(), 3_000_000);
     golden(
         "go.summary",
-        &summary::render(&collected, &symbols, 5, false),
+        &summary::render(
+            &collected,
+            &symbols,
+            &waitprof::analyze::Analysis::of(&collected, &symbols),
+            5,
+            false,
+        ),
     );
     let profile = waitprof::profile::Profile::build(&collected, &symbols);
     let pprof = |hide_idle| {
