@@ -495,20 +495,9 @@ impl Sweeper {
         let mut stacks: Vec<Ips> = vec![None; gs.len()];
         let mut walk = Vec::new();
         for (i, g) in gs.iter().enumerate() {
-            match self.cache.get_mut(&g.addr) {
-                Some(c) if c.0 == g.regs() => {
-                    c.2 = generation;
-                    stacks[i] = c.1.clone();
-                }
-                _ if g.status == G_RUNNING => {
-                    // its saved registers are cleared while it runs: only its start
-                    let start = self
-                        .running
-                        .entry(g.startpc)
-                        .or_insert_with(|| Arc::from([g.startpc].as_slice()));
-                    stacks[i] = Some(start.clone());
-                }
-                _ => walk.push(i),
+            match self.known_stack(g, generation) {
+                Some(stack) => stacks[i] = stack,
+                None => walk.push(i),
             }
             // a goroutine not seen before (or a g reused by a new one)
             if self.goids.get(&g.addr) != Some(&g.goid) {
@@ -517,8 +506,38 @@ impl Sweeper {
             }
         }
         let mut raced = vec![false; gs.len()];
+        // a goroutine that ran while its stack was read is sampled again once, as it was
+        // read the second time (a few microseconds later): dropping its stack would take
+        // its time from where it waits, and most often it has just been woken
+        let mut again = Vec::new();
         for walk in walk.chunks(CHUNK) {
-            self.walk_batch(&gs, walk, glen, generation, &mut stacks, &mut raced);
+            again.extend(self.walk_batch(
+                &mut gs,
+                walk,
+                glen,
+                generation,
+                &mut stacks,
+                &mut raced,
+                true,
+            ));
+        }
+        let mut walk = Vec::new();
+        for i in again {
+            match self.known_stack(&gs[i], generation) {
+                Some(stack) => stacks[i] = stack,
+                None => walk.push(i),
+            }
+        }
+        for walk in walk.chunks(CHUNK) {
+            self.walk_batch(
+                &mut gs,
+                walk,
+                glen,
+                generation,
+                &mut stacks,
+                &mut raced,
+                false,
+            );
         }
         // the caches keep only goroutines that still exist
         self.cache.retain(|_, c| c.2 == generation);
@@ -619,19 +638,44 @@ impl Sweeper {
         self.view.sweeps += 1;
     }
 
+    /// A goroutine's stack when it needs no walk: the one walked before while its
+    /// registers stay the same, or a running goroutine's start function.
+    fn known_stack(&mut self, g: &G, generation: u64) -> Option<Ips> {
+        match self.cache.get_mut(&g.addr) {
+            Some(c) if c.0 == g.regs() => {
+                c.2 = generation;
+                Some(c.1.clone())
+            }
+            _ if g.status == G_RUNNING => {
+                // its saved registers are cleared while it runs: only its start
+                let start = self
+                    .running
+                    .entry(g.startpc)
+                    .or_insert_with(|| Arc::from([g.startpc].as_slice()));
+                Some(Some(start.clone()))
+            }
+            _ => None,
+        }
+    }
+
     /// Walks the stacks of `gs[walk]`, then reads each `g` again: a goroutine that ran
-    /// while its stack was read has a stack it may not have had, and keeps none.
+    /// while its stack was read has a stack it may not have had, and keeps none. With
+    /// `retry`, such a goroutine (still the same one, in a state that is sampled) becomes
+    /// the `g` read the second time instead, and is returned to be sampled again.
+    #[allow(clippy::too_many_arguments)]
     fn walk_batch(
         &mut self,
-        gs: &[G],
+        gs: &mut [G],
         walk: &[usize],
         glen: usize,
         generation: u64,
         stacks: &mut [Ips],
         raced: &mut [bool],
-    ) {
+        retry: bool,
+    ) -> Vec<usize> {
         let o = self.layout.offsets;
         let walked = self.walk(gs, walk);
+        let mut retried = Vec::new();
         let reqs: Vec<(u64, usize)> = walk.iter().map(|&i| (gs[i].addr, glen)).collect();
         let mut buf = std::mem::take(&mut self.buf);
         let ok = self.mem.read_many(&reqs, &mut buf);
@@ -642,6 +686,15 @@ impl Sweeper {
                 &o,
             );
             if !ok[k] || again.regs() != gs[i].regs() {
+                let sampled = matches!(
+                    again.status,
+                    G_RUNNABLE | G_RUNNING | G_SYSCALL | G_WAITING | G_PREEMPTED
+                );
+                if retry && ok[k] && again.goid == gs[i].goid && sampled {
+                    gs[i] = again;
+                    retried.push(i);
+                    continue;
+                }
                 raced[i] = true;
                 self.view.raced += 1;
                 continue;
@@ -667,6 +720,7 @@ impl Sweeper {
             stacks[i] = ips;
         }
         self.buf = buf;
+        retried
     }
 
     /// Gives `ns` to each sample of the last sweep read: the interval that follows it,
