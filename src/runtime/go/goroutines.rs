@@ -3,8 +3,9 @@
 //! (status, wait reason, goid, saved registers), then walks the frame-pointer chain of
 //! each goroutine that is not running from its saved `g.sched` (pc, sp, bp), all with
 //! batched `process_vm_readv` calls. A goroutine whose `g` changed while its stack was
-//! read (it ran in between) is counted as raced and keeps no stack: a stack it did not
-//! have is never reported. A parked goroutine's stack does not change until it runs, so
+//! read (it ran in between) is sampled once more as the second read found it; if it ran
+//! again, it is counted as raced and keeps no stack: a stack it did not have is never
+//! reported. A parked goroutine's stack does not change until it runs, so
 //! the stack walked once is reused while its goid and saved registers stay the same.
 //!
 //! Durations are sampled: each sample stands for the interval from its sweep to the next
