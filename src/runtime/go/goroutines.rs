@@ -48,7 +48,7 @@ pub const MAX_GOROUTINES: usize = 400_000;
 /// The most runnable spells and (thread, goroutine, stack) triples remembered.
 const MAX_SPELLS: usize = 1 << 20;
 const MAX_THREAD_PAIRS: usize = 100_000;
-/// The most goroutine spells kept for the timeline (`--timeline`; about 40 bytes each):
+/// The most goroutine spells kept for the timeline (`--timeline`; 48 bytes each):
 /// beyond them spells are counted, not kept.
 pub const MAX_TIMELINE_SPELLS: usize = 1 << 20;
 /// The most distinct goroutine stacks kept: a target whose stacks never repeat costs
