@@ -180,7 +180,7 @@ fn two_sessions_on_one_target() {
     let first = Command::new(WAITPROF)
         .arg("-o")
         .arg(dir.path().join("first.svg"))
-        .args(["--", FIXTURE, "condvar", "40", "50"])
+        .args(["--", FIXTURE, "condvar", "100", "50"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -189,6 +189,14 @@ fn two_sessions_on_one_target() {
     wait_until("the fixture to start", Duration::from_secs(10), || {
         fixture = children_of(first.id()).into_iter().next();
         fixture.is_some()
+    });
+    // the child is a copy of waitprof until the first session is loaded and lets it exec
+    // the fixture (1-2 s in a debug build); the second session, which must profile the
+    // fixture, takes as long to start (the kernel verified its programs in 1.85 s on a
+    // quiet VM on 2026-12-04): the fixture's 100 waits of 50 ms outlast both
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    wait_until("the fixture to exec", Duration::from_secs(20), || {
+        comm(fixture.unwrap()).trim() == "waitprof-fixtur"
     });
     std::thread::sleep(Duration::from_millis(300));
     let second = waitprof(&["-p", &fixture.unwrap().to_string(), "-d", "1s"]);
