@@ -194,22 +194,29 @@ fn round(mode: Mode, server: &Server, dir: &Path) -> Res<(f64, f64, String)> {
 
 /// 1,000 to 100,000 parked goroutines (tests/fixtures/gowaits idle), profiled from their
 /// start to their end (6 s): the sweeps, their cost, waitprof's peak memory, and the
-/// goroutine time found in main.parked against what the fixture had (COUNT × 6 s).
+/// goroutine time found in main.parked against what the fixture had (COUNT × 6 s); then
+/// the same with `--timeline` (each goroutine's spells kept, and the trace written), and
+/// 10,000 goroutines of which 10% are replaced every 10 ms (every sweep sees new ones).
 fn scale(report: &mut String, dir: &Path) -> Res<()> {
     eprintln!("scale");
     let bin = build(dir, "gowaits")?;
     let _ = writeln!(
         report,
-        "\n### Scale: COUNT goroutines parked for 6 s (`waitprof -- gowaits idle 6000 COUNT 0`)\n\n| goroutines | main.parked found / expected | waitprof peak RSS | sweeps and their cost (waitprof's summary) |\n|---:|---:|---:|---|"
+        "\n### Scale: COUNT goroutines parked for 6 s (`waitprof [--timeline] -- gowaits idle 6000 COUNT CHURN`)\n\n| goroutines | churn (% replaced every 10 ms) | flags | main.parked found / expected | waitprof peak RSS | end of session to files written | trace | sweeps and their cost (waitprof's summary) |\n|---:|---:|---|---:|---:|---:|---:|---|"
     );
-    for n in [1_000u64, 10_000, 100_000] {
-        let out = dir.join(format!("scale-{n}.svg"));
+    let runs = [1_000u64, 10_000, 100_000]
+        .into_iter()
+        .flat_map(|n| [(n, 0, false), (n, 0, true)])
+        .chain([(10_000, 10, false), (10_000, 10, true)]);
+    for (n, churn, timeline) in runs {
+        let out = dir.join(format!("scale-{n}-{churn}-{timeline}.svg"));
         let mut child = Command::new(WAITPROF)
+            .args(timeline.then_some("--timeline"))
             .arg("-o")
             .arg(&out)
             .arg("--")
             .arg(&bin)
-            .args(["idle", "6000", &n.to_string(), "0"])
+            .args(["idle", "6000", &n.to_string(), &churn.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -233,15 +240,36 @@ fn scale(report: &mut String, dir: &Path) -> Res<()> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum();
         let expected_us = n * 6_000_000;
+        let trace = match std::fs::metadata(out.with_extension("pftrace")) {
+            Ok(m) => format!("{:.1} MB", m.len() as f64 / 1e6),
+            Err(_) => "–".to_string(),
+        };
+        let spells = summary
+            .split("goroutine spells (")
+            .nth(1)
+            .and_then(|s| s.split(" of ").next())
+            .map_or(String::new(), |n| format!(", {n} goroutine spells"));
         let _ = writeln!(
             report,
-            "| {n} | {:.3} | {:.0} MB | {} |",
+            "| {n} | {churn} | {} | {:.3} | {:.0} MB | {} | {trace}{spells} | {} |",
+            if timeline { "--timeline" } else { "" },
             parked_us as f64 / expected_us as f64,
             rss_kib as f64 / 1024.0,
+            written_after(&summary),
             sweep_cost(&summary)
         );
     }
     Ok(())
+}
+
+/// How long after the session the files were written, as waitprof says it (`0.42 s`).
+fn written_after(summary: &str) -> String {
+    summary
+        .split(" s after the session ended")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .filter(|s| s.len() < 12)
+        .map_or("?".to_string(), |s| format!("{s} s"))
 }
 
 /// The sweeps' cost from a summary: its "sweeps cost" clause and the sweep count.
