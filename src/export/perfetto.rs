@@ -501,11 +501,13 @@ fn goroutine_slices(w: &mut Writer, profile: &Profile) {
     for spell in order {
         let frames: Vec<&crate::profile::Frame> = profile.stack(spell.stack).collect();
         let mut annotations = Vec::new();
-        if let Some(f) = frames
-            .iter()
-            .rev()
-            .find(|f| f.kind == FrameKind::User && !f.name.starts_with("runtime."))
-        {
+        if let Some(f) = frames.iter().rev().find(|f| {
+            // the runtime's own, and the functions it links into other packages
+            // (`sync.runtime_SemacquireMutex`, `internal/poll.runtime_pollWait`)
+            f.kind == FrameKind::User
+                && !f.name.starts_with("runtime.")
+                && !f.name.contains(".runtime_")
+        }) {
             annotations.push(("in", printable(&f.name).into_owned()));
         }
         let stack: Vec<String> = frames
