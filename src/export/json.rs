@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::analyze::{self, Finding, WaitClass};
+use crate::analyze::{self, Finding};
 use crate::model::{Collected, EndReason, Kind, Losses};
 use crate::symbolize::Symbols;
 use crate::text::printable;
@@ -268,11 +268,6 @@ pub fn summary<'a>(
         *k.syscalls.entry(syscall).or_default() += row.blocked_ns + row.runq_ns;
     }
     let split = analyze::split(collected, symbols);
-    let class_key = |c: WaitClass| match c {
-        WaitClass::Idle => "idle",
-        WaitClass::Contended => "lock_contention",
-        WaitClass::Other => "other",
-    };
     let shares = |s: &analyze::Shares| {
         s.iter()
             .map(|(name, ns)| Share {
@@ -292,7 +287,7 @@ pub fn summary<'a>(
             blocked_ns: r.blocked_ns,
             waits: r.waits,
             threads: r.threads,
-            class: class_key(r.class),
+            class: r.class.key(),
             outcomes: r.outcomes.iter().map(|(o, n)| (o.key(), *n)).collect(),
             waiters: shares(&r.waiters),
             wakers: shares(&r.wakers),
