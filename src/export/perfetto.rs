@@ -92,6 +92,36 @@ struct Writer {
 }
 
 impl Writer {
+    /// A slice on `track` over `from..to` (an end before its begin is moved to it), with
+    /// the flow whose arrow ends at it.
+    fn slice(
+        &mut self,
+        track: u64,
+        (from, to): (u64, u64),
+        name: String,
+        flow_end: Option<u64>,
+        annotations: Vec<(&'static str, String)>,
+    ) {
+        self.push(Event {
+            ts: from,
+            track,
+            kind: pb::track_event::Type::SliceBegin,
+            name: Some(name),
+            flow: None,
+            terminating_flow: flow_end,
+            annotations,
+        });
+        self.push(Event {
+            ts: to.max(from),
+            track,
+            kind: pb::track_event::Type::SliceEnd,
+            name: None,
+            flow: None,
+            terminating_flow: None,
+            annotations: Vec::new(),
+        });
+    }
+
     fn packet(&mut self, p: &pb::TracePacket) {
         prost::encoding::message::encode(TRACE_PACKET_FIELD, p, &mut self.out);
     }
@@ -234,25 +264,13 @@ pub fn trace(collected: &Collected, symbols: &Symbols, profile: &Profile) -> Opt
     });
     let events = &mut w;
     let slice = |events: &mut Writer, s: Slice| {
-        let track = thread_track(pid, s.tid);
-        events.push(Event {
-            ts: s.from,
-            track,
-            kind: pb::track_event::Type::SliceBegin,
-            name: Some(s.name),
-            flow: None,
-            terminating_flow: s.flow_end,
-            annotations: s.annotations,
-        });
-        events.push(Event {
-            ts: s.to.max(s.from),
-            track,
-            kind: pb::track_event::Type::SliceEnd,
-            name: None,
-            flow: None,
-            terminating_flow: None,
-            annotations: Vec::new(),
-        });
+        events.slice(
+            thread_track(pid, s.tid),
+            (s.from, s.to),
+            s.name,
+            s.flow_end,
+            s.annotations,
+        );
     };
     let plain = |tid, from, to, name: &str| Slice {
         tid,
@@ -516,25 +534,13 @@ fn goroutine_slices(w: &mut Writer, profile: &Profile) {
             .map(|f| printable(&f.name).into_owned())
             .collect();
         annotations.push(("stack", stack.join("\n")));
-        let track = goroutine_track(spell.goid);
-        w.push(Event {
-            ts: spell.from_ns,
-            track,
-            kind: pb::track_event::Type::SliceBegin,
-            name: Some(goroutine_state(&spell.state)),
-            flow: None,
-            terminating_flow: None,
+        w.slice(
+            goroutine_track(spell.goid),
+            (spell.from_ns, spell.to_ns),
+            goroutine_state(&spell.state),
+            None,
             annotations,
-        });
-        w.push(Event {
-            ts: spell.to_ns.max(spell.from_ns),
-            track,
-            kind: pb::track_event::Type::SliceEnd,
-            name: None,
-            flow: None,
-            terminating_flow: None,
-            annotations: Vec::new(),
-        });
+        );
     }
 }
 
