@@ -44,7 +44,7 @@ int off_cpu_threads(struct bpf_iter__task *ctx)
 	struct wp_unwind_state st = {};
 	struct wp_snapshot *s;
 	struct pt_regs *regs;
-	__u32 zero = 0, tgid;
+	__u32 zero = 0, tgid, n, stop;
 	long klen;
 
 	if (!task)
@@ -70,24 +70,28 @@ int off_cpu_threads(struct bpf_iter__task *ctx)
 	s->args[4] = BPF_CORE_READ(regs, r8);
 	s->args[5] = BPF_CORE_READ(regs, r9);
 
-	st.ip = BPF_CORE_READ(regs, ip);
-	st.sp = BPF_CORE_READ(regs, sp);
-	st.bp = BPF_CORE_READ(regs, bp);
 	st.buf = &s->ustack;
 	st.task = task;
+	st.w = bpf_map_lookup_elem(&unwind_walk, &zero);
+	if (!st.w)
+		return 0;
 	st.proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
 	bool tables = st.proc != 0;
 	if (!st.proc)
 		st.proc = bpf_map_lookup_elem(&no_tables, &zero);
+	unwind_begin(st.w, BPF_CORE_READ(regs, ip), BPF_CORE_READ(regs, sp),
+		     BPF_CORE_READ(regs, bp), 0, false);
 	bpf_loop(WP_MAX_STACK_DEPTH, unwind_step, &st, 0);
+	n = st.w->n;
+	stop = st.w->stop;
 	/* frames rootward of code outside the tables came from frame pointers: say so */
-	if (tables && st.not_mapped && !st.stop)
-		st.stop = WP_UNW_OUTSIDE;
-	if (st.stop && st.n < WP_MAX_STACK_DEPTH) {
-		s->ustack.ips[st.n & (WP_MAX_STACK_DEPTH - 1)] = st.stop;
-		st.n++;
+	if (tables && st.w->not_mapped && !stop)
+		stop = WP_UNW_OUTSIDE;
+	if (stop && n < WP_MAX_STACK_DEPTH) {
+		s->ustack.ips[n & (WP_MAX_STACK_DEPTH - 1)] = stop;
+		n++;
 	}
-	s->ulen = st.n;
+	s->ulen = n;
 	klen = bpf_get_task_stack(task, s->kstack.ips, sizeof(s->kstack.ips), 0);
 	s->klen = klen > 0 ? klen / sizeof(__u64) : 0;
 	bpf_seq_write(ctx->meta->seq, s, sizeof(*s));

@@ -68,36 +68,42 @@ static __always_inline __u32 memo_check(__u64 pc, __u64 tag, __u32 row)
 }
 
 /*
- * The top of the stack, read in one go: the innermost frames' return addresses and saved
- * rbps are usually in it, and one read of it costs about what one read of a word does
- * (about 90 ns here, against 2 or 3 a frame). Up to the end of the page sp is in, which
- * is mapped (a read that faults costs a microsecond). One buffer per scratch slot, as
- * stack_scratch.
+ * A walk's registers and progress, in a per-CPU map value rather than on the BPF stack:
+ * the checker follows values on the stack, and on the stack each frame's ip, stop reason
+ * and count made the frame loop a new state to check again (about 160 times a program,
+ * 33,000 steps); in a map value they are only numbers, and the loop is checked in a
+ * couple of passes. One per scratch slot, as stack_scratch.
+ *
+ * With them the top of the stack, read in one go: the innermost frames' return addresses
+ * and saved rbps are usually in it, and one read of it costs about what one read of a
+ * word does (about 90 ns here, against 2 or 3 a frame). Up to the end of the page sp is
+ * in, which is mapped (a read that faults costs a microsecond).
  */
 #define WP_UNWIND_WINDOW 1024
-struct wp_unwind_window {
-	__u8 b[WP_UNWIND_WINDOW + 8];
+struct wp_unwind_walk {
+	__u64 ip, sp, bp;
+	__u64 win_lo, win_len; /* the addresses win holds (win_len 0: none) */
+	__u64 tag;             /* of this process's memo entries; 0: look every row up */
+	__u32 n;               /* frames stored */
+	__u32 stop;            /* enum wp_unwind_stop, 0 = reached the outermost frame */
+	__u32 not_mapped;      /* some frame was outside every mapping the tables know */
+	__u32 pad;
+	__u8 win[WP_UNWIND_WINDOW + 8];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 4);
 	__type(key, __u32);
-	__type(value, struct wp_unwind_window);
-} unwind_window SEC(".maps");
+	__type(value, struct wp_unwind_walk);
+} unwind_walk SEC(".maps");
 
+/* What the frame loop is handed: pointers only (see struct wp_unwind_walk). */
 struct wp_unwind_state {
-	__u64 ip, sp, bp;
 	struct wp_stack *buf;
 	struct wp_unwind_proc *proc;
-	struct wp_unwind_memos *memo; /* NULL: look every row up */
-	struct wp_unwind_window *win; /* NULL: read every word */
-	__u64 win_lo, win_len;        /* the addresses it holds */
-	__u64 tag;                    /* of this process's memo entries */
+	struct wp_unwind_walk *w;
 	struct task_struct *task; /* whose memory is read (WP_UNWIND_OTHER_TASK) */
-	__u32 n;         /* frames stored */
-	__u32 stop;      /* enum wp_unwind_stop, 0 = reached the outermost frame */
-	bool not_mapped; /* some frame was outside every mapping the tables know */
 };
 
 #ifndef WP_UNWIND_OTHER_TASK
@@ -185,110 +191,166 @@ __noinline int unwind_row_index(__u32 lo, __u32 hi, __u64 pc)
 	return r && r->pc <= pc ? (int)lo : -1;
 }
 
-/* A word of the stack, from the window when it holds it. 0 = read. */
-static __always_inline long read_word(struct wp_unwind_state *st, __u64 addr, __u64 *out)
-{
-	__u64 off = addr - st->win_lo;
+/* What unwind_find_row found besides a row's index. */
+#define WP_ROW_FP (-1)         /* a mapping without a table: step by frame pointer */
+#define WP_ROW_NOT_MAPPED (-2) /* no mapping holds the address: by frame pointer too */
+#define WP_ROW_NONE (-3)       /* the table has no row for it */
 
-	if (st->win && off <= WP_UNWIND_WINDOW - 8 && off + 8 <= st->win_len) {
-		__builtin_memcpy(out, &st->win->b[off & (WP_UNWIND_WINDOW - 1)], sizeof(*out));
+/*
+ * The unwind row in force at address lookup of the process, or one of WP_ROW_*: from
+ * this CPU's memo when it holds the address (tag != 0), else by the two binary searches,
+ * then remembered. Global, as above: the memo's branches, checked inside the frame loop,
+ * cost the verifier more than the rest of the unwinder (its states multiplied with the
+ * loop's), and here they are checked once.
+ */
+__noinline int unwind_find_row(struct wp_unwind_proc *proc, __u64 lookup, __u64 tag)
+{
+	struct wp_unwind_memo *memo = 0;
+	struct wp_unwind_memos *memos;
+	struct wp_unwind_map *m;
+	__u32 zero = 0;
+	int at;
+
+	if (!proc)
+		return WP_ROW_NOT_MAPPED;
+	memos = tag ? bpf_map_lookup_elem(&unwind_memo, &zero) : 0;
+	if (memos) {
+		memo = &memos->e[((lookup ^ (lookup >> 21)) * 0x9e3779b97f4a7c15ULL) >> 54];
+		if (memo->pc == lookup && memo->tag == tag &&
+		    memo->check == memo_check(lookup, tag, memo->row))
+			return memo->row & 0x7fffffff;
+	}
+	at = unwind_map_index(proc, lookup);
+	if (at < 0)
+		return WP_ROW_NOT_MAPPED;
+	m = &proc->m[at & (WP_UNWIND_MAPS - 1)];
+	if (m->row_lo >= m->row_hi)
+		return WP_ROW_FP;
+	at = unwind_row_index(m->row_lo, m->row_hi, lookup - m->bias);
+	if (at < 0)
+		return WP_ROW_NONE;
+	if (memo) {
+		memo->check = 0;
+		memo->pc = lookup;
+		memo->tag = tag;
+		memo->row = at;
+		memo->check = memo_check(lookup, tag, at);
+	}
+	return at;
+}
+
+/* A word of the stack, from the window when it holds it. 0 = read. */
+static __always_inline long read_word(struct wp_unwind_state *st, struct wp_unwind_walk *w,
+				      __u64 addr, __u64 *out)
+{
+	__u64 off = addr - w->win_lo;
+
+	if (off <= WP_UNWIND_WINDOW - 8 && off + 8 <= w->win_len) {
+		__builtin_memcpy(out, &w->win[off & (WP_UNWIND_WINDOW - 1)], sizeof(*out));
 		return 0;
 	}
 	return WP_READ_USER(out, sizeof(*out), (void *)addr, st);
 }
 
-/* One frame: store st->ip, then find the caller's ip, sp and bp. 1 = stop. */
+/* One frame: store the walk's ip, then find the caller's ip, sp and bp. 1 = stop. */
 static long unwind_step(__u32 i, void *data)
 {
 	struct wp_unwind_state *st = data;
-	struct wp_unwind_memo *memo = 0;
-	struct wp_unwind_map *m = 0;
+	struct wp_unwind_walk *w = st->w;
 	struct wp_unwind_row *r = 0;
 	__u64 lookup, cfa, ra = 0, bp;
 	__u32 idx;
 	int at;
 
-	if (!st->buf || !st->proc)
+	if (!st->buf || !w)
 		return 1;
 	if (i >= WP_MAX_STACK_DEPTH - 1) {
-		st->stop = WP_UNW_TRUNCATED;
+		w->stop = WP_UNW_TRUNCATED;
 		return 1;
 	}
-	st->buf->ips[i] = st->ip;
-	st->n = i + 1;
+	st->buf->ips[i] = w->ip;
+	w->n = i + 1;
 	/* a return address points after its call, maybe past its function's end */
-	lookup = i ? st->ip - 1 : st->ip;
-	if (st->memo) {
-		memo = &st->memo->e[((lookup ^ (lookup >> 21)) * 0x9e3779b97f4a7c15ULL) >> 54];
-		if (memo->pc == lookup && memo->tag == st->tag &&
-		    memo->check == memo_check(lookup, st->tag, memo->row)) {
-			idx = memo->row;
-			r = bpf_map_lookup_elem(&unwind_rows, &idx);
-			if (r)
-				goto found;
-		}
-	}
-	at = unwind_map_index(st->proc, lookup);
-	if (at >= 0)
-		m = &st->proc->m[at & (WP_UNWIND_MAPS - 1)];
-	if (m && m->row_lo < m->row_hi) {
-		at = unwind_row_index(m->row_lo, m->row_hi, lookup - m->bias);
-		idx = at;
-		r = at >= 0 ? bpf_map_lookup_elem(&unwind_rows, &idx) : 0;
-		if (r && memo) {
-			memo->check = 0;
-			memo->pc = lookup;
-			memo->tag = st->tag;
-			memo->row = idx;
-			memo->check = memo_check(lookup, st->tag, idx);
-		}
-	}
-	if (!m || m->row_lo == m->row_hi) {
+	lookup = i ? w->ip - 1 : w->ip;
+	at = unwind_find_row(st->proc, lookup, w->tag);
+	if (at == WP_ROW_FP || at == WP_ROW_NOT_MAPPED) {
 		/* no table: a frame-pointer step, as a frame-pointer walk would take it */
-		if (!m)
-			st->not_mapped = true;
-		if (!st->bp) /* the outermost frame of frame-pointer code */
+		if (at == WP_ROW_NOT_MAPPED)
+			w->not_mapped = 1;
+		if (!w->bp) /* the outermost frame of frame-pointer code */
 			return 1;
-		if (st->bp < st->sp || (st->bp & 7) ||
-		    read_word(st, st->bp + 8, &ra) || read_word(st, st->bp, &bp)) {
-			st->stop = WP_UNW_NOT_MAPPED;
+		if (w->bp < w->sp || (w->bp & 7) || read_word(st, w, w->bp + 8, &ra) ||
+		    read_word(st, w, w->bp, &bp)) {
+			w->stop = WP_UNW_NOT_MAPPED;
 			return 1;
 		}
-		st->sp = st->bp + 16;
-		st->bp = bp;
-		st->ip = ra;
+		w->sp = w->bp + 16;
+		w->bp = bp;
+		w->ip = ra;
 		return ra ? 0 : 1;
 	}
-found:
+	if (at >= 0) {
+		idx = at;
+		r = bpf_map_lookup_elem(&unwind_rows, &idx);
+	}
 	if (!r || (r->rule & 15) == WP_CFA_NONE) {
-		st->stop = WP_UNW_NO_INFO;
+		w->stop = WP_UNW_NO_INFO;
 		return 1;
 	}
 	switch (r->rule & 15) {
 	case WP_CFA_RSP:
-		cfa = st->sp + r->cfa_off;
+		cfa = w->sp + r->cfa_off;
 		break;
 	case WP_CFA_RBP:
-		cfa = st->bp + r->cfa_off;
+		cfa = w->bp + r->cfa_off;
 		break;
 	case WP_CFA_END:
 		return 1;
 	default:
-		st->stop = WP_UNW_UNSUPPORTED;
+		w->stop = WP_UNW_UNSUPPORTED;
 		return 1;
 	}
-	if (read_word(st, cfa - 8, &ra)) {
-		st->stop = WP_UNW_UNREADABLE;
+	if (read_word(st, w, cfa - 8, &ra)) {
+		w->stop = WP_UNW_UNREADABLE;
 		return 1;
 	}
-	if ((r->rule >> 4) == WP_RBP_AT &&
-	    read_word(st, cfa + r->rbp_off8 * 8, &st->bp)) {
-		st->stop = WP_UNW_UNREADABLE;
+	if ((r->rule >> 4) == WP_RBP_AT && read_word(st, w, cfa + r->rbp_off8 * 8, &bp)) {
+		w->stop = WP_UNW_UNREADABLE;
 		return 1;
 	}
-	st->sp = cfa;
-	st->ip = ra;
+	if ((r->rule >> 4) == WP_RBP_AT)
+		w->bp = bp;
+	w->sp = cfa;
+	w->ip = ra;
 	return ra ? 0 : 1;
+}
+
+/*
+ * Starts a walk at the user registers ip, sp, bp in w; with a window, the top of the
+ * stack is read into it (by the current task: WP_UNWIND_OTHER_TASK walks read word by
+ * word).
+ */
+static __always_inline void unwind_begin(struct wp_unwind_walk *w, __u64 ip, __u64 sp,
+					 __u64 bp, __u64 tag, bool window)
+{
+	__u64 len = 4096 - (sp & 4095);
+
+	w->ip = ip;
+	w->sp = sp;
+	w->bp = bp;
+	w->tag = tag;
+	w->n = 0;
+	w->stop = 0;
+	w->not_mapped = 0;
+	w->win_lo = sp;
+	w->win_len = 0;
+	if (!window)
+		return;
+	if (len > WP_UNWIND_WINDOW)
+		len = WP_UNWIND_WINDOW;
+	/* an unreadable window holds nothing: every word is read on its own */
+	if (!bpf_probe_read_user(w->win, len, (void *)sp))
+		w->win_len = len;
 }
 
 #ifndef WP_UNWIND_OTHER_TASK
@@ -302,58 +364,48 @@ __noinline int unwind_user(__u32 slot)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct wp_unwind_state st = {};
+	struct wp_unwind_walk *w;
 	struct pt_regs *regs;
-	__u32 zero = 0;
+	__u32 n, stop;
 
 	if (!cfg.dwarf)
 		return -1;
 	st.buf = bpf_map_lookup_elem(&stack_scratch, &slot);
 	st.proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
-	st.memo = bpf_map_lookup_elem(&unwind_memo, &zero);
-	if (!st.buf)
+	st.w = w = bpf_map_lookup_elem(&unwind_walk, &slot);
+	if (!st.buf || !w)
 		return -1;
 	if (!st.proc) {
 		if (tgid == cfg.tgid)
 			unwind_request(tgid);
 		return -1;
 	}
-	st.tag = (__u64)tgid << 32 | st.proc->generation;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	st.ip = BPF_CORE_READ(regs, ip);
-	st.sp = BPF_CORE_READ(regs, sp);
-	st.bp = BPF_CORE_READ(regs, bp);
-	st.win = bpf_map_lookup_elem(&unwind_window, &slot);
-	if (st.win) {
-		__u64 len = 4096 - (st.sp & 4095);
-
-		if (len > WP_UNWIND_WINDOW)
-			len = WP_UNWIND_WINDOW;
-		st.win_lo = st.sp;
-		st.win_len = len;
-		if (bpf_probe_read_user(st.win->b, len, (void *)st.sp))
-			st.win = 0;
-	}
+	unwind_begin(w, BPF_CORE_READ(regs, ip), BPF_CORE_READ(regs, sp), BPF_CORE_READ(regs, bp),
+		     (__u64)tgid << 32 | st.proc->generation, true);
 	bpf_loop(WP_MAX_STACK_DEPTH, unwind_step, &st, 0);
 	stat_add(WP_STAT_UNWIND_DWARF, 1);
-	if (st.not_mapped) {
+	n = w->n;
+	stop = w->stop;
+	if (w->not_mapped) {
 		stat_add(WP_STAT_UNWIND_NOT_MAPPED, 1);
 		unwind_request(tgid);
 		/* the frames rootward of that code came from frame pointers: say so */
-		if (!st.stop)
-			st.stop = WP_UNW_OUTSIDE;
+		if (!stop)
+			stop = WP_UNW_OUTSIDE;
 	}
-	if (st.stop && st.n < WP_MAX_STACK_DEPTH) {
-		st.buf->ips[st.n] = st.stop;
-		st.n++;
+	if (stop && n < WP_MAX_STACK_DEPTH) {
+		st.buf->ips[n] = stop;
+		n++;
 	}
 	/*
 	 * The stack ends at its first zero (user space reads no further): what an earlier,
 	 * deeper stack left past it stays, unhashed and unread. Clearing all of it cost
 	 * about 190 ns a stack.
 	 */
-	if (st.n < WP_MAX_STACK_DEPTH)
-		st.buf->ips[st.n] = 0;
-	return st.n;
+	if (n < WP_MAX_STACK_DEPTH)
+		st.buf->ips[n] = 0;
+	return n;
 }
 
 #endif /* !WP_UNWIND_OTHER_TASK */

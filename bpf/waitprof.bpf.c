@@ -306,43 +306,54 @@ static __always_inline unsigned int task_state(struct task_struct *t)
 }
 
 /*
+ * 1 when a < b (unsigned), in arithmetic: `a < b` compiles to a branch, and the checker
+ * follows both ways of each branch through the rest of the program.
+ */
+static __always_inline __u64 below(__u64 a, __u64 b)
+{
+	/* the borrow out of a - b */
+	return ((~a & b) | (~(a ^ b) & (a - b))) >> 63;
+}
+
+/*
  * Whether a kernel return address is in the interrupt entry code (see wp_config): a
  * stack through it ran in an interrupt. The per-CPU preempt count would say so directly,
  * but a BPF program can only find it where kallsyms lists per-CPU data
- * (CONFIG_KALLSYMS_ALL).
+ * (CONFIG_KALLSYMS_ALL). 1 or 0, by below(): hash_frames() tests every frame.
  */
-static __always_inline bool interrupt_entry(__u64 ip)
+static __always_inline __u64 interrupt_entry(__u64 ip)
 {
-	return ip >= cfg.irq_entry_lo && ip < cfg.irq_entry_hi &&
-	       !(ip >= cfg.fault_entry_lo && ip < cfg.fault_entry_hi);
+	return below(ip - cfg.irq_entry_lo, cfg.irq_entry_hi - cfg.irq_entry_lo) &
+	       ~below(ip - cfg.fault_entry_lo, cfg.fault_entry_hi - cfg.fault_entry_lo);
 }
 
 #include "unwind.h"
 
 /*
  * The hash of a captured stack's first n frames. With cut_irq, a kernel stack is cut at
- * its first interrupt entry (see capture_stack_as): the frames from there on are zeroed,
- * as bpf_get_stack() zeroes the buffer past the last frame, and *cut is set.
+ * its first interrupt entry (see capture_stack_as): a zero follows the entry, where user
+ * space stops reading, and *cut is set.
  */
 static __always_inline __u64 hash_frames(struct wp_stack *buf, int n, int cut_irq, int *cut)
 {
-	__u64 hash = FNV64_OFFSET;
-	int i, j;
+	__u64 want = cut_irq && cfg.irq_entry_hi ? 1 : 0;
+	__u64 hash = FNV64_OFFSET, ip;
+	int i, c = 0;
 
-	*cut = 0;
 	for (i = 0; i < WP_MAX_STACK_DEPTH; i++) {
 		if (i >= n)
 			break;
-		hash = fnv_mix(hash, buf->ips[i]);
-		if (cut_irq && cfg.irq_entry_hi && interrupt_entry(buf->ips[i])) {
-			*cut = 1;
+		ip = buf->ips[i];
+		hash = fnv_mix(hash, ip);
+		if (want & interrupt_entry(ip)) {
+			c = 1;
 			break;
 		}
 	}
-	for (j = 0; *cut && j < WP_MAX_STACK_DEPTH; j++) {
-		if (j > i)
-			buf->ips[j] = 0;
-	}
+	/* the stack ends at its first zero (user space reads no further, as in unwind_user) */
+	if (c && i + 1 < WP_MAX_STACK_DEPTH)
+		buf->ips[i + 1] = 0;
+	*cut = c;
 	return hash;
 }
 
@@ -559,29 +570,32 @@ static __noinline void add_waiter(struct thread_state *ts, __u64 ns)
 
 /*
  * log2 of a run-queue wait in microseconds: the histogram slot (runqlat's buckets).
- * Branch-free halvings rather than a loop: fewer states for the verifier.
+ * Halvings in arithmetic (below(), not `>`, which compiles to a branch): the checker
+ * followed each branch's paths through the rest of sched_switch.
  */
 static __always_inline __u32 runq_slot(__u64 ns)
 {
-	__u64 v = ns / 1000;
-	__u32 r, shift;
+	__u64 v = ns / 1000, r, shift;
 
-	r = (v > 0xFFFFFFFF) << 5;
+	r = below(0xFFFFFFFF, v) << 5;
 	v >>= r;
-	shift = (v > 0xFFFF) << 4;
+	shift = below(0xFFFF, v) << 4;
 	v >>= shift;
 	r |= shift;
-	shift = (v > 0xFF) << 3;
+	shift = below(0xFF, v) << 3;
 	v >>= shift;
 	r |= shift;
-	shift = (v > 0xF) << 2;
+	shift = below(0xF, v) << 2;
 	v >>= shift;
 	r |= shift;
-	shift = (v > 0x3) << 1;
+	shift = below(0x3, v) << 1;
 	v >>= shift;
 	r |= shift;
 	r |= (v >> 1);
-	return r < WP_RUNQ_SLOTS ? r : WP_RUNQ_SLOTS - 1;
+	asm volatile("" : "+r"(r)); /* the checker sees the bound below (it cannot follow the arithmetic) */
+	if (r >= WP_RUNQ_SLOTS)
+		r = WP_RUNQ_SLOTS - 1;
+	return r;
 }
 
 /* A new fd's counts start from this (never written): too large for the BPF stack. */
@@ -784,18 +798,18 @@ static __always_inline __u64 place_of(struct task_struct *prev, struct pt_regs *
  * the kernel stack walked there, walks it again every cfg.recapture_every-th time, and
  * counts it if it differs: the reuse is checked, not assumed. Kernel preemption can strike
  * at any preempt_enable() inside a syscall: a preempted thread is always walked.
+ *
+ * kstack_at() is the kernel half, place found or not (sig 0: none): a global function,
+ * checked once rather than on each of its caller's paths, which the places it may pick
+ * multiplied (sched_switch: 92,000 -> 63,000 steps).
  */
-static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
-				      struct task_struct *prev, struct pt_regs *regs, bool preempt,
-				      __u32 slot, __u64 *ustack, __u64 *kstack)
+__noinline __u64 kstack_at(void *ctx __arg_ctx, struct thread_state *ts __arg_nonnull, __u64 sig,
+			  __u32 slot)
 {
 	struct wp_place *p = 0;
-	__u64 sig = 0;
+	__u64 kstack;
 	__u32 i;
 
-	*ustack = capture_stack(ctx, true, slot, 0);
-	if (cfg.recapture_every > 1 && !preempt)
-		sig = place_of(prev, regs, *ustack);
 	for (i = 0; sig && i < WP_PLACES; i++) {
 		if (ts->places[i].sig == sig) {
 			p = &ts->places[i];
@@ -804,24 +818,36 @@ static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
 	}
 	if (p && ++p->reuses < cfg.recapture_every) {
 		stat_add(WP_STAT_KSTACK_REUSED, 1);
-		*kstack = p->kstack;
-		return;
+		return p->kstack;
 	}
-	*kstack = capture_stack(ctx, false, slot, 0);
+	kstack = capture_stack(ctx, false, slot, 0);
 	if (p) {
 		stat_add(WP_STAT_KSTACK_RECHECKED, 1);
-		if (*kstack != p->kstack)
+		if (kstack != p->kstack)
 			stat_add(WP_STAT_KSTACK_DIFFERED, 1);
 	} else if (sig) {
 		p = &ts->places[ts->next_place & (WP_PLACES - 1)];
 		ts->next_place++;
 	}
 	if (!p)
-		return;
+		return kstack;
 	/* only a real stack is worth reusing, not the reason one is missing */
-	p->sig = *kstack >= WP_STACK_ID_MIN ? sig : 0;
-	p->kstack = *kstack;
+	p->sig = kstack >= WP_STACK_ID_MIN ? sig : 0;
+	p->kstack = kstack;
 	p->reuses = 0;
+	return kstack;
+}
+
+static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
+				      struct task_struct *prev, struct pt_regs *regs, bool preempt,
+				      __u32 slot, __u64 *ustack, __u64 *kstack)
+{
+	__u64 sig = 0;
+
+	*ustack = capture_stack(ctx, true, slot, 0);
+	if (cfg.recapture_every > 1 && !preempt)
+		sig = place_of(prev, regs, *ustack);
+	*kstack = kstack_at(ctx, ts, sig, slot);
 }
 
 static __always_inline struct thread_state *switch_out(void *ctx, struct task_struct *prev,
