@@ -24,7 +24,7 @@ use crate::model::Row;
 use crate::model::{Collected, DropsSpan, EndReason, Kind, Listener, Losses, OnCpu, Outcome};
 use crate::model::{Snapshots, StackRef, ThreadTotals, Waiter, Waker, WakerCtx};
 use crate::model::{Timeline, TimelineEvent, TimelineWhat};
-use crate::session::{self, Attached, Profiled};
+use crate::session::{self, Attached, Profiled, TableMaps};
 use crate::signals::Stop;
 use crate::snapshot;
 use crate::symbolize::Symbolizer;
@@ -174,6 +174,72 @@ fn timeline_event(ev: &crate::bpf::wp_event) -> Option<TimelineEvent> {
     })
 }
 
+/// The target's unwind tables (`--unwind dwarf`), loaded into `maps` at once for `-p`:
+/// `lib::run` calls this while the kernel verifies the programs. A command's code is
+/// known only once it has exec'd: its first stacks ask for it.
+pub fn first_tables(
+    cfg: &Config,
+    pid: u32,
+    stop: &Stop,
+    maps: &TableMaps,
+) -> Result<Option<unwind::Tables>> {
+    if cfg.unwind != Unwind::Dwarf {
+        return Ok(None);
+    }
+    let launched = matches!(cfg.target, Target::Command(_));
+    let mut t = unwind::Tables::new(pid, cfg.unwind_rows, launched, stop.clone());
+    if launched {
+        return Ok(Some(t));
+    }
+    match t.refresh(&maps.rows, &maps.procs) {
+        // a large program takes a while: say what it was
+        Ok(_) if t.report.build_time > Duration::from_millis(500) => eprintln!(
+            "waitprof: unwind tables of {} files ({} rows) built in {:.1} s",
+            t.report.files,
+            t.report.rows,
+            t.report.build_time.as_secs_f64()
+        ),
+        Ok(_) => {}
+        Err(e) if e.downcast_ref::<crate::signals::Interrupted>().is_some() => return Err(e),
+        // the stacks are still walked, by frame pointer, and the summary says so
+        Err(e) => eprintln!("waitprof: no unwind tables ({e:#}): walking frame pointers"),
+    }
+    Ok(Some(t))
+}
+
+/// What collection needs besides the profiler's programs, loaded by `prepare` while the
+/// kernel verifies those: the listening-socket iterator and the off-CPU thread snapshot
+/// (or why there is none).
+pub struct Prepared<'s> {
+    sockets: Option<ListeningSockets<'s>>,
+    snapshotter: std::result::Result<snapshot::Snapshots<'s>, String>,
+}
+
+pub fn prepare<'s>(
+    cfg: &Config,
+    pid: u32,
+    maps: &TableMaps,
+    sockets_storage: &'s mut MaybeUninit<OpenObject>,
+    snapshot_storage: &'s mut MaybeUninit<OpenObject>,
+) -> Prepared<'s> {
+    let sockets = ListeningSockets::open(sockets_storage)
+        .map_err(|e| {
+            eprintln!("waitprof: listeners' drops will be counted between accepts only: {e:#}")
+        })
+        .ok();
+    // with -p only: a launched command is still a copy of waitprof
+    let snapshotter = match cfg.target {
+        Target::Pid(_) => {
+            snapshot::Snapshots::open(snapshot_storage, maps, pid).map_err(|e| format!("{e:#}"))
+        }
+        Target::Command(_) => Err("a launched command has none before its start".to_string()),
+    };
+    Prepared {
+        sockets,
+        snapshotter,
+    }
+}
+
 /// Runs the session until it ends, then reads everything out.
 pub fn run(
     attached: &mut Attached<'_>,
@@ -181,6 +247,8 @@ pub fn run(
     cfg: &Config,
     stop: &Stop,
     symbolizer: &mut Symbolizer,
+    mut tables: Option<unwind::Tables>,
+    prepared: Prepared<'_>,
 ) -> Result<Collected> {
     let exited: RefCell<Vec<ThreadTotals>> = RefCell::new(Vec::new());
     let unwind_wanted = Cell::new(false);
@@ -221,55 +289,15 @@ pub fn run(
     let ringbuf = builder
         .build()
         .context("setting up the exit-record ring buffer failed")?;
-    let mut tables = (cfg.unwind == Unwind::Dwarf).then(|| {
-        let launched = matches!(cfg.target, Target::Command(_));
-        unwind::Tables::new(target.pid, cfg.unwind_rows, launched, stop.clone())
-    });
-    // a command's code is known only once it has exec'd: its first stacks ask for it
-    if let (Some(t), Target::Pid(_)) = (tables.as_mut(), &cfg.target) {
-        let maps = &attached.skel.maps;
-        match t.refresh(&maps.unwind_rows, &maps.unwind_procs) {
-            // a large program takes a while: say what it was
-            Ok(_) if t.report.build_time > Duration::from_millis(500) => eprintln!(
-                "waitprof: unwind tables of {} files ({} rows) built in {:.1} s",
-                t.report.files,
-                t.report.rows,
-                t.report.build_time.as_secs_f64()
-            ),
-            Ok(_) => {}
-            Err(e) if e.downcast_ref::<crate::signals::Interrupted>().is_some() => return Err(e),
-            // the stacks are still walked, by frame pointer, and the summary says so
-            Err(e) => eprintln!("waitprof: no unwind tables ({e:#}): walking frame pointers"),
-        }
-    }
-
+    let Prepared {
+        sockets,
+        snapshotter,
+    } = prepared;
     // listeners' drop counters at the start, to count drops over the whole session
-    let mut sockets_storage = MaybeUninit::uninit();
-    let sockets = ListeningSockets::open(&mut sockets_storage)
-        .map_err(|e| {
-            eprintln!("waitprof: listeners' drops will be counted between accepts only: {e:#}")
-        })
-        .ok();
     let sockets_at_start = sockets.as_ref().and_then(|s| s.read().ok());
-    // threads already off-CPU have their stacks read once the gate is open (with -p: a
-    // launched command is still a copy of waitprof)
-    let mut snapshot_storage = MaybeUninit::uninit();
+    // threads already off-CPU have their stacks read once the gate is open
     let mut snapshots = Snapshots::default();
-    let snapshotter = match cfg.target {
-        Target::Pid(_) => {
-            match snapshot::Snapshots::open(&mut snapshot_storage, attached, target.pid) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    snapshots.missing = Some(format!("{e:#}"));
-                    None
-                }
-            }
-        }
-        Target::Command(_) => {
-            snapshots.missing = Some("a launched command has none before its start".to_string());
-            None
-        }
-    };
+    let snapshotter = snapshotter.map_err(|e| snapshots.missing = Some(e)).ok();
     let start_ns = attached.start()?;
     if let Some(s) = &snapshotter {
         let t = Instant::now();

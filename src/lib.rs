@@ -28,6 +28,7 @@ pub mod target;
 pub mod text;
 pub mod unwind;
 
+use std::mem::MaybeUninit;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -57,11 +58,43 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
 
     let mut symbolizer = symbolize::Symbolizer::new(target.pid);
     let mut storage = session::new_storage();
-    let mut attached = session::load_and_attach(&mut storage, &cfg, target.pid)?;
+    // the target's unwind tables build, and the two smaller BPF objects load, on another
+    // thread while the kernel verifies the profiler's programs
+    let table_maps = session::TableMaps::create(&cfg)?;
+    let (mut sockets_storage, mut snapshot_storage) =
+        (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let (attached, early) = std::thread::scope(|s| {
+        let early = s.spawn(|| {
+            let tables = collect::first_tables(&cfg, target.pid, &stop, &table_maps)?;
+            let prepared = collect::prepare(
+                &cfg,
+                target.pid,
+                &table_maps,
+                &mut sockets_storage,
+                &mut snapshot_storage,
+            );
+            anyhow::Ok((tables, prepared))
+        });
+        let attached = session::load_and_attach(&mut storage, &cfg, target.pid, &table_maps);
+        let early = early
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("preparing the session failed")));
+        (attached, early)
+    });
+    let mut attached = attached?;
+    let (tables, prepared) = early?;
     if stop.requested() {
         return Err(Interrupted("before the session started: nothing was recorded").into());
     }
-    let collected = collect::run(&mut attached, &mut target, &cfg, &stop, &mut symbolizer)?;
+    let collected = collect::run(
+        &mut attached,
+        &mut target,
+        &cfg,
+        &stop,
+        &mut symbolizer,
+        tables,
+        prepared,
+    )?;
     drop(attached); // detach before the slower work below
     target.finish();
     // the signal that ended collection (if any) is spent; a later one aborts the writing,

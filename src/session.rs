@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject, PrintLevel, ProgramMut};
+use libbpf_rs::{Link, MapHandle, MapType, OpenObject, PrintLevel, ProgramMut};
 
 use crate::bpf::{OpenWaitprofSkel, WaitprofSkel, WaitprofSkelBuilder};
 use crate::cli::{AttachMode, Config, Target};
@@ -354,6 +354,7 @@ fn configure(
     cfg: &Config,
     pid: u32,
     flavour: Flavour,
+    tables: &TableMaps,
 ) -> Result<()> {
     let rodata = open
         .maps
@@ -393,10 +394,14 @@ fn configure(
     } else {
         rustix::param::page_size() as u32
     })?;
-    open.maps.unwind_rows.set_max_entries(match cfg.unwind {
-        crate::cli::Unwind::Dwarf => cfg.unwind_rows,
-        crate::cli::Unwind::Fp => 1,
-    })?;
+    open.maps
+        .unwind_rows
+        .reuse_fd(tables.rows.as_fd())
+        .context("handing the unwind rows to the BPF object failed")?;
+    open.maps
+        .unwind_procs
+        .reuse_fd(tables.procs.as_fd())
+        .context("handing the unwind mappings to the BPF object failed")?;
 
     let p = &mut open.progs;
     for (prog, f) in [
@@ -631,11 +636,12 @@ fn try_flavour<'obj>(
     cfg: &Config,
     pid: u32,
     flavour: Flavour,
+    tables: &TableMaps,
 ) -> Result<Attached<'obj>> {
     let mut open = WaitprofSkelBuilder::default()
         .open(slot)
         .context("opening the BPF object failed")?;
-    configure(&mut open, cfg, pid, flavour)?;
+    configure(&mut open, cfg, pid, flavour, tables)?;
     if flavour == Flavour::Tracepoint {
         ensure_tracefs()?;
     }
@@ -685,7 +691,6 @@ fn refused_table(log: &str, cfg: &Config) -> Option<String> {
         "agg" | "waiters" => ("--max-rows", cfg.max_rows),
         "stacks" => ("--stack-storage-size", cfg.stack_storage_size),
         "threads" => ("--max-threads", cfg.max_threads),
-        "unwind_rows" => ("--unwind-rows", cfg.unwind_rows),
         _ => {
             return Some(format!(
                 "the kernel refused to create the table {name}: {why}"
@@ -698,11 +703,62 @@ fn refused_table(log: &str, cfg: &Config) -> Option<String> {
     ))
 }
 
+/// The unwind tables the kernel walks user stacks with (bpf/unwind.h: every row; each
+/// process's mappings), created before any BPF object loads, so that the target's
+/// tables are built while the kernel verifies the programs (`lib::run`), and handed to
+/// both objects that read them (the profiler, the snapshot iterator).
+pub struct TableMaps {
+    pub rows: MapHandle,
+    pub procs: MapHandle,
+}
+
+impl TableMaps {
+    pub fn create(cfg: &Config) -> Result<TableMaps> {
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let rows = match cfg.unwind {
+            crate::cli::Unwind::Dwarf => cfg.unwind_rows,
+            crate::cli::Unwind::Fp => 1,
+        };
+        let size = |n: usize| n as u32;
+        let rows = MapHandle::create(
+            MapType::Array,
+            Some("unwind_rows"),
+            4,
+            size(std::mem::size_of::<crate::bpf::types::wp_unwind_row>()),
+            rows,
+            &opts,
+        )
+        .map_err(|e| {
+            anyhow!(TableRefused(format!(
+                "the kernel refused to create the table unwind_rows with {rows} entries \
+                 (--unwind-rows): {e}; choose a smaller --unwind-rows (or free memory)"
+            )))
+        })?;
+        let procs = MapHandle::create(
+            MapType::Hash,
+            Some("unwind_procs"),
+            4,
+            size(std::mem::size_of::<crate::bpf::types::wp_unwind_proc>()),
+            UNWIND_PROCS,
+            &opts,
+        )
+        .context("the kernel refused to create the table unwind_procs")?;
+        Ok(TableMaps { rows, procs })
+    }
+}
+
+/// The processes whose unwind mappings the kernel holds at once (bpf/unwind.h).
+const UNWIND_PROCS: u32 = 8;
+
 /// Loads and attaches the first flavour that works; the error lists why each one failed.
 pub fn load_and_attach<'obj>(
     storage: &'obj mut ObjectStorage,
     cfg: &Config,
     pid: u32,
+    tables: &TableMaps,
 ) -> Result<Attached<'obj>> {
     let _ = libbpf_rs::set_print(Some((PrintLevel::Info, libbpf_print)));
     let mut failures = Vec::new();
@@ -711,7 +767,7 @@ pub fn load_and_attach<'obj>(
         .copied()
         .zip(storage.iter_mut())
     {
-        let attempt = try_flavour(slot, cfg, pid, flavour);
+        let attempt = try_flavour(slot, cfg, pid, flavour, tables);
         match attempt {
             Ok(a) => return Ok(a),
             // a table too large for this kernel fails every flavour alike

@@ -15,7 +15,7 @@ use libbpf_rs::{Link, OpenObject};
 
 use crate::bpf::snapshot::{wp_snapshot, SnapshotSkel, SnapshotSkelBuilder};
 use crate::model::Blocked;
-use crate::session::Attached;
+use crate::session::TableMaps;
 
 /// The task iterator, loaded beside the profiler and sharing its unwind tables.
 pub struct Snapshots<'obj> {
@@ -24,10 +24,10 @@ pub struct Snapshots<'obj> {
 }
 
 impl<'obj> Snapshots<'obj> {
-    /// Loads the iterator for `pid`, reusing the profiler's unwind tables.
+    /// Loads the iterator for `pid`, reading the profiler's unwind tables.
     pub fn open(
         storage: &'obj mut MaybeUninit<OpenObject>,
-        attached: &Attached<'_>,
+        tables: &TableMaps,
         pid: u32,
     ) -> Result<Snapshots<'obj>> {
         let mut open = SnapshotSkelBuilder::default()
@@ -38,14 +38,13 @@ impl<'obj> Snapshots<'obj> {
             .as_deref_mut()
             .context("the snapshot object has no .rodata")?
             .target_tgid = pid;
-        let main = &attached.skel.maps;
         open.maps
             .unwind_rows
-            .reuse_fd(main.unwind_rows.as_fd())
+            .reuse_fd(tables.rows.as_fd())
             .context("sharing the unwind rows with the snapshot iterator failed")?;
         open.maps
             .unwind_procs
-            .reuse_fd(main.unwind_procs.as_fd())
+            .reuse_fd(tables.procs.as_fd())
             .context("sharing the unwind mappings with the snapshot iterator failed")?;
         let skel = open
             .load()
