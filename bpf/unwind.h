@@ -140,27 +140,29 @@ static __always_inline void unwind_request(__u32 tgid)
  */
 __noinline int unwind_map_index(struct wp_unwind_proc *proc, __u64 addr)
 {
-	__u32 lo = 0, hi, mid;
 	struct wp_unwind_map *m;
+	__u32 base = 0, len, half;
 
-	if (!proc)
+	if (!proc || !proc->n)
 		return -1;
-	hi = proc->n;
-	if (hi > WP_UNWIND_MAPS)
-		hi = WP_UNWIND_MAPS;
+	len = proc->n;
+	if (len > WP_UNWIND_MAPS)
+		len = WP_UNWIND_MAPS;
+	/*
+	 * the last mapping starting at or below addr, with the step taken in arithmetic:
+	 * a branch on each comparison made the checker follow every path down the search
+	 * (7,100 steps a program against 4,400)
+	 */
 	for (int k = 0; k < 8; k++) {
-		if (lo >= hi)
-			break;
-		mid = (lo + hi) / 2;
-		m = &proc->m[mid & (WP_UNWIND_MAPS - 1)];
-		if (addr < m->start)
-			hi = mid;
-		else if (addr >= m->end)
-			lo = mid + 1;
-		else
-			return mid & (WP_UNWIND_MAPS - 1);
+		half = len / 2;
+		m = &proc->m[(base + half) & (WP_UNWIND_MAPS - 1)];
+		base += half & -(__u32)(1 - below(addr, m->start));
+		len -= half;
 	}
-	return -1;
+	m = &proc->m[base & (WP_UNWIND_MAPS - 1)];
+	if (addr < m->start || addr >= m->end)
+		return -1;
+	return base & (WP_UNWIND_MAPS - 1);
 }
 
 /*

@@ -306,16 +306,6 @@ static __always_inline unsigned int task_state(struct task_struct *t)
 }
 
 /*
- * 1 when a < b (unsigned), in arithmetic: `a < b` compiles to a branch, and the checker
- * follows both ways of each branch through the rest of the program.
- */
-static __always_inline __u64 below(__u64 a, __u64 b)
-{
-	/* the borrow out of a - b */
-	return ((~a & b) | (~(a ^ b) & (a - b))) >> 63;
-}
-
-/*
  * Whether a kernel return address is in the interrupt entry code (see wp_config): a
  * stack through it ran in an interrupt. The per-CPU preempt count would say so directly,
  * but a BPF program can only find it where kallsyms lists per-CPU data

@@ -466,4 +466,15 @@ struct wp_snapshot {
 _Static_assert(sizeof(struct wp_snapshot) == 104 + 2 * 8 * WP_MAX_STACK_DEPTH,
 	       "wp_snapshot layout");
 
+/*
+ * 1 when a < b (unsigned), in arithmetic: `a < b` compiles to a branch, and the checker
+ * follows both ways of each branch through the rest of the program. (Shared by both
+ * objects' programs, not a type.)
+ */
+static __always_inline __u64 below(__u64 a, __u64 b)
+{
+	/* the borrow out of a - b */
+	return ((~a & b) | (~(a ^ b) & (a - b))) >> 63;
+}
+
 #endif /* __WAITPROF_H */
