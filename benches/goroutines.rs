@@ -221,14 +221,17 @@ fn scale(report: &mut String, dir: &Path) -> Res<()> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting waitprof: {e}"))?;
-        let mut summary = String::new();
-        child
-            .stderr
-            .take()
-            .ok_or("no stderr")?
-            .read_to_string(&mut summary)
-            .map_err(|e| e.to_string())?;
+        let mut err = child.stderr.take().ok_or("no stderr")?;
+        // read on a thread: wait_rss watches the peak while waitprof runs
+        let reader = std::thread::spawn(move || {
+            let mut summary = String::new();
+            err.read_to_string(&mut summary).map(|_| summary)
+        });
         let (status, rss_kib) = wait_rss(&child)?;
+        let summary = reader
+            .join()
+            .map_err(|_| "reader panicked")?
+            .map_err(|e| e.to_string())?;
         if status != 0 {
             return Err(format!("waitprof exited with {status}:\n{summary}"));
         }
