@@ -696,6 +696,33 @@ struct {
 	__type(value, struct thread_state);
 } thread_scratch SEC(".maps");
 
+/*
+ * The target's thread this CPU last switched in, 0 once it switched out: sys_exit's
+ * test that the running thread's switch-in was seen, which spares the thread table's
+ * hash lookup at most of the target's syscalls.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} running_here SEC(".maps");
+
+static __always_inline void note_running(__u32 tid)
+{
+	__u32 zero = 0, *r = bpf_map_lookup_elem(&running_here, &zero);
+
+	if (r)
+		*r = tid;
+}
+
+static __always_inline bool seen_running(__u32 tid)
+{
+	__u32 zero = 0, *r = bpf_map_lookup_elem(&running_here, &zero);
+
+	return r && *r == tid;
+}
+
 static __always_inline struct thread_state *thread_new(__u32 tid, __u64 start, __u32 flags)
 {
 	struct thread_state *init, *ts;
@@ -1004,6 +1031,7 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 		bool still = runnable < 0 ? task_runnable(preempt, prev) : runnable;
 		struct wp_event *ev;
 
+		note_running(0);
 		ts = switch_out(ctx, prev, (__u32)id, preempt, still, now);
 		if (cfg.timeline && ts && (ev = timeline_reserve(WP_EV_OFF, (__u32)id, now))) {
 			ev->kind = ts->kind;
@@ -1027,6 +1055,7 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), next_task->comm);
 	}
 	switch_in(ts, now);
+	note_running(next_tid);
 	if (cfg.timeline) {
 		struct wp_event *ev = timeline_reserve(WP_EV_ON, next_tid, now);
 
@@ -1257,9 +1286,16 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 
 	if (!recording() || !selected(id >> 32, tid))
 		return 0;
-	ts = bpf_map_lookup_elem(&threads, &tid);
 	if (nr < 0 || nr >= WP_MAX_SYSCALL_NR)
 		nr = 0;
+	/*
+	 * Most of the target's syscalls are not tracked (no episode, no poll, no listener):
+	 * with its switch-in seen on this CPU there is nothing to do, and the thread's state
+	 * is not looked up (a hash lookup at every syscall of the target)
+	 */
+	if (cfg.sysclass[nr] == WP_SYS_OTHER && seen_running(tid))
+		return 0;
+	ts = bpf_map_lookup_elem(&threads, &tid);
 	if (cfg.sysclass[nr] == WP_SYS_EPOLL)
 		poll_returned(ts, tid, (__u32)PT_REGS_PARM1_CORE_SYSCALL(current_regs()),
 			      bpf_ktime_get_ns());
@@ -1274,6 +1310,7 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 		stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
 		stat_add(WP_STAT_MISSED_RECOVERED, 1);
 		switch_in(ts, bpf_ktime_get_ns());
+		note_running(tid);
 	}
 	if (cfg.sysclass[nr] == WP_SYS_ACCEPT)
 		sample_listener(current_regs(), ret);
