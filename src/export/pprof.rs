@@ -247,6 +247,9 @@ struct Builder<'p> {
     strings: Strings,
     /// By the code's allocation: one mapping per mapped range.
     mappings: HashMap<*const Code, u64>,
+    /// What the frames at each code have (files and lines, inlined frames), from one pass
+    /// over the profile's frames.
+    code_has: HashMap<*const Code, (bool, bool)>,
     /// By the frames a location holds (an address's function and what is inlined there).
     locations: HashMap<Vec<u32>, u64>,
     /// By name and file.
@@ -259,7 +262,16 @@ struct Builder<'p> {
 
 impl<'p> Builder<'p> {
     fn new(profile: &'p Profile) -> Builder<'p> {
+        let mut code_has: HashMap<*const Code, (bool, bool)> = HashMap::default();
+        for s in profile.frames.iter().filter_map(|f| f.site.as_ref()) {
+            if let Some(code) = &s.code {
+                let has = code_has.entry(Arc::as_ptr(code)).or_default();
+                has.0 |= s.file.is_some();
+                has.1 |= s.inlined;
+            }
+        }
         Builder {
+            code_has,
             profile,
             out: proto::Profile::default(),
             strings: Strings {
@@ -461,17 +473,11 @@ impl<'p> Builder<'p> {
         let build_id = code.build_id.as_deref().map_or(0, |b| self.strings.id(b));
         // what the frames at this code have: every frame here was named (a name made
         // for an unknown address has no site), some with files and lines
-        let (mut files, mut inlined) = (false, false);
-        for f in &self.profile.frames {
-            if let Some(s) = f
-                .site
-                .as_ref()
-                .filter(|s| s.code.as_ref().is_some_and(|c| Arc::ptr_eq(c, code)))
-            {
-                files |= s.file.is_some();
-                inlined |= s.inlined;
-            }
-        }
+        let (files, inlined) = self
+            .code_has
+            .get(&Arc::as_ptr(code))
+            .copied()
+            .unwrap_or_default();
         self.out.mapping.push(proto::Mapping {
             id,
             memory_start: code.start,
