@@ -335,6 +335,8 @@ pub fn run(
     // and its first stacks' request for unwind tables is served first
     if let Target::Pid(_) = cfg.target {
         symbolizer.cache_target();
+        // the kernel's and the target's symbol tables, read now, not at the end
+        symbolizer.warm();
     }
     let mut recache_every = RECACHE_FIRST;
     let mut sampling_on_cpu = false;
@@ -391,6 +393,9 @@ pub fn run(
         // new code (exec, dlopen) gets its files opened at once, before it can go away
         if recache || wanted {
             symbolizer.cache_target();
+            // a command's files once it has exec'd, a library once loaded: after the
+            // unwind tables above, which its stacks need first
+            symbolizer.warm();
         }
         if recache {
             recache_every = (recache_every * 4).min(RECACHE_MAX);
