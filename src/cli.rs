@@ -92,7 +92,8 @@ pub struct Args {
     /// How to walk user stacks. dwarf: with the unwind tables (.eh_frame) of every file
     /// the target maps, so code built without frame pointers (Debian's glibc, nginx,
     /// redis) unwinds completely; code without tables (Go, JIT) by frame pointer. fp:
-    /// frame pointers only, as offcputime and perf do (cheaper, see BENCHMARKS.md).
+    /// frame pointers only, as offcputime and perf do (the kernel's walk: no tables to
+    /// build at start, but no cheaper per event here, see BENCHMARKS.md).
     #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
     pub unwind: Unwind,
 
