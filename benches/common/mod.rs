@@ -5,6 +5,8 @@
 // each benchmark uses part of this
 #![allow(dead_code)]
 
+pub mod rss;
+
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -91,26 +93,11 @@ pub fn wrk_rate(port: u16, secs: u32) -> Res<f64> {
         .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))
 }
 
-/// Reaps a child and returns its status and peak RSS (KiB): its own VmHWM, read every
-/// 5 ms from when this is called until it exits. Not wait4's ru_maxrss: a child started
-/// by vfork and exec (as std spawns) is charged the parent's peak there, the high-water
-/// mark of the address space it left.
+/// Reaps a child and returns its status and peak RSS (KiB, `rss::watch_peak_kb`, from
+/// when this is called until it exits).
 pub fn wait_rss(child: &Child) -> Res<(i32, u64)> {
     let pid = child.id() as i32;
-    let mut peak = 0u64;
-    // VmHWM only grows, and goes with the address space when the child exits; it stays a
-    // zombie, pid and all, until the wait4 below
-    while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        else {
-            break;
-        };
-        peak = peak.max(kb);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let peak = rss::watch_peak_kb(child.id());
     let mut status = 0;
     // SAFETY: waits for our own child; status is a valid out-pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use super::common::*;
 
+#[path = "../../benches/common/rss.rs"]
+mod rss;
+
 const NOBODY: u32 = 65534;
 
 fn built(name: &str, args: &[&str]) -> String {
@@ -124,7 +127,7 @@ fn as_nobody(program: &str, args: &[&str]) -> Command {
 struct Session {
     run: Run,
     elapsed: Duration,
-    peak_rss_kb: i64,
+    peak_rss_kb: u64,
 }
 
 /// Runs waitprof with `args` (and `-o DIR/out.svg` unless they have an -o), measuring
@@ -148,27 +151,9 @@ fn session(setup: impl FnOnce(&mut Command), args: &[&str]) -> Session {
         .spawn()
         .expect("running waitprof");
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let pid = child.id() as i32;
-    // The peak is read from the child's own /proc status while it runs, never from wait4's
-    // rusage: a child started by vfork and exec is charged the parent's peak (the kernel
-    // folds the high-water mark of the address space it leaves into ru_maxrss), so a test
-    // process of 256 MB made every waitprof look that big. VmHWM only grows; the poll
-    // stops when the child has exited (a zombie keeps its pid until the wait4 below).
-    let poller = std::thread::spawn(move || {
-        let mut peak = 0i64;
-        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            else {
-                break; // exited: the address space is gone
-            };
-            peak = peak.max(kb);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        peak
-    });
+    // the peak from the child's own VmHWM while it runs, not from wait4 (see rss.rs)
+    let pid = child.id();
+    let poller = std::thread::spawn(move || rss::watch_peak_kb(pid));
     let reader = std::thread::spawn(move || {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut err, &mut b).ok();
