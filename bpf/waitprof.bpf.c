@@ -933,13 +933,16 @@ static __always_inline struct thread_state *switch_out(void *ctx, struct task_st
 	return ts;
 }
 
-static __always_inline void switch_in(struct thread_state *ts, __u64 now)
+/* Thread `tid` (state `ts`) runs on this CPU from `now`, its switch-in seen or recovered. */
+static __always_inline void switch_in(struct thread_state *ts, __u32 tid, __u64 now)
 {
 	struct wp_waker none = {}, *waker = &none;
 	bool preempted = ts->flags & WP_TF_RUNNABLE_OUT;
 	__u64 blocked = 0, runq, w;
 	__u32 slot;
 
+	/* sys_exit's sign that this switch-in was seen */
+	note_running(tid);
 	if (ts->flags & WP_TF_ON_CPU) {
 		/* no switch-out seen: nothing to attribute */
 		stat_add(WP_STAT_IN_WHILE_ON_CPU, 1);
@@ -1054,8 +1057,7 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 			return 0;
 		bpf_probe_read_kernel_str(ts->comm, sizeof(ts->comm), next_task->comm);
 	}
-	switch_in(ts, now);
-	note_running(next_tid);
+	switch_in(ts, next_tid, now);
 	if (cfg.timeline) {
 		struct wp_event *ev = timeline_reserve(WP_EV_ON, next_tid, now);
 
@@ -1283,6 +1285,7 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct thread_state *ts;
+	__u8 class;
 
 	if (!recording() || !selected(id >> 32, tid))
 		return 0;
@@ -1293,10 +1296,11 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	 * with its switch-in seen on this CPU there is nothing to do, and the thread's state
 	 * is not looked up (a hash lookup at every syscall of the target)
 	 */
-	if (cfg.sysclass[nr] == WP_SYS_OTHER && seen_running(tid))
+	class = cfg.sysclass[nr];
+	if (class == WP_SYS_OTHER && seen_running(tid))
 		return 0;
 	ts = bpf_map_lookup_elem(&threads, &tid);
-	if (cfg.sysclass[nr] == WP_SYS_EPOLL)
+	if (class == WP_SYS_EPOLL)
 		poll_returned(ts, tid, (__u32)PT_REGS_PARM1_CORE_SYSCALL(current_regs()),
 			      bpf_ktime_get_ns());
 	if (!ts)
@@ -1309,10 +1313,9 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	if (!(ts->flags & WP_TF_ON_CPU)) {
 		stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
 		stat_add(WP_STAT_MISSED_RECOVERED, 1);
-		switch_in(ts, bpf_ktime_get_ns());
-		note_running(tid);
+		switch_in(ts, tid, bpf_ktime_get_ns());
 	}
-	if (cfg.sysclass[nr] == WP_SYS_ACCEPT)
+	if (class == WP_SYS_ACCEPT)
 		sample_listener(current_regs(), ret);
 	if (!(ts->flags & WP_TF_IN_EPISODE))
 		return 0;
