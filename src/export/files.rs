@@ -6,7 +6,7 @@
 //! handed to the sudo user through its fd (`fchown`) and renamed into place. The set of
 //! files is written all or none.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -133,11 +133,12 @@ pub enum Content<'a> {
     Stream(&'a (dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync)),
 }
 
-/// A file written under a temporary name, not yet renamed into place.
-struct Staged<'n> {
-    dir: &'n OwnedFd,
+/// A file written under a temporary name, not yet renamed into place (`commit`);
+/// dropped before that, the temporary file goes.
+pub struct Staged<'d> {
+    dir: &'d OwnedFd,
     tmp: PathBuf,
-    name: &'n OsStr,
+    name: OsString,
     shown: PathBuf,
     done: bool,
 }
@@ -300,7 +301,7 @@ impl OutputDir {
     /// Writes one file's content to a temporary file of its own, to be renamed over
     /// `name` (which replaces whatever is there, a symlink included, without following
     /// it); dropped unrenamed, the temporary file goes.
-    fn stage<'n>(&'n self, name: &'n OsStr, data: &Content<'_>) -> Result<Staged<'n>> {
+    fn stage(&self, name: &OsStr, data: &Content<'_>) -> Result<Staged<'_>> {
         let shown = self.path.join(name);
         let prefix = String::from_utf8_lossy(name.as_bytes()).into_owned();
         let (tmp, fd) = self
@@ -310,7 +311,7 @@ impl OutputDir {
         let staged = Staged {
             dir: &self.fd,
             tmp,
-            name,
+            name: name.to_owned(),
             shown,
             done: false,
         };
@@ -368,22 +369,39 @@ impl OutputDir {
         });
         // a failure or an interruption drops every staged file: its temporary goes
         let staged = staged.into_iter().collect::<Result<Vec<_>>>()?;
+        self.commit(staged, aborted, interrupted)
+    }
+
+    /// Writes one file (`path`, in this directory) under a temporary name, to be put
+    /// in place by `commit` with the rest of its set.
+    pub fn stage_at(&self, path: &Path, data: &Content<'_>) -> Result<Staged<'_>> {
+        self.stage(self.name_of(path)?, data)
+    }
+
+    /// Renames every staged file into place, all or none: an interruption (`aborted`)
+    /// before the renames, or a failed rename, leaves none of them.
+    pub fn commit(
+        &self,
+        staged: Vec<Staged<'_>>,
+        aborted: &dyn Fn() -> bool,
+        interrupted: impl Fn() -> anyhow::Error,
+    ) -> Result<()> {
         if aborted() {
             return Err(interrupted());
         }
-        let mut renamed = Vec::new();
+        let mut renamed: Vec<OsString> = Vec::new();
         for mut file in staged {
-            let result = rustix::fs::renameat(&self.fd, &file.tmp, &self.fd, file.name)
+            let result = rustix::fs::renameat(&self.fd, &file.tmp, &self.fd, &file.name)
                 .map_err(std::io::Error::from)
                 .with_context(|| format!("cannot move the output to {}", file.shown.display()));
             match result {
                 Ok(()) => {
                     file.done = true;
-                    renamed.push(file.name);
+                    renamed.push(std::mem::take(&mut file.name));
                 }
                 Err(e) => {
                     for name in renamed {
-                        let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+                        let _ = rustix::fs::unlinkat(&self.fd, &name, AtFlags::empty());
                     }
                     return Err(e);
                 }
