@@ -166,9 +166,9 @@ impl Folded {
     /// frame at its depth only when every frame below is shared. So the trie's nodes come
     /// in the lines' order, and two passes over the lines find them without building it:
     /// the first adds up each node's time (8 bytes a node), the second writes every line
-    /// whose frames are all wide enough, and, for a subtree that is not, its first line
-    /// (which ends where the subtree's first own time is) with the subtree's whole time.
-    pub fn drawable(&self, min_width_pct: f64) -> String {
+    /// whose frames are all wide enough, and, for a subtree that is not, its root's line
+    /// (its first line cut after the root) with the subtree's whole time.
+    pub fn drawable(&self, min_width_pct: f64) -> Vec<String> {
         // the node at each depth of the current line, numbered in order of appearance
         fn walk(lines: &[(FrameIds, u64)], mut visit: impl FnMut(usize, usize, &[u32])) {
             let mut path: Vec<u32> = Vec::new();
@@ -207,23 +207,48 @@ impl Folded {
         });
         // inferno's test: a frame is drawn unless its time < min_width / (100 / total)
         let min_time = min_width_pct / (100.0 / all as f64);
-        let mut text = String::new();
+        // a line at a time, each allocated at its size: a large profile's text is tens of
+        // megabytes, which a growing string would hold twice while it moves
+        let mut text: Vec<String> = Vec::new();
         walk(&self.lines, |i, shared, path| {
             let (frames, us) = &self.lines[i];
             let total = |n: u32| totals.get(n as usize).copied().unwrap_or(0);
             match path.iter().position(|&n| (total(n) as f64) < min_time) {
-                None => {
-                    let _ = writeln!(text, "{} {us}", self.joined(frames));
-                }
-                // the narrow subtree starts on this line: its first line stands for it all
+                None => text.push(self.line(frames, *us)),
+                // the narrow subtree starts on this line: its root, with the subtree's
+                // whole time, stands for it all. inferno prunes that root and so draws
+                // nothing deeper, and those frames would cost it memory; but inferno
+                // refuses lines out of order, and the shorter text may sort before the
+                // last line (`q` before `q-y`, where `q;narrow` sorted after it)
                 Some(d) if d >= shared => {
-                    let _ = writeln!(text, "{} {}", self.joined(frames), total(path[d]));
+                    let subtree = total(path[d]);
+                    let root = self.line(&frames[..=d], subtree);
+                    let sorted = text.last().is_none_or(|before| *before <= root);
+                    text.push(if sorted {
+                        root
+                    } else {
+                        self.line(frames, subtree)
+                    });
                 }
                 // inside a narrow subtree already written
                 Some(_) => {}
             }
         });
         text
+    }
+
+    /// A folded line, without its line end, in a string of its size.
+    fn line(&self, frames: &[u32], us: u64) -> String {
+        let names: usize = frames.iter().map(|&f| self.name(f).len() + 1).sum();
+        let mut s = String::with_capacity(names + 20);
+        for (i, &f) in frames.iter().enumerate() {
+            if i > 0 {
+                s.push(';');
+            }
+            s.push_str(self.name(f));
+        }
+        let _ = write!(s, " {us}");
+        s
     }
 }
 
@@ -583,7 +608,7 @@ mod tests {
             out
         };
         let min_width = inferno::flamegraph::Options::default().min_width;
-        let drawable = folded.drawable(min_width);
+        let drawable = folded.drawable(min_width).join("\n");
         let (whole, pruned) = (folded.text(), drawable.as_str());
         assert!(
             pruned.lines().count() * 3 < whole.lines().count(),
@@ -597,6 +622,8 @@ mod tests {
                 .sum()
         };
         assert_eq!(total(pruned), total(&whole), "no time is lost");
+        // every leaf is in a narrow subtree, which ends at its own root
+        assert!(!pruned.contains(";leaf"), "{pruned}");
         assert!(draw(pruned) == draw(&whole), "the drawings differ");
     }
 

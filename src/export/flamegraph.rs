@@ -27,7 +27,7 @@ pub fn svg(folded: &Folded, title: &str, subtitle: &str) -> Result<Vec<u8>> {
     // what inferno would draw, without the frames it would prune as too narrow
     let drawable = folded.drawable(opts.min_width);
     let mut out = Vec::new();
-    flamegraph::from_lines(&mut opts, drawable.lines(), &mut out)
+    flamegraph::from_lines(&mut opts, drawable.iter().map(String::as_str), &mut out)
         .context("rendering the flame graph failed")?;
     Ok(out)
 }
