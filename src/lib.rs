@@ -165,39 +165,51 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     ];
     // analysed once: the summary words it, the JSON serialises it
     let analysis = analyze::Analysis::of(&collected, &symbols);
-    // each view folded and drawn on a thread of its own, while the summary is written
+    // the views folded, drawn and written by as many threads as there are CPUs, the
+    // largest (the main view) first, while the summary is written: a view's memory is
+    // freed once its files are written, so fewer views at once hold less
+    let todo: Vec<(fold::View, &str, &str)> = views
+        .into_iter()
+        .filter(|(view, _, _)| *view != fold::View::OffWake || cfg.wakers)
+        .collect();
+    let draw = |(view, what, subtitle): (fold::View, &str, &str)| {
+        let folded = fold_view(view);
+        if folded.is_empty() {
+            return Ok(None);
+        }
+        let svg = export::flamegraph::svg(&folded, &title(what), subtitle)?;
+        let pprof = || export::pprof::encode(&profile, view, &pprof_opts);
+        export::Drawn::stage(&out_dir, &paths, view, folded, svg, pprof).map(Some)
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, todo.len()));
     let (summary, drawn) = std::thread::scope(|s| {
-        let handles: Vec<_> = views
-            .iter()
-            .filter(|(view, _, _)| *view != fold::View::OffWake || cfg.wakers)
-            .map(|&(view, what, subtitle)| {
-                let (fold_view, title) = (&fold_view, &title);
-                let (profile, pprof_opts) = (&profile, &pprof_opts);
-                s.spawn(move || -> Result<Option<export::Drawn>> {
-                    let folded = fold_view(view);
-                    if folded.is_empty() {
-                        return Ok(None);
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (todo, next, draw) = (&todo, &next, &draw);
+                s.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&view) = todo.get(i) else { break done };
+                        done.push((i, draw(view)));
                     }
-                    let svg = export::flamegraph::svg(&folded, &title(what), subtitle)?;
-                    let pprof = export::pprof::encode(profile, view, pprof_opts)?;
-                    Ok(Some(export::Drawn {
-                        view,
-                        svg,
-                        folded,
-                        pprof,
-                    }))
                 })
             })
             .collect();
         let summary = summary::render(&collected, &symbols, &analysis, cfg.top, cfg.per_thread);
-        let drawn: Vec<_> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("drawing a view failed")))
-            })
-            .collect();
-        (summary, drawn)
+        let mut drawn: Vec<(usize, Result<Option<export::Drawn<'_>>>)> = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok(done) => drawn.extend(done),
+                Err(_) => drawn.push((usize::MAX, Err(anyhow::anyhow!("drawing a view failed")))),
+            }
+        }
+        drawn.sort_by_key(|(i, _)| *i);
+        (
+            summary,
+            drawn.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+        )
     });
     eprint!("{summary}");
     if aborted() {
@@ -244,7 +256,7 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
     let written = export::write_views(
         &out_dir,
         &paths,
-        &outputs,
+        outputs,
         timeline.as_deref(),
         &aborted,
         || Interrupted("while writing the profile: no file was written").into(),
