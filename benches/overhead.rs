@@ -809,6 +809,14 @@ fn nginx(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
 /// symbolizing line and the files' sizes).
 fn stacks_session(count: u32, dir: &Path) -> Res<(f64, f64, String)> {
     let svg = dir.join(format!("stacks{count}.svg"));
+    // new files, as waitprof's default names (stamped with the time) give: replacing the
+    // last round's hundreds of megabytes would add the filesystem's freeing of them
+    let prefix = format!("stacks{count}.");
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let mut child = Command::new(WAITPROF)
         .args(["--stack-storage-size", "65536", "-o"])
         .arg(&svg)
