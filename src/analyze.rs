@@ -1,8 +1,9 @@
 //! Analysis: who made the threads wait, and whether it cost anything. Pure functions over
-//! the collected rows and their symbols, shared by `fold` and `summary`: each wait is
-//! classed idle, lock contention or other; each waker gets a name; futexes, epoll fds,
-//! listeners and run-queue waits get their tables; and the session's findings are put
-//! in plain words, ranked by time.
+//! the collected rows and their symbols, shared by `profile`, `fold` and `summary`: each
+//! wait is classed idle, lock contention or other; each waker gets a name; futexes,
+//! epoll fds, listeners and run-queue waits get their tables; and the session's findings
+//! are put in plain words, ranked by time. The totals by kind and class are the typed
+//! profile's (`Totals`).
 //!
 //! The classes come from what the kernel saw (how the wait ended) and from the names of
 //! the waiting code (a lock acquisition versus a condition wait), so they hold for any
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::{Collected, Kind, Outcome, Row, StackRef, Waker, WakerCtx};
+use crate::profile::Profile;
 use crate::symbolize::Symbols;
 
 /// What a blocked interval meant for latency.
@@ -337,17 +339,45 @@ pub struct Split {
     pub runq: u64,
 }
 
-pub fn split(collected: &Collected, symbols: &Symbols) -> Split {
-    let mut s = Split::default();
-    for row in &collected.rows {
-        match class_of(row, symbols) {
-            WaitClass::Idle => s.idle += row.blocked_ns,
-            WaitClass::Contended => s.contended += row.blocked_ns,
-            WaitClass::Other => s.other += row.blocked_ns,
+/// One kind of wait's time, and its calls by how they ended and by syscall.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindTotals {
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    /// Episodes (tracked syscalls) or off-CPU intervals (other).
+    pub count: u64,
+    pub outcomes: BTreeMap<Outcome, u64>,
+    /// Blocked + run-queue time by syscall (`None`: not in one).
+    pub syscalls: BTreeMap<Option<String>, u64>,
+}
+
+/// The profile's off-CPU time by kind and by class.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub kinds: BTreeMap<Kind, KindTotals>,
+    pub classes: Split,
+}
+
+impl Totals {
+    pub fn of(profile: &Profile) -> Totals {
+        let mut t = Totals::default();
+        for w in &profile.waits {
+            let k = t.kinds.entry(w.kind).or_default();
+            k.blocked_ns += w.blocked_ns;
+            k.runq_ns += w.runq_ns;
+            k.count += w.count;
+            *k.outcomes.entry(w.outcome).or_default() += w.count;
+            *k.syscalls.entry(w.syscall.clone()).or_default() += w.blocked_ns + w.runq_ns;
+            let c = &mut t.classes;
+            match w.class {
+                WaitClass::Idle => c.idle += w.blocked_ns,
+                WaitClass::Contended => c.contended += w.blocked_ns,
+                WaitClass::Other => c.other += w.blocked_ns,
+            }
+            c.runq += w.runq_ns;
         }
-        s.runq += row.runq_ns;
+        t
     }
-    s
 }
 
 /// Named shares of a total, heaviest first.
@@ -855,17 +885,21 @@ impl std::fmt::Display for Finding {
 
 /// The session's analysis, made once: what the summary words and the JSON serialises.
 pub struct Analysis {
+    /// The typed profile's time by kind and by class.
+    pub totals: Totals,
     pub objects: Vec<ObjectReport>,
     pub runq: Vec<RunqReport>,
     pub findings: Vec<Finding>,
 }
 
 impl Analysis {
-    pub fn of(collected: &Collected, symbols: &Symbols) -> Analysis {
+    /// The analysis of a session, whose typed `profile` was built from `collected`.
+    pub fn of(collected: &Collected, symbols: &Symbols, profile: &Profile) -> Analysis {
         let objects = objects(collected, symbols);
         let runq = runq_threads(collected);
         let findings = findings(collected, symbols, &objects, &runq);
         Analysis {
+            totals: Totals::of(profile),
             objects,
             runq,
             findings,

@@ -324,8 +324,13 @@ pub fn missing_kernel_stack(stack: StackRef) -> Option<String> {
 
 /// The synthetic frame naming the syscall a wait happened in.
 pub fn syscall_frame(row: &Row) -> String {
-    match row.syscall {
-        Some(nr) => format!("[{}]", syscalls::name(nr)),
+    syscall_frame_named(row.syscall.map(syscalls::name).as_deref())
+}
+
+/// The synthetic frame of a syscall by its name (`None`: not in a syscall).
+pub fn syscall_frame_named(name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("[{name}]"),
         None => "[no syscall]".to_string(),
     }
 }

@@ -164,7 +164,7 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         ),
     ];
     // analysed once: the summary words it, the JSON serialises it
-    let analysis = analyze::Analysis::of(&collected, &symbols);
+    let analysis = analyze::Analysis::of(&collected, &symbols, &profile);
     // the views folded, drawn and written by as many threads as there are CPUs, the
     // largest (the main view) first, while the summary is written: a view's memory is
     // freed once its files are written, so fewer views at once hold less
@@ -197,7 +197,14 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
                 })
             })
             .collect();
-        let summary = summary::render(&collected, &symbols, &analysis, cfg.top, cfg.per_thread);
+        let summary = summary::render(
+            &collected,
+            &symbols,
+            &profile,
+            &analysis,
+            cfg.top,
+            cfg.per_thread,
+        );
         let mut drawn: Vec<(usize, Result<Option<export::Drawn<'_>>>)> = Vec::new();
         for h in handles {
             match h.join() {

@@ -2,27 +2,19 @@
 //! kind and outcome, whether each thread's time adds up, the heaviest stacks, and
 //! everything the session could not see. Pure: it formats what it is given.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::analyze::{self, pct, secs, ObjectReport, RunqReport, WaitClass};
 use crate::fold;
-use crate::model::{Collected, EndReason, Kind, Outcome, StackRef};
+use crate::model::{Collected, EndReason, Kind, Outcome};
+use crate::profile::Profile;
 use crate::symbolize::Symbols;
 
 /// How many wait objects, and threads with run-queue histograms, the summary lists.
 const TOP_OBJECTS: usize = 5;
 const TOP_RUNQ_THREADS: usize = 3;
-
-/// Per kind: blocked, run-queue, count, and the count per outcome.
-#[derive(Default)]
-struct KindTotals {
-    blocked: u64,
-    runq: u64,
-    count: u64,
-    outcomes: BTreeMap<Outcome, u64>,
-    by_syscall: BTreeMap<String, u64>,
-}
 
 /// The lowest and highest ratio of accounted time to lifetime over all threads, in
 /// percent: 100% means on-CPU + blocked + run-queue covers the thread's whole time in
@@ -39,10 +31,12 @@ pub fn accounting_range(collected: &Collected) -> Option<(f64, f64)> {
     Some((min, max))
 }
 
-/// The summary, in words, of the session and its `analysis` (`analyze::Analysis::of`).
+/// The summary, in words, of the session, its typed `profile` and its `analysis`
+/// (`analyze::Analysis::of`).
 pub fn render(
     collected: &Collected,
     symbols: &Symbols,
+    profile: &Profile,
     analysis: &analyze::Analysis,
     top: usize,
     per_thread: bool,
@@ -90,15 +84,7 @@ pub fn render(
         let _ = writeln!(out, "    {label:<15} {:>10}  {:5.1}%", secs(v), pct(v, all));
     }
 
-    let mut kinds: BTreeMap<Kind, KindTotals> = BTreeMap::new();
-    for row in &collected.rows {
-        let k = kinds.entry(row.kind).or_default();
-        k.blocked += row.blocked_ns;
-        k.runq += row.runq_ns;
-        k.count += row.count;
-        *k.outcomes.entry(row.outcome).or_default() += row.count;
-        *k.by_syscall.entry(fold::syscall_frame(row)).or_default() += row.blocked_ns + row.runq_ns;
-    }
+    let kinds = &analysis.totals.kinds;
     let _ = writeln!(out, "  off-CPU by kind (blocked + run-queue wait):");
     for kind in Kind::ALL {
         let Some(k) = kinds.get(&kind) else {
@@ -112,12 +98,16 @@ pub fn render(
             .map(|(o, n)| format!("{n} {}", o.describe(kind)))
             .collect();
         if kind == Kind::Other {
-            let mut by: Vec<(&String, &u64)> = k.by_syscall.iter().collect();
-            by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let mut by: Vec<(String, u64)> = k
+                .syscalls
+                .iter()
+                .map(|(s, ns)| (fold::syscall_frame_named(s.as_deref()), *ns))
+                .collect();
+            by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             detail = by
                 .iter()
                 .take(4)
-                .map(|(s, ns)| format!("{s} {}", secs(**ns)))
+                .map(|(s, ns)| format!("{s} {}", secs(*ns)))
                 .collect();
         }
         let unit = if kind == Kind::Other {
@@ -129,16 +119,16 @@ pub fn render(
             out,
             "    {:<7} {:>10} (blocked {}, run-queue {}), {} {unit}{}{}",
             kind.name(),
-            secs(k.blocked + k.runq),
-            secs(k.blocked),
-            secs(k.runq),
+            secs(k.blocked_ns + k.runq_ns),
+            secs(k.blocked_ns),
+            secs(k.runq_ns),
             k.count,
             if detail.is_empty() { "" } else { ": " },
             detail.join(", ")
         );
     }
 
-    let split = analyze::split(collected, symbols);
+    let split = analysis.totals.classes;
     let off = split.idle + split.contended + split.other + split.runq;
     let _ = writeln!(
         out,
@@ -156,6 +146,7 @@ pub fn render(
         objects,
         runq,
         findings,
+        ..
     } = analysis;
     objects_section(&mut out, objects, collected, symbols);
     listeners_section(&mut out, collected);
@@ -194,28 +185,25 @@ pub fn render(
     // heaviest (user stack, syscall) pairs: what the program was doing when it waited,
     // by its own code first (the last frames of a stack are library wrappers)
     let mut stacks: HashMap<String, u64> = HashMap::new();
-    for row in collected.rows.iter().filter(|r| r.blocked_ns > 0) {
-        let user = match row.ustack {
-            StackRef::Id(id) => symbols
-                .user
-                .get(&id)
-                .map(|f| {
-                    let start = f.len().saturating_sub(2);
-                    let tail = f[start..].join(" > ");
-                    match analyze::app_frame(f) {
-                        Some(own) if !f[start..].iter().any(|t| &**t == own) => {
-                            format!("{own} > .. > {tail}")
-                        }
-                        _ => tail,
-                    }
-                })
-                .unwrap_or_else(|| "[missed user stack]".into()),
-            StackRef::BeforeAttach => "[blocked before attach]".into(),
-            StackRef::NewThread => "[new thread]".into(),
-            _ => "[missed user stack]".into(),
+    for w in profile.waits.iter().filter(|w| w.blocked_ns > 0) {
+        let f: Vec<Arc<str>> = profile
+            .stack(w.ustack)
+            .map(|frame| frame.name.clone())
+            .collect();
+        let user = if f.is_empty() {
+            "[missed user stack]".to_string()
+        } else {
+            let start = f.len().saturating_sub(2);
+            let tail = f[start..].join(" > ");
+            match analyze::app_frame(&f) {
+                Some(own) if !f[start..].iter().any(|t| &**t == own) => {
+                    format!("{own} > .. > {tail}")
+                }
+                _ => tail,
+            }
         };
-        let key = format!("{user} > {}", fold::syscall_frame(row));
-        *stacks.entry(key).or_default() += row.blocked_ns;
+        let syscall = fold::syscall_frame_named(w.syscall.as_deref());
+        *stacks.entry(format!("{user} > {syscall}")).or_default() += w.blocked_ns;
     }
     let total_off: u64 = stacks.values().sum();
     // what rounds to nothing says nothing
@@ -301,13 +289,11 @@ pub fn render(
         let thread_name = |tid: u32| analyze::thread_label(collected, tid);
         // the netpoller, as the threads' epoll calls show it: Go polls one epoll fd
         let mut netpoll = crate::runtime::go::report::Netpoll::default();
-        for r in collected.rows.iter().filter(|r| r.kind == Kind::Epoll) {
-            netpoll.blocked_ns += r.blocked_ns;
-            match r.outcome {
-                Outcome::Ok => netpoll.with_events += r.count,
-                Outcome::Timeout => netpoll.timed_out += r.count,
-                _ => {}
-            }
+        if let Some(epoll) = kinds.get(&Kind::Epoll) {
+            let calls = |o| epoll.outcomes.get(&o).copied().unwrap_or(0);
+            netpoll.blocked_ns = epoll.blocked_ns;
+            netpoll.with_events = calls(Outcome::Ok);
+            netpoll.timed_out = calls(Outcome::Timeout);
         }
         for p in &collected.polls {
             netpoll.polls += p.polls;

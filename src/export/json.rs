@@ -243,31 +243,28 @@ pub fn summary<'a>(
         Some(EndReason::TargetExited(code)) => ("target_exited", *code),
         None => ("unknown", None),
     };
-    let mut kinds: Vec<KindTotals> = Kind::ALL
+    let kinds: Vec<KindTotals> = Kind::ALL
         .iter()
-        .map(|k| KindTotals {
-            kind: k.name(),
-            blocked_ns: 0,
-            run_queue_ns: 0,
-            count: 0,
-            outcomes: BTreeMap::new(),
-            syscalls: BTreeMap::new(),
+        .map(|k| {
+            let t = analysis.totals.kinds.get(k).cloned().unwrap_or_default();
+            KindTotals {
+                kind: k.name(),
+                blocked_ns: t.blocked_ns,
+                run_queue_ns: t.runq_ns,
+                count: t.count,
+                outcomes: t.outcomes.iter().fold(BTreeMap::new(), |mut m, (o, n)| {
+                    *m.entry(o.key()).or_default() += n;
+                    m
+                }),
+                syscalls: t
+                    .syscalls
+                    .into_iter()
+                    .map(|(s, ns)| (s.unwrap_or_else(|| "none".to_string()), ns))
+                    .collect(),
+            }
         })
         .collect();
-    for row in &collected.rows {
-        let Some(k) = kinds.iter_mut().find(|k| k.kind == row.kind.name()) else {
-            continue;
-        };
-        k.blocked_ns += row.blocked_ns;
-        k.run_queue_ns += row.runq_ns;
-        k.count += row.count;
-        *k.outcomes.entry(row.outcome.key()).or_default() += row.count;
-        let syscall = row
-            .syscall
-            .map_or_else(|| "none".to_string(), crate::syscalls::name);
-        *k.syscalls.entry(syscall).or_default() += row.blocked_ns + row.runq_ns;
-    }
-    let split = analyze::split(collected, symbols);
+    let split = analysis.totals.classes;
     let shares = |s: &analyze::Shares| {
         s.iter()
             .map(|(name, ns)| Share {

@@ -489,12 +489,14 @@ fn empty_profile_is_not_drawn() {
 #[test]
 fn golden_summary() {
     let (collected, symbols) = profile();
+    let profile = waitprof::profile::Profile::build(&collected, &symbols);
     golden(
         "server.summary",
         &summary::render(
             &collected,
             &symbols,
-            &waitprof::analyze::Analysis::of(&collected, &symbols),
+            &profile,
+            &waitprof::analyze::Analysis::of(&collected, &symbols, &profile),
             5,
             true,
         ),
@@ -755,12 +757,13 @@ fn golden_json() {
     use waitprof::analyze;
     use waitprof::export::json;
     for (name, (collected, symbols)) in [("server.json", profile()), ("go.json", go_profile())] {
-        let analysis = analyze::Analysis::of(&collected, &symbols);
+        let profile = waitprof::profile::Profile::build(&collected, &symbols);
+        let analysis = analyze::Analysis::of(&collected, &symbols, &profile);
         let text = json::to_vec(&json::summary(&collected, &symbols, &analysis)).expect("JSON");
         let text = String::from_utf8(text).expect("utf-8");
         golden(name, &text);
         // the summary's findings, in its words and order
-        let summary = summary::render(&collected, &symbols, &analysis, 5, false);
+        let summary = summary::render(&collected, &symbols, &profile, &analysis, 5, false);
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         for (i, f) in v["findings"]
             .as_array()
@@ -960,17 +963,18 @@ fn golden_goroutines() {
     let hidden = view(true);
     assert!(!hidden.text().contains("gcBgMarkWorker") && !hidden.text().contains("accept"));
     assert_eq!(view(false).total_us() - hidden.total_us(), 3_000_000);
+    let profile = waitprof::profile::Profile::build(&collected, &symbols);
     golden(
         "go.summary",
         &summary::render(
             &collected,
             &symbols,
-            &waitprof::analyze::Analysis::of(&collected, &symbols),
+            &profile,
+            &waitprof::analyze::Analysis::of(&collected, &symbols, &profile),
             5,
             false,
         ),
     );
-    let profile = waitprof::profile::Profile::build(&collected, &symbols);
     let pprof = |hide_idle| {
         let opts = waitprof::export::pprof::PprofOptions {
             hide_idle,
