@@ -1311,9 +1311,15 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	 * off-CPU interval here, a few microseconds late, instead of losing it.
 	 */
 	if (!(ts->flags & WP_TF_ON_CPU)) {
+		__u64 now = bpf_ktime_get_ns();
+		struct wp_event *ev;
+
 		stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
 		stat_add(WP_STAT_MISSED_RECOVERED, 1);
-		switch_in(ts, tid, bpf_ktime_get_ns());
+		switch_in(ts, tid, now);
+		/* the timeline too: it runs from here, not from its next switch-out */
+		if (cfg.timeline && (ev = timeline_reserve(WP_EV_ON, tid, now)))
+			timeline_submit(ev);
 	}
 	if (class == WP_SYS_ACCEPT)
 		sample_listener(current_regs(), ret);

@@ -715,17 +715,38 @@ fn timeline_slices_match_the_fixtures_timing() {
         .filter(|s| s.thread.starts_with("sleeper/") && s.name == "blocked: clock_nanosleep")
         .collect();
     assert_eq!(sleeps.len(), 20, "{sleeps:#?}");
+    // with every CPU busy, a wakeup and its switch-in can both go unseen by the hooks
+    // (once in 40 runs of this test beside three busy loops on two CPUs): the summary
+    // counts it, and the sleep runs until its syscall's exit, where it was seen running
+    let err = run.stderr();
+    let unseen: usize = err
+        .split(" wakeups unseen")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of unseen wakeups in:\n{err}"));
+    let woken_by = |s: &TraceSlice, who: &str| {
+        s.annotations
+            .iter()
+            .any(|(k, v)| k == "woken by" && v == who)
+    };
+    let mut unseen_sleeps = 0;
     for s in &sleeps {
         let ms = (s.to - s.from) as f64 / 1e6;
+        if woken_by(s, "unseen") {
+            // its run-queue wait is in it: it cannot be told apart
+            unseen_sleeps += 1;
+            assert!(ms >= 47.5, "a sleep of {ms:.3} ms: {s:?}");
+            continue;
+        }
         assert!((47.5..=52.5).contains(&ms), "a sleep of {ms:.3} ms: {s:?}");
         // a timer woke it: no arrow, and it says so
-        assert!(
-            s.annotations
-                .iter()
-                .any(|(k, v)| k == "woken by" && v == "an interrupt"),
-            "{s:?}"
-        );
+        assert!(woken_by(s, "an interrupt"), "{s:?}");
     }
+    assert!(
+        unseen_sleeps <= unseen,
+        "{unseen_sleeps} sleeps woken unseen, the summary counts {unseen}:\n{err}"
+    );
     // their total is the fixture's own measure (which adds the run-queue wait after each)
     let blocked: u64 = sleeps.iter().map(|s| s.to - s.from).sum();
     assert_close(
