@@ -1277,8 +1277,10 @@ static __always_inline void sample_listener(struct pt_regs *regs, long ret)
 
 /*
  * The end of syscall `nr` (as each attach kind reads it most cheaply: a typed load for
- * tp_btf, the tracepoint's own field for classic ones). Every syscall of the target
- * comes here, so the registers are fetched only for the two classes that need them.
+ * tp_btf, the tracepoint's own field for classic ones). Normally only the tracked
+ * syscalls come here (tp_sys_exit_tracked); where they have no tracepoints of their own,
+ * every syscall of the target does, so the registers are fetched only for the two
+ * classes that need them.
  */
 static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 {
@@ -1470,6 +1472,17 @@ SEC("tracepoint/raw_syscalls/sys_exit")
 int tp_sys_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_sys_exit(ctx, ctx->id, ctx->ret);
+}
+
+/*
+ * The exit of one tracked syscall, attached by user space to each one's own tracepoint
+ * (syscalls:sys_exit_NAME), whatever the flavour: the kernel then tests a bit at every
+ * other syscall's exit instead of running a program there, on every task of the machine.
+ */
+SEC("tracepoint")
+int tp_sys_exit_tracked(struct syscall_trace_exit *ctx)
+{
+	return on_sys_exit(ctx, ctx->nr, ctx->ret);
 }
 
 SEC("tracepoint/sched/sched_process_exit")

@@ -444,7 +444,11 @@ pub fn run(
         start_ns,
         end_ns,
         end_reason: Some(end_reason),
-        attach: attached.flavour.name().to_string(),
+        attach: format!(
+            "{} ({})",
+            attached.flavour.name(),
+            attached.sys_exit.describe()
+        ),
         stopped_at: Some(stopped_at),
         epoll_watch,
         wakers: cfg.wakers,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapHandle, MapType, OpenObject, PrintLevel, ProgramMut};
+use libbpf_rs::{Link, MapHandle, MapType, OpenObject, PrintLevel, ProgramMut, TracepointCategory};
 
 use crate::bpf::{OpenWaitprofSkel, WaitprofSkel, WaitprofSkelBuilder};
 use crate::cli::{AttachMode, Config, Target};
@@ -65,6 +65,54 @@ impl Flavour {
             AttachMode::TpBtf => &[Flavour::TpBtf],
             AttachMode::RawTp => &[Flavour::RawTp],
             AttachMode::Tracepoint => &[Flavour::Tracepoint],
+        }
+    }
+}
+
+/// Where the tracked syscalls' exits have their own tracepoints; the environment
+/// variable names another directory (the tests: an empty one stands for a kernel
+/// without them).
+const SYSCALL_EVENTS: &str = "/sys/kernel/tracing/events/syscalls";
+const SYSCALL_EVENTS_ENV: &str = "WAITPROF_SYSCALL_EVENTS";
+
+/// How the profiler sees syscalls end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SysExitHook {
+    /// Each tracked syscall's own exit tracepoint (`syscalls:sys_exit_NAME`, these
+    /// names): every other syscall's exit costs the kernel a bit test, no program run.
+    Tracked(Vec<&'static str>),
+    /// The flavour's program on every syscall's exit, on every task of the machine, and
+    /// why the tracepoints of the tracked ones are not used.
+    Every(String),
+}
+
+impl SysExitHook {
+    /// The tracked syscalls' exit tracepoints where the kernel has them (tracefs, and
+    /// CONFIG_FTRACE_SYSCALLS), or else every syscall's exit.
+    fn choose() -> SysExitHook {
+        let dir = std::env::var_os(SYSCALL_EVENTS_ENV).unwrap_or_else(|| SYSCALL_EVENTS.into());
+        let dir = Path::new(&dir);
+        let present: Vec<&'static str> = crate::syscalls::tracked_names()
+            .into_iter()
+            .filter(|n| dir.join(format!("sys_exit_{n}")).is_dir())
+            .collect();
+        if present.is_empty() {
+            SysExitHook::Every(format!(
+                "no syscall exit tracepoints under {}",
+                crate::text::printable(&dir.to_string_lossy())
+            ))
+        } else {
+            SysExitHook::Tracked(present)
+        }
+    }
+
+    /// For the summary's `attached with` line.
+    pub fn describe(&self) -> String {
+        match self {
+            SysExitHook::Tracked(names) => {
+                format!("the exits of {} tracked syscalls", names.len())
+            }
+            SysExitHook::Every(why) => format!("every syscall's exit ({why})"),
         }
     }
 }
@@ -332,10 +380,14 @@ fn take_libbpf_log(max_lines: usize) -> String {
 pub struct Attached<'obj> {
     pub skel: WaitprofSkel<'obj>,
     pub flavour: Flavour,
+    pub sys_exit: SysExitHook,
     /// Whether on-CPU samples can be taken (with the goroutine view), or why not.
     pub oncpu: Result<(), String>,
     _links: Vec<Link>,
     _oncpu_links: Vec<Link>,
+    /// The tracked syscalls' exit tracepoints: each takes the kernel a grace period
+    /// (about 60 ms) to detach.
+    sys_exit_links: Vec<Link>,
 }
 
 /// Storage for one attempt per flavour: each open skeleton borrows its own.
@@ -354,6 +406,7 @@ fn configure(
     cfg: &Config,
     pid: u32,
     flavour: Flavour,
+    sys_exit: &SysExitHook,
     tables: &TableMaps,
 ) -> Result<()> {
     let rodata = open
@@ -420,6 +473,15 @@ fn configure(
     ] {
         prog.set_autoload(f == flavour);
     }
+    let tracked = matches!(sys_exit, SysExitHook::Tracked(_));
+    for (prog, f) in [
+        (&mut p.btf_sys_exit, Flavour::TpBtf),
+        (&mut p.raw_sys_exit, Flavour::RawTp),
+        (&mut p.tp_sys_exit, Flavour::Tracepoint),
+    ] {
+        prog.set_autoload(f == flavour && !tracked);
+    }
+    p.tp_sys_exit_tracked.set_autoload(tracked);
     open.progs.oncpu_sample.set_autoload(cfg.goroutines);
     Ok(())
 }
@@ -597,14 +659,43 @@ fn flavour_progs<'a, 'obj>(
     }
 }
 
-fn attach_all(skel: &WaitprofSkel<'_>, flavour: Flavour) -> Result<Vec<Link>> {
-    flavour_progs(skel, flavour)
+/// Attaches the flavour's programs, but for its every-syscall exit when the tracked
+/// syscalls' exits have tracepoints of their own (returned apart).
+fn attach_all(
+    skel: &WaitprofSkel<'_>,
+    flavour: Flavour,
+    sys_exit: &SysExitHook,
+) -> Result<(Vec<Link>, Vec<Link>)> {
+    let [switch, waking, every_exit, exit] = flavour_progs(skel, flavour);
+    let mut progs = vec![switch, waking, exit];
+    if matches!(sys_exit, SysExitHook::Every(_)) {
+        progs.push(every_exit);
+    }
+    let links = progs
         .into_iter()
         .map(|prog| {
             prog.attach()
                 .with_context(|| format!("attaching {} failed", prog.name().to_string_lossy()))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let SysExitHook::Tracked(names) = sys_exit else {
+        return Ok((links, Vec::new()));
+    };
+    let exits = names
+        .iter()
+        .map(|n| {
+            let event = format!("sys_exit_{n}");
+            skel.progs
+                .tp_sys_exit_tracked
+                .attach_tracepoint(TracepointCategory::Syscalls, &event)
+                .with_context(|| {
+                    format!(
+                        "attaching to the tracepoint syscalls:{event} failed (is tracefs mounted at {TRACEFS}?)"
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((links, exits))
 }
 
 /// Classic tracepoints need tracefs; mount it where the kernel expects it if it is missing.
@@ -641,10 +732,11 @@ fn try_flavour<'obj>(
     let mut open = WaitprofSkelBuilder::default()
         .open(slot)
         .context("opening the BPF object failed")?;
-    configure(&mut open, cfg, pid, flavour, tables)?;
     if flavour == Flavour::Tracepoint {
         ensure_tracefs()?;
     }
+    let sys_exit = SysExitHook::choose();
+    configure(&mut open, cfg, pid, flavour, &sys_exit, tables)?;
     let skel = open.load().map_err(|e| {
         let log = take_libbpf_log(12);
         match refused_table(&log, cfg) {
@@ -654,10 +746,11 @@ fn try_flavour<'obj>(
             )),
         }
     })?;
-    let links = attach_all(&skel, flavour)?;
+    let (links, sys_exit_links) = attach_all(&skel, flavour, &sys_exit)?;
     Ok(Attached {
         skel,
         flavour,
+        sys_exit,
         // attached once the target turns out to be Go (sample_on_cpu)
         oncpu: if cfg.goroutines {
             Ok(())
@@ -666,6 +759,7 @@ fn try_flavour<'obj>(
         },
         _links: links,
         _oncpu_links: Vec::new(),
+        sys_exit_links,
     })
 }
 
@@ -794,6 +888,12 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
 impl Attached<'_> {
     /// Stores the current time into one of the program's gate variables in .bss.
     fn set_gate(
@@ -868,6 +968,14 @@ impl Attached<'_> {
     /// Detaches every hook: the kernel stops running them at once, while their maps
     /// stay readable for the end of the session.
     pub fn detach(&mut self) {
+        // a syscall tracepoint's link returns from its close after the kernel's grace
+        // period (about 60 ms, one after another): they close all at once, on threads
+        // that nothing waits for until the process exits, while the session ends
+        for link in self.sys_exit_links.drain(..) {
+            let _ = std::thread::Builder::new()
+                .name("detach".into())
+                .spawn(move || drop(link));
+        }
         self._links.clear();
         self._oncpu_links.clear();
     }

@@ -41,6 +41,16 @@ pub fn class_table() -> [u8; TABLE_LEN] {
     table
 }
 
+/// The names of the syscalls the profiler tracks (epoll, futex and accept families),
+/// whose exits it must see.
+pub fn tracked_names() -> Vec<&'static str> {
+    (0..TABLE_LEN)
+        .filter_map(Sysno::new)
+        .filter(|&s| class_of(s) != wp_sysclass::WP_SYS_OTHER)
+        .map(|s| s.name())
+        .collect()
+}
+
 /// The kind of a wait in syscall `nr` whose second argument is `arg2`.
 pub fn kind_of(nr: u32, arg2: u64) -> Kind {
     let Some(sysno) = Sysno::new(nr as usize) else {

@@ -28,6 +28,50 @@ fn attach_with_tp_btf() {
     condvar_under("tp_btf");
 }
 
+/// Without the tracked syscalls' own exit tracepoints (an empty directory stands for
+/// them), the flavour's program runs at every syscall's exit: the waits, and the
+/// outcomes their exits give (ten timed-out condvar waits and one woken), are the same.
+#[test]
+fn without_syscall_tracepoints_every_syscall_exit_is_hooked() {
+    let _s = root_session();
+    let empty = tempfile::tempdir().expect("a temporary directory");
+    let events = empty.path().to_str().expect("a UTF-8 path");
+    let mut outcomes = Vec::new();
+    for env in [None, Some(events)] {
+        let run = waitprof_with(
+            |cmd| {
+                if let Some(dir) = env {
+                    cmd.env("WAITPROF_SYSCALL_EVENTS", dir);
+                }
+            },
+            &["--", FIXTURE, "condvar", "10", "50"],
+        );
+        let err = run.stderr();
+        let hook = match env {
+            None => "attached with tp_btf (the exits of 8 tracked syscalls)",
+            Some(_) => {
+                "attached with tp_btf (every syscall's exit (no syscall exit tracepoints under"
+            }
+        };
+        assert!(err.contains(hook), "{err}");
+        let folded = run.folded();
+        let us = attributed_us(&folded, &["scenario_condvar", "condvar_waiter", "[futex]"]);
+        assert_close("condvar", us * 1000, run.measured_ns(), TOLERANCE);
+        let line = err
+            .lines()
+            .find(|l| l.trim_start().starts_with("futex "))
+            .unwrap_or_else(|| panic!("no futex line in:\n{err}"))
+            .to_string();
+        outcomes.push(line.split_once("calls: ").map(|(_, o)| o.to_string()));
+    }
+    assert!(
+        outcomes.iter().all(|o| o
+            .as_deref()
+            .is_some_and(|o| o.contains("1 woken") && o.contains("10 timed out"))),
+        "{outcomes:?}"
+    );
+}
+
 #[test]
 fn attach_with_raw_tp() {
     condvar_under("raw_tp");
