@@ -1010,6 +1010,25 @@ fn goals(report: &mut Report) {
             ));
         }
     }
+    // with the tracked syscalls' own exit tracepoints, a bystander's syscalls run no
+    // program at all (the kernel tests a bit)
+    if ns("bystander", wp, kname("btf_sys_exit")).is_none() {
+        let v = ns("bystander", wp, kname("tp_sys_exit_tracked"));
+        let floor = ns("bystander", Tool::Empty, "empty_sys_exit");
+        rows.push((
+            "bystander syscall exits: ≤ 30 ns a run above an empty program".into(),
+            match (v, floor) {
+                (Some(v), Some(f)) => format!(
+                    "`tp_sys_exit_tracked` {v:.0} ns a run at a tracked syscall's exit, empty {f:.0} ns"
+                ),
+                _ => "no program runs: only the tracked syscalls' exits have one".into(),
+            },
+            Some(match (v, floor) {
+                (Some(v), Some(f)) => v - f <= 30.0,
+                _ => true,
+            }),
+        ));
+    }
     for (p, goal) in [("btf_sched_waking", 1000.0), ("btf_sched_switch", 800.0)] {
         if let Some(v) = ns("storm1", wp, kname(p)) {
             rows.push((
