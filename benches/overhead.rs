@@ -340,6 +340,20 @@ fn switches(pid: u32) -> u64 {
     })
 }
 
+/// Waits until process `pid` uses less than 1% of a CPU over 100 ms (at most 3 s).
+fn settle(pid: u32) {
+    let t = Instant::now();
+    let mut last = cpu_ns(pid);
+    while t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = cpu_ns(pid);
+        if now.saturating_sub(last) < 1_000_000 {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// The CPU time (ns) every thread of `pid` has had so far (schedstat, ns-exact).
 fn cpu_ns(pid: u32) -> u64 {
     over_threads(pid, |task| {
@@ -553,6 +567,12 @@ fn pass(
             let (ids, pid) = a.as_ref().map_or((Vec::new(), None), |a| {
                 (a.progs.clone(), a.child.as_ref().map(|c| c.id()))
             });
+            // the profiler's own start-up work that goes on after it attached (waitprof
+            // reads the kernel's and the target's symbols while it records) is a cost
+            // of starting, measured apart (section 6), not of profiling: wait for it
+            if let Some(pid) = pid {
+                settle(pid);
+            }
             let (p0, c0) = (prog_stats(&ids), pid.map_or(0, cpu_ns));
             let (value, events) = measure()?;
             let (p1, c1) = (prog_stats(&ids), pid.map_or(0, cpu_ns));

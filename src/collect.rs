@@ -444,11 +444,8 @@ pub fn run(
         start_ns,
         end_ns,
         end_reason: Some(end_reason),
-        attach: format!(
-            "{} ({})",
-            attached.flavour.name(),
-            attached.sys_exit.describe()
-        ),
+        attach: attached.flavour.name().to_string(),
+        syscall_exits: Some(attached.sys_exit.describe()),
         stopped_at: Some(stopped_at),
         epoll_watch,
         wakers: cfg.wakers,

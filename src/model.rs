@@ -509,6 +509,8 @@ pub struct Collected {
     pub end_reason: Option<EndReason>,
     /// The attach method that was used.
     pub attach: String,
+    /// How syscall exits were hooked, in words (`the exits of 8 tracked syscalls`).
+    pub syscall_exits: Option<String>,
     /// When the session stopped recording, to report how long the writing took.
     pub stopped_at: Option<std::time::Instant>,
     pub waiters: Vec<Waiter>,

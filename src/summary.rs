@@ -53,12 +53,17 @@ pub fn render(
     };
     let _ = writeln!(
         out,
-        "waitprof: {} (pid {}), session {}, {} threads ({exited} exited), attached with {}; {ended}",
+        "waitprof: {} (pid {}), session {}, {} threads ({exited} exited), attached with {}{}; {ended}",
         collected.comm,
         collected.pid,
         secs(session_ns),
         collected.threads.len(),
-        collected.attach
+        collected.attach,
+        collected
+            .syscall_exits
+            .as_ref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
     );
     if let Some(cpus) = &collected.cpus {
         let _ = writeln!(out, "  {cpus}");

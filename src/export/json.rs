@@ -70,6 +70,10 @@ pub struct Session {
     pub exit_status: Option<i32>,
     /// How the hooks were attached (`tp_btf`, `raw_tp`, `tracepoint`).
     pub attach: String,
+    /// How syscall exits were hooked: `the exits of N tracked syscalls` (their own
+    /// tracepoints), or `every syscall's exit (WHY)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall_exits: Option<String>,
     pub wakers: bool,
 }
 
@@ -315,6 +319,7 @@ pub fn summary<'a>(
             ended_by,
             exit_status,
             attach: collected.attach.clone(),
+            syscall_exits: collected.syscall_exits.clone(),
             wakers: collected.wakers,
         },
         thread_time: ThreadTime {

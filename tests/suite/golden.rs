@@ -196,6 +196,7 @@ fn profile() -> (Collected, Symbols) {
         },
         end_reason: Some(EndReason::Duration),
         attach: "tp_btf".into(),
+        syscall_exits: None,
         stopped_at: None,
         waiters: vec![
             Waiter {
