@@ -68,6 +68,9 @@ enum Tool {
     WaitprofFp,
     /// Every switch and wakeup sent to user space too: what the timeline costs.
     WaitprofTimeline,
+    /// A program at every syscall's exit, as where the tracked syscalls have no exit
+    /// tracepoints of their own (`WAITPROF_SYSCALL_EVENTS` names an empty place).
+    WaitprofEveryExit,
     Offcputime,
     /// Empty BPF programs on sched_switch, sched_waking and sys_exit: what the kernel's
     /// statistics (two clock reads a run) and the hook's dispatch cost by themselves.
@@ -82,6 +85,7 @@ impl Tool {
             Tool::WaitprofNoWakers => "waitprof --no-wakers",
             Tool::WaitprofFp => "waitprof --unwind fp",
             Tool::WaitprofTimeline => "waitprof --timeline",
+            Tool::WaitprofEveryExit => "waitprof, every syscall's exit hooked",
             Tool::Offcputime => "offcputime",
             Tool::Empty => "empty programs (floor)",
         }
@@ -194,9 +198,16 @@ fn attach(tool: Tool, pid: u32, dir: &Path) -> Res<Option<Attached>> {
                 attach: t.elapsed(),
             }));
         }
-        Tool::Waitprof | Tool::WaitprofNoWakers | Tool::WaitprofFp | Tool::WaitprofTimeline => {
-            Command::new(WAITPROF)
-                .args(["-p", &pid.to_string(), "-o"])
+        Tool::Waitprof
+        | Tool::WaitprofNoWakers
+        | Tool::WaitprofFp
+        | Tool::WaitprofTimeline
+        | Tool::WaitprofEveryExit => {
+            let mut cmd = Command::new(WAITPROF);
+            if tool == Tool::WaitprofEveryExit {
+                cmd.env("WAITPROF_SYSCALL_EVENTS", "/nonexistent");
+            }
+            cmd.args(["-p", &pid.to_string(), "-o"])
                 .arg(dir.join("bench.svg"))
                 .args((tool == Tool::WaitprofNoWakers).then_some("--no-wakers"))
                 .args((tool == Tool::WaitprofFp).then_some("--unwind=fp"))
@@ -530,7 +541,7 @@ const TOOLS: [Tool; 6] = [
     Tool::None,
     Tool::Waitprof,
     Tool::WaitprofNoWakers,
-    Tool::WaitprofFp,
+    Tool::WaitprofEveryExit,
     Tool::WaitprofTimeline,
     Tool::Offcputime,
 ];
@@ -932,7 +943,12 @@ fn attach_detach(report: &mut Report, s: &Settings, dir: &Path) -> Res<()> {
             continue;
         }
         let parked = start()?;
-        for tool in [Tool::Waitprof, Tool::Offcputime, Tool::Empty] {
+        for tool in [
+            Tool::Waitprof,
+            Tool::WaitprofEveryExit,
+            Tool::Offcputime,
+            Tool::Empty,
+        ] {
             let (mut at, mut detached, mut gone, mut exit) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
