@@ -51,6 +51,8 @@ struct Report {
     ratio: HashMap<(&'static str, &'static str), f64>,
     /// (comparison, tool, program) -> median ns per run
     per_run: HashMap<(&'static str, &'static str, String), f64>,
+    /// (comparison, tool, program) -> median ns of the program's run time per event
+    per_event_prog: HashMap<(&'static str, &'static str, String), f64>,
     /// (comparison, tool) -> median ns of CPU per event
     per_event: HashMap<(&'static str, &'static str), f64>,
     /// figures of the session's ends: name -> median
@@ -715,23 +717,27 @@ fn compare(report: &mut Report, s: &Settings, dir: &Path, w: Workload) -> Res<()
     );
     let _ = writeln!(text, "|---|---|---:|---:|");
     for tool in &tools {
-        let mut by_name: std::collections::BTreeMap<&str, (Vec<f64>, Vec<f64>)> =
-            Default::default();
+        type PerProgram = (Vec<f64>, Vec<f64>, Vec<f64>);
+        let mut by_name: std::collections::BTreeMap<&str, PerProgram> = Default::default();
         for m in &cost[tool] {
             for (name, runs, ns) in &m.programs {
                 if *runs > 0 {
                     let e = by_name.entry(name).or_default();
                     e.0.push(*ns as f64 / *runs as f64);
                     e.1.push(*runs as f64 / m.events.max(1) as f64);
+                    e.2.push(*ns as f64 / m.events.max(1) as f64);
                 }
             }
         }
-        for (name, (ns, runs)) in by_name {
+        for (name, (ns, runs, per_event)) in by_name {
             let (_, _, lo, hi) = spread(&ns);
             let m = median(&ns);
             report
                 .per_run
                 .insert((w.key, tool.name(), name.to_string()), m);
+            report
+                .per_event_prog
+                .insert((w.key, tool.name(), name.to_string()), median(&per_event));
             let _ = writeln!(
                 text,
                 "| {} | {name} | {:.2} | {m:.0} ({lo:.0}–{hi:.0}) |",
@@ -1048,21 +1054,24 @@ fn goals(report: &mut Report) {
     }
     // with the tracked syscalls' own exit tracepoints, a bystander's syscalls run no
     // program at all (the kernel tests a bit)
+    // its storm makes two syscalls a switch; the program at the tracked syscalls' exits
+    // runs at other tasks' epoll, futex and accept calls, not at these
     if ns("bystander", wp, kname("btf_sys_exit")).is_none() {
-        let v = ns("bystander", wp, kname("tp_sys_exit_tracked"));
-        let floor = ns("bystander", Tool::Empty, "empty_sys_exit");
+        let per_syscall = |t: Tool, p: &str| {
+            report
+                .per_event_prog
+                .get(&("bystander", t.name(), kname(p).to_string()))
+                .map(|ns| ns / 2.0)
+        };
+        let v = per_syscall(wp, "tp_sys_exit_tracked").unwrap_or(0.0);
+        let floor = per_syscall(Tool::Empty, "empty_sys_exit");
         rows.push((
-            "bystander syscall exits: ≤ 30 ns a run above an empty program".into(),
-            match (v, floor) {
-                (Some(v), Some(f)) => format!(
-                    "`tp_sys_exit_tracked` {v:.0} ns a run at a tracked syscall's exit, empty {f:.0} ns"
-                ),
-                _ => "no program runs: only the tracked syscalls' exits have one".into(),
-            },
-            Some(match (v, floor) {
-                (Some(v), Some(f)) => v - f <= 30.0,
-                _ => true,
-            }),
+            "bystander syscall exits: ≤ 30 ns a syscall above an empty program".into(),
+            format!(
+                "{v:.1} ns a syscall (a program at the tracked syscalls' exits only), empty program at every exit {:.0} ns",
+                floor.unwrap_or(f64::NAN)
+            ),
+            Some(floor.is_none_or(|f| v - f <= 30.0)),
         ));
     }
     for (p, goal) in [("btf_sched_waking", 1000.0), ("btf_sched_switch", 800.0)] {
