@@ -920,7 +920,13 @@ impl Attached<'_> {
     /// Hook runs the kernel skipped because the program was already running on that CPU
     /// (an interrupt's wakeup inside a wakeup, say), summed over this flavour's programs.
     pub fn recursion_misses(&self) -> u64 {
-        flavour_progs(&self.skel, self.flavour)
+        let [switch, waking, every_exit, exit] = flavour_progs(&self.skel, self.flavour);
+        // the programs loaded: the syscall exits' is one or the other
+        let sys_exit = match self.sys_exit {
+            SysExitHook::Tracked(_) => &self.skel.progs.tp_sys_exit_tracked,
+            SysExitHook::Every(_) => every_exit,
+        };
+        [switch, waking, sys_exit, exit]
             .into_iter()
             .map(|prog| {
                 let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
