@@ -121,7 +121,13 @@ impl Folded {
     }
 
     fn joined(&self, frames: &[u32]) -> String {
-        let mut s = String::new();
+        self.joined_with_room(frames, 0)
+    }
+
+    /// The frames' names joined by `;`, in a string with `room` bytes to spare.
+    fn joined_with_room(&self, frames: &[u32], room: usize) -> String {
+        let names: usize = frames.iter().map(|&f| self.name(f).len() + 1).sum();
+        let mut s = String::with_capacity(names + room);
         for (i, &f) in frames.iter().enumerate() {
             if i > 0 {
                 s.push(';');
@@ -167,7 +173,8 @@ impl Folded {
     /// in the lines' order, and two passes over the lines find them without building it:
     /// the first adds up each node's time (8 bytes a node), the second writes every line
     /// whose frames are all wide enough, and, for a subtree that is not, its root's line
-    /// (its first line cut after the root) with the subtree's whole time.
+    /// (its first line cut after the root, or whole where the cut line would sort before
+    /// the line above it) with the subtree's whole time.
     pub fn drawable(&self, min_width_pct: f64) -> Vec<String> {
         // the node at each depth of the current line, numbered in order of appearance
         fn walk(lines: &[(FrameIds, u64)], mut visit: impl FnMut(usize, usize, &[u32])) {
@@ -239,14 +246,8 @@ impl Folded {
 
     /// A folded line, without its line end, in a string of its size.
     fn line(&self, frames: &[u32], us: u64) -> String {
-        let names: usize = frames.iter().map(|&f| self.name(f).len() + 1).sum();
-        let mut s = String::with_capacity(names + 20);
-        for (i, &f) in frames.iter().enumerate() {
-            if i > 0 {
-                s.push(';');
-            }
-            s.push_str(self.name(f));
-        }
+        // room for the space and a u64's 20 digits
+        let mut s = self.joined_with_room(frames, 21);
         let _ = write!(s, " {us}");
         s
     }

@@ -106,6 +106,19 @@ impl SysExitHook {
         }
     }
 
+    /// The program the syscall exits run: the tracked exits' own, or the flavour's
+    /// every-syscall one (`every_exit`). The other is not loaded.
+    fn program<'a, 'obj>(
+        &self,
+        skel: &'a WaitprofSkel<'obj>,
+        every_exit: &'a ProgramMut<'obj>,
+    ) -> &'a ProgramMut<'obj> {
+        match self {
+            SysExitHook::Tracked(_) => &skel.progs.tp_sys_exit_tracked,
+            SysExitHook::Every(_) => every_exit,
+        }
+    }
+
     /// For the summary's `attached with` line.
     pub fn describe(&self) -> String {
         match self {
@@ -667,9 +680,10 @@ fn attach_all(
     sys_exit: &SysExitHook,
 ) -> Result<(Vec<Link>, Vec<Link>)> {
     let [switch, waking, every_exit, exit] = flavour_progs(skel, flavour);
+    let exit_prog = sys_exit.program(skel, every_exit);
     let mut progs = vec![switch, waking, exit];
-    if matches!(sys_exit, SysExitHook::Every(_)) {
-        progs.push(every_exit);
+    if let SysExitHook::Every(_) = sys_exit {
+        progs.push(exit_prog);
     }
     let links = progs
         .into_iter()
@@ -685,8 +699,7 @@ fn attach_all(
         .iter()
         .map(|n| {
             let event = format!("sys_exit_{n}");
-            skel.progs
-                .tp_sys_exit_tracked
+            exit_prog
                 .attach_tracepoint(TracepointCategory::Syscalls, &event)
                 .with_context(|| {
                     format!(
@@ -921,31 +934,32 @@ impl Attached<'_> {
     /// (an interrupt's wakeup inside a wakeup, say), summed over this flavour's programs.
     pub fn recursion_misses(&self) -> u64 {
         let [switch, waking, every_exit, exit] = flavour_progs(&self.skel, self.flavour);
-        // the programs loaded: the syscall exits' is one or the other
-        let sys_exit = match self.sys_exit {
-            SysExitHook::Tracked(_) => &self.skel.progs.tp_sys_exit_tracked,
-            SysExitHook::Every(_) => every_exit,
-        };
-        [switch, waking, sys_exit, exit]
-            .into_iter()
-            .map(|prog| {
-                let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
-                let mut len = std::mem::size_of_val(&info) as u32;
-                // SAFETY: info is a bpf_prog_info of `len` bytes for the kernel to fill.
-                let rc = unsafe {
-                    libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
-                        prog.as_fd().as_raw_fd(),
-                        (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
-                        &mut len,
-                    )
-                };
-                if rc == 0 {
-                    info.recursion_misses
-                } else {
-                    0
-                }
-            })
-            .sum()
+        // the programs loaded
+        [
+            switch,
+            waking,
+            self.sys_exit.program(&self.skel, every_exit),
+            exit,
+        ]
+        .into_iter()
+        .map(|prog| {
+            let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+            let mut len = std::mem::size_of_val(&info) as u32;
+            // SAFETY: info is a bpf_prog_info of `len` bytes for the kernel to fill.
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+                    prog.as_fd().as_raw_fd(),
+                    (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+                    &mut len,
+                )
+            };
+            if rc == 0 {
+                info.recursion_misses
+            } else {
+                0
+            }
+        })
+        .sum()
     }
 
     /// Starts the on-CPU samples of the target's threads (for a Go program): attaches
