@@ -168,8 +168,11 @@ struct thread_state {
 	__u32 polls_blocking;
 	__u32 poll_fd; /* the epoll fd of the blocked call it counts as watching */
 	__u32 __pad3;
+	/* the kernel's run time of the task (se.sum_exec_runtime) at its last switch-out, or
+	   when first seen off-CPU: how long it ran when a switch-in went unseen */
+	__u64 exec_out;
 };
-_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES + 8 + 96 + 8 + 4 * WP_RUNQ_SLOTS + 16,
+_Static_assert(sizeof(struct thread_state) == 152 + 24 * WP_PLACES + 8 + 96 + 8 + 4 * WP_RUNQ_SLOTS + 16 + 8,
 	       "thread_state layout changed: keep it packed");
 
 /*
@@ -277,8 +280,8 @@ enum wp_stat {
 	WP_STAT_EXIT_LOST,         /* ring buffer full: a thread's exit record was lost */
 	WP_STAT_NO_WAKEUP,         /* woke without a sched_waking we saw: counted as blocked */
 	WP_STAT_IN_WHILE_ON_CPU,   /* a switch-in for a thread already on a CPU */
-	WP_STAT_MISSED_SWITCH_IN,  /* a thread ran with no switch-in seen (recovered if at sys_exit) */
-	WP_STAT_MISSED_RECOVERED,  /* ... of which recovered at sys_exit */
+	WP_STAT_MISSED_SWITCH_IN,  /* a thread ran with no switch-in seen */
+	WP_STAT_MISSED_RECOVERED,  /* ... of which closed at sys_exit */
 	WP_STAT_BELOW_MIN,         /* intervals or episodes shorter than --min-block */
 	WP_STAT_BELOW_MIN_NS,
 	WP_STAT_KSTACK_REUSED,     /* off-CPU at a known place: kernel stack reused, not walked */
@@ -296,6 +299,7 @@ enum wp_stat {
 	WP_STAT_WAKER_WALKED_NS,   /* blocked time ended by a wakeup whose waker stacks were walked */
 	WP_STAT_WAKER_REUSED_NS,   /* ... whose waker stacks were reused */
 	WP_STAT_TIMELINE_DROPPED,  /* --timeline: events lost, the ring buffer full */
+	WP_STAT_MISSED_AT_OUT,     /* ... of the unseen switch-ins, closed at the next switch-out */
 	WP_STAT_COUNT,
 };
 
@@ -360,6 +364,12 @@ struct wp_config {
 	__u64 irq_entry_hi;
 	__u64 fault_entry_lo;
 	__u64 fault_entry_hi;
+	/*
+	 * Tests only: every Nth switch-in of the target is ignored, as if the kernel had not
+	 * delivered it (see switched_in_unseen). 0 = none: the verifier prunes the test.
+	 */
+	__u32 test_drop_switch_ins;
+	__u32 __pad;
 	__u8 sysclass[WP_MAX_SYSCALL_NR]; /* enum wp_sysclass per syscall number */
 };
 

@@ -514,6 +514,7 @@ fn read_stats(attached: &Attached<'_>, losses: &mut Losses) -> Result<()> {
         switch_in_while_on_cpu: s(wp_stat::WP_STAT_IN_WHILE_ON_CPU),
         missed_switch_ins: s(wp_stat::WP_STAT_MISSED_SWITCH_IN),
         missed_switch_ins_recovered: s(wp_stat::WP_STAT_MISSED_RECOVERED),
+        missed_switch_ins_closed_at_switch_out: s(wp_stat::WP_STAT_MISSED_AT_OUT),
         below_min_block: s(wp_stat::WP_STAT_BELOW_MIN),
         below_min_block_ns: s(wp_stat::WP_STAT_BELOW_MIN_NS),
         kstacks_reused: s(wp_stat::WP_STAT_KSTACK_REUSED),

@@ -236,7 +236,8 @@ pub fn render(
         "  not seen: {} rows dropped ({} of waits; aggregation map full), {} threads untracked, \
          {} user / {} kernel stacks lost, {} stacks not stored (stack table full), {} truncated stacks, \
          {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked), \
-         {} switch-ins unseen ({} closed at syscall exit), {} switch-outs unseen, \
+         {} switch-ins unseen ({} closed at syscall exit, {} at the next switch-out), \
+         {} switch-outs unseen, \
          {} hook runs skipped by the kernel (recursion)",
         l.rows_dropped,
         secs(l.rows_dropped_ns),
@@ -251,6 +252,7 @@ pub fn render(
         l.no_wakeup_seen,
         l.missed_switch_ins,
         l.missed_switch_ins_recovered,
+        l.missed_switch_ins_closed_at_switch_out,
         l.switch_in_while_on_cpu,
         l.recursion_misses,
     );

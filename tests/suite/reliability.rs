@@ -295,3 +295,63 @@ fn signals_while_symbolizing_and_writing() {
         assert_programs_unload();
     }
 }
+
+/// A switch into a target thread that the kernel does not deliver to the hooks (on these
+/// VMs, any switch out of the VM agent's threads; the test ignores one switch-in in three,
+/// WAITPROF_TEST_DROP_SWITCH_INS=3): each such interval is closed at the thread's next
+/// switch-out, where the kernel's count of its run time says when it was switched in. The
+/// sleeper's 20 sleeps of 50 ms keep their time under their own stack, every thread's
+/// time adds up, the summary says how many were closed that way, and on the timeline
+/// every sleep is one blocked slice of about 50 ms (not a sleep, a run and the next sleep
+/// run together).
+#[test]
+fn switch_ins_the_kernel_does_not_deliver_are_closed_by_the_run_time() {
+    let _s = root_session();
+    let run = waitprof_with(
+        |cmd| {
+            cmd.env("WAITPROF_TEST_DROP_SWITCH_INS", "3");
+        },
+        &[
+            "--per-thread",
+            "--timeline",
+            "--",
+            FIXTURE,
+            "sleep",
+            "20",
+            "50",
+        ],
+    );
+    let folded = run.folded();
+    let err = run.stderr();
+    assert!(
+        err.contains("one switch-in of the target in every 3 is ignored"),
+        "{err}"
+    );
+    // 21 switch-ins of the sleeper (its start and 20 sleeps) and 1 of the main thread
+    let unseen = not_seen(&run, "switch-ins unseen");
+    let closed = not_seen(&run, "at the next switch-out");
+    assert!((6..=8).contains(&unseen), "{unseen} unseen:\n{err}");
+    assert_eq!(closed, unseen, "{err}");
+    let us = attributed_us(
+        &folded,
+        &["sleeper-", "scenario_sleep", "sleeper", "[clock_nanosleep]"],
+    );
+    assert_close(
+        "sleep 20 50, a third of the switch-ins unseen",
+        us * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    assert!(run.worst_thread_accounting() >= 99.0, "{err}");
+    let (slices, _) = super::exports::decode_trace(&run.svg.with_extension("pftrace"));
+    let sleeps: Vec<f64> = slices
+        .iter()
+        .filter(|s| s.thread.starts_with("sleeper/") && s.name == "blocked: clock_nanosleep")
+        .map(|s| (s.to - s.from) as f64 / 1e6)
+        .collect();
+    assert_eq!(sleeps.len(), 20, "{sleeps:?}");
+    assert!(
+        sleeps.iter().all(|ms| (47.5..=55.0).contains(ms)),
+        "sleeps of {sleeps:?} ms"
+    );
+}
