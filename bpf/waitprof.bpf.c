@@ -878,7 +878,8 @@ static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
  * thread leaves a tracked syscall, misses the others. The scheduler's own count of the
  * time the thread ran, se.sum_exec_runtime (brought up to date for prev before
  * sched_switch), says when it was switched in: the interval is closed there, as if the
- * switch-in had been seen, and that run is counted on-CPU. Out of line: it is rare.
+ * switch-in had been seen, and that run is counted on-CPU. At the thread's exit too (there
+ * is no switch-out to wait for). Out of line: it is rare.
  */
 static __always_inline void switch_in(struct thread_state *ts, __u32 tid, __u64 now);
 
@@ -912,9 +913,14 @@ static __always_inline struct thread_state *switch_out(void *ctx, struct task_st
 
 	if (!ts) {
 		/* an exiting thread was already reported by sched_process_exit */
+		__u64 since = BPF_CORE_READ(prev, start_time);
+
 		if (BPF_CORE_READ(prev, flags) & PF_EXITING)
 			return 0;
-		ts = thread_new(tid, session_start_ns, WP_TF_ON_CPU);
+		/* on a CPU since the session began, or since it was created (its first
+		   switch-in unseen) */
+		ts = thread_new(tid, since > session_start_ns ? since : session_start_ns,
+				WP_TF_ON_CPU);
 		if (!ts)
 			return 0;
 		bpf_get_current_comm(ts->comm, sizeof(ts->comm));
@@ -1390,10 +1396,18 @@ static __always_inline int on_exit(void)
 	if (!ts)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (ts->flags & WP_TF_ON_CPU) {
+	if (ts->flags & WP_TF_ON_CPU)
 		ts->oncpu_ns += now - ts->in_ts;
-		ts->in_ts = now;
-	}
+	else
+		/*
+		 * Its last switch-in went unseen. Its run time is brought up to date only at
+		 * ticks and switches: what it ran since the last tick counts as off-CPU
+		 */
+		switched_in_unseen(ts, tid,
+				   BPF_CORE_READ((struct task_struct *)bpf_get_current_task(),
+						 se.sum_exec_runtime),
+				   now);
+	ts->in_ts = now;
 	if (ts->flags & WP_TF_IN_EPISODE)
 		close_episode(ts, WP_OUT_INTR);
 	/* the name it had when first seen may predate exec or pthread_setname_np */

@@ -299,7 +299,7 @@ enum wp_stat {
 	WP_STAT_WAKER_WALKED_NS,   /* blocked time ended by a wakeup whose waker stacks were walked */
 	WP_STAT_WAKER_REUSED_NS,   /* ... whose waker stacks were reused */
 	WP_STAT_TIMELINE_DROPPED,  /* --timeline: events lost, the ring buffer full */
-	WP_STAT_MISSED_AT_OUT,     /* ... of the unseen switch-ins, closed at the next switch-out */
+	WP_STAT_MISSED_AT_OUT,     /* ... of the unseen switch-ins, closed at the next switch-out or exit */
 	WP_STAT_COUNT,
 };
 

@@ -276,8 +276,8 @@ pub struct Losses {
     /// Switch-ins of a thread already on a CPU (its switch-out was not seen).
     pub switch_in_while_on_cpu: u64,
     /// Threads that ran with no switch-in seen; how many of those were closed at a
-    /// syscall exit, and how many at the next switch-out (switched in as long before it
-    /// as the kernel's run time of the thread grew).
+    /// syscall exit, and how many at the next switch-out or the thread's exit (switched
+    /// in as long before it as the kernel's run time of the thread grew).
     pub missed_switch_ins: u64,
     pub missed_switch_ins_recovered: u64,
     pub missed_switch_ins_closed_at_switch_out: u64,

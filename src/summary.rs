@@ -236,7 +236,7 @@ pub fn render(
         "  not seen: {} rows dropped ({} of waits; aggregation map full), {} threads untracked, \
          {} user / {} kernel stacks lost, {} stacks not stored (stack table full), {} truncated stacks, \
          {} user / {} kernel frames unknown, {} exit records lost, {} wakeups unseen (counted as blocked), \
-         {} switch-ins unseen ({} closed at syscall exit, {} at the next switch-out), \
+         {} switch-ins unseen ({} closed at syscall exit, {} at the next switch-out or exit), \
          {} switch-outs unseen, \
          {} hook runs skipped by the kernel (recursion)",
         l.rows_dropped,
