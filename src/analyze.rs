@@ -1,9 +1,10 @@
-//! Analysis: who made the threads wait, and whether it cost anything. Pure functions over
-//! the collected rows and their symbols, shared by `profile`, `fold` and `summary`: each
-//! wait is classed idle, lock contention or other; each waker gets a name; futexes,
-//! epoll fds, listeners and run-queue waits get their tables; and the session's findings
-//! are put in plain words, ranked by time. The totals by kind and class are the typed
-//! profile's (`Totals`).
+//! Analysis: who made the threads wait, and whether it cost anything. `profile` builds
+//! its waits with what is here (each wait is classed idle, lock contention or other; each
+//! waker and wait object gets a name); `Analysis::of` then reads the typed profile for
+//! the totals by kind and class, the wait objects' table, the stacks' coverage and the
+//! findings, and the session's other facts (listeners, polls, run-queue threads, the
+//! threads still waiting at its end) for the rest. The summary words the analysis and
+//! the JSON serialises it; the findings are put in plain words, ranked by time.
 //!
 //! The classes come from what the kernel saw (how the wait ended) and from the names of
 //! the waiting code (a lock acquisition versus a condition wait), so they hold for any
@@ -13,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::model::{Collected, Kind, Outcome, Row, StackRef, Waker, WakerCtx};
-use crate::profile::Profile;
+use crate::model::{Collected, GState, Kind, Outcome, Row, StackRef, Waiter, Waker, WakerCtx};
+use crate::profile::{Profile, Wait};
 use crate::symbolize::Symbols;
 
 /// What a blocked interval meant for latency.
@@ -242,18 +243,16 @@ pub fn waker_label(w: &Waker, pid: u32, symbols: &Symbols) -> String {
 /// The waker as the objects table groups it: what woke (the program's own function
 /// that did, else the context in words) and, when a thread of the target ran it, that
 /// thread's name apart, so one function run by many threads adds up as one waker.
-fn waker_group(w: &Waker, pid: u32, symbols: &Symbols) -> (String, Option<String>) {
-    let frame = waker_task_relevant(w, symbols)
-        .then(|| w.ustack.id().and_then(|id| symbols.user.get(&id)))
-        .flatten()
-        .and_then(|f| app_frame(f));
-    let label = waker_label(w, pid, symbols);
+fn waker_group(profile: &Profile, w: &Wait) -> (String, Option<String>) {
+    let names = w.waker_ustack.map(|s| profile.names(s)).unwrap_or_default();
+    let frame = app_frame(&names);
+    let label = &w.waker;
     let thread = label.strip_prefix("thread ").map(str::to_string);
     match (frame, thread) {
         (Some(f), thread @ Some(_)) => (format!("`{f}`"), thread),
         (Some(f), None) => (format!("`{f}` via {label}"), None),
         (None, thread @ Some(_)) => (String::new(), thread),
-        (None, None) => (label, None),
+        (None, None) => (label.clone(), None),
     }
 }
 
@@ -302,21 +301,23 @@ pub fn reaches_entry(frames: &[Arc<str>]) -> bool {
     frames.iter().any(|f| ENTRY_FRAMES.contains(&&**f))
 }
 
-pub fn coverage(collected: &Collected, symbols: &Symbols) -> Coverage {
+pub fn coverage(profile: &Profile) -> Coverage {
     let mut c = Coverage::default();
     let mut depths: Vec<(usize, u64)> = Vec::new();
     // waits whose stack was never taken (blocked since before the session) say nothing
     // of how complete stacks are
-    for row in collected.rows.iter().filter(|r| r.blocked_ns > 0) {
-        let Some(frames) = row.ustack.id().and_then(|id| symbols.user.get(&id)) else {
-            continue;
-        };
-        c.blocked_ns += row.blocked_ns;
-        if reaches_entry(frames) {
-            c.complete_ns += row.blocked_ns;
+    for w in profile
+        .waits
+        .iter()
+        .filter(|w| w.blocked_ns > 0 && w.ustack_walked)
+    {
+        let frames = profile.names(w.ustack);
+        c.blocked_ns += w.blocked_ns;
+        if reaches_entry(&frames) {
+            c.complete_ns += w.blocked_ns;
         }
         let known = frames.iter().filter(|f| !f.starts_with("[unknown")).count();
-        depths.push((known, row.blocked_ns));
+        depths.push((known, w.blocked_ns));
     }
     depths.sort_unstable();
     let mut seen = 0;
@@ -356,6 +357,8 @@ pub struct KindTotals {
 pub struct Totals {
     pub kinds: BTreeMap<Kind, KindTotals>,
     pub classes: Split,
+    /// A Go program's sampled goroutine time by state.
+    pub goroutine_states: BTreeMap<GState, u64>,
 }
 
 impl Totals {
@@ -376,6 +379,9 @@ impl Totals {
             }
             c.runq += w.runq_ns;
         }
+        for g in &profile.goroutines {
+            *t.goroutine_states.entry(g.state.clone()).or_default() += g.ns;
+        }
         t
     }
 }
@@ -395,6 +401,9 @@ fn top_shares(map: HashMap<String, u64>, n: usize) -> Shares {
 pub struct ObjectReport {
     pub kind: Kind,
     pub object: u64,
+    /// How the summary names it: `futex 0x7f.. (QUEUE_LOCK in server)`, `epoll fd 5
+    /// (watching 3 fds at the end)`, `listener 127.0.0.1:8080`.
+    pub name: String,
     /// Blocked + run-queue time of the waits on it.
     pub ns: u64,
     pub blocked_ns: u64,
@@ -409,10 +418,13 @@ pub struct ObjectReport {
     pub wakers: Shares,
 }
 
-/// Every futex, epoll fd and listening socket the target waited on, heaviest first.
-pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
+/// Every futex, epoll fd and listening socket the target waited on, heaviest first: the
+/// profile's waits by object, and the threads that waited on each (`waiters`, the
+/// kernel's pairs, since waits of threads that share rows do not name them).
+pub fn objects(profile: &Profile, waiters: &[Waiter]) -> Vec<ObjectReport> {
     #[derive(Default)]
     struct Acc {
+        name: String,
         ns: u64,
         blocked: u64,
         waits: u64,
@@ -422,47 +434,51 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
         wakers: HashMap<String, (u64, BTreeSet<String>)>,
     }
     let mut acc: HashMap<(Kind, u64), Acc> = HashMap::new();
-    for row in collected.rows.iter().filter(|r| r.object != 0) {
-        let a = acc.entry((row.kind, row.object)).or_default();
-        a.ns += row.blocked_ns + row.runq_ns;
-        a.blocked += row.blocked_ns;
-        a.waits += row.count;
-        *a.class.entry(class_of(row, symbols)).or_default() += row.blocked_ns;
-        *a.outcomes.entry(row.outcome).or_default() += row.count;
-        let waiter = row
-            .ustack
-            .id()
-            .and_then(|id| symbols.user.get(&id))
-            .map_or_else(|| "[unknown code]".to_string(), |f| waiter_name(f));
-        *a.waiters.entry(waiter).or_default() += row.blocked_ns;
-        if row.blocked_ns > 0 && row.waker.ctx != WakerCtx::None {
-            let (what, thread) = waker_group(&row.waker, collected.pid, symbols);
-            let w = a.wakers.entry(what).or_default();
-            w.0 += row.blocked_ns;
-            w.1.extend(thread);
+    for w in profile.waits.iter().filter(|w| w.object_id != 0) {
+        let a = acc.entry((w.kind, w.object_id)).or_default();
+        if a.name.is_empty() {
+            a.name = w.object.clone().unwrap_or_default();
+        }
+        a.ns += w.blocked_ns + w.runq_ns;
+        a.blocked += w.blocked_ns;
+        a.waits += w.count;
+        *a.class.entry(w.class).or_default() += w.blocked_ns;
+        *a.outcomes.entry(w.outcome).or_default() += w.count;
+        let waiter = if w.ustack_walked {
+            waiter_name(&profile.names(w.ustack))
+        } else {
+            "[unknown code]".to_string()
+        };
+        *a.waiters.entry(waiter).or_default() += w.blocked_ns;
+        if w.blocked_ns > 0 && w.woken {
+            let (what, thread) = waker_group(profile, w);
+            let k = a.wakers.entry(what).or_default();
+            k.0 += w.blocked_ns;
+            k.1.extend(thread);
         }
     }
     let mut threads: HashMap<(Kind, u64), HashSet<u32>> = HashMap::new();
-    for w in &collected.waiters {
+    for w in waiters {
         threads.entry((w.kind, w.object)).or_default().insert(w.tid);
     }
     // a wait that never ended (the whole session, or before attach) left no waiter pair:
     // its row still names its thread
-    for row in collected
-        .rows
+    for w in profile
+        .waits
         .iter()
-        .filter(|r| r.object != 0 && r.tid != 0)
+        .filter(|w| w.object_id != 0 && w.tid != 0)
     {
         threads
-            .entry((row.kind, row.object))
+            .entry((w.kind, w.object_id))
             .or_default()
-            .insert(row.tid);
+            .insert(w.tid);
     }
     let mut out: Vec<ObjectReport> = acc
         .into_iter()
         .map(|((kind, object), a)| ObjectReport {
             kind,
             object,
+            name: a.name,
             ns: a.ns,
             blocked_ns: a.blocked,
             waits: a.waits,
@@ -487,13 +503,8 @@ pub fn objects(collected: &Collected, symbols: &Symbols) -> Vec<ObjectReport> {
     out
 }
 
-/// How an object is named in the summary: `futex 0x7f.. (QUEUE_LOCK in server)`,
-/// `epoll fd 5 (watching 3 fds)`, `listener 127.0.0.1:8080`.
-pub fn object_name(r: &ObjectReport, collected: &Collected, symbols: &Symbols) -> String {
-    object_label(r.kind, r.object, collected, symbols)
-}
-
-/// The object `object` of a wait of kind `kind`, named as `object_name` does.
+/// How the object `object` of a wait of kind `kind` is named: `futex 0x7f.. (QUEUE_LOCK
+/// in server)`, `epoll fd 5 (watching 3 fds at the end)`, `listener 127.0.0.1:8080`.
 pub fn object_label(kind: Kind, object: u64, collected: &Collected, symbols: &Symbols) -> String {
     match kind {
         Kind::Futex => match symbols.objects.get(&object) {
@@ -889,29 +900,37 @@ pub struct Analysis {
     pub totals: Totals,
     pub objects: Vec<ObjectReport>,
     pub runq: Vec<RunqReport>,
+    /// How complete the user stacks of the blocked time are.
+    pub coverage: Coverage,
     pub findings: Vec<Finding>,
 }
 
 impl Analysis {
     /// The analysis of a session, whose typed `profile` was built from `collected`.
     pub fn of(collected: &Collected, symbols: &Symbols, profile: &Profile) -> Analysis {
-        let objects = objects(collected, symbols);
+        let totals = Totals::of(profile);
+        let objects = objects(profile, &collected.waiters);
         let runq = runq_threads(collected);
-        let findings = findings(collected, symbols, &objects, &runq);
+        let coverage = coverage(profile);
+        let findings = findings(collected, symbols, profile, &totals, &objects, &runq);
         Analysis {
-            totals: Totals::of(profile),
+            totals,
             objects,
             runq,
+            coverage,
             findings,
         }
     }
 }
 
-/// The session's findings, most important first, from the session's `objects` and
-/// `runq` threads (as `objects` and `runq_threads` give them).
+/// The session's findings, most important first: from the typed profile's `totals`,
+/// wait `objects` and goroutine samples, the `runq` threads, and what the session saw
+/// besides waits (listeners, polls, the threads still waiting at its end).
 pub fn findings(
     collected: &Collected,
     symbols: &Symbols,
+    profile: &Profile,
+    totals: &Totals,
     objects: &[ObjectReport],
     runq: &[RunqReport],
 ) -> Vec<Finding> {
@@ -920,10 +939,10 @@ pub fn findings(
     if let Some(h) = hang_finding(collected, &still_waiting(collected, symbols)) {
         found.push(Finding::new(FindingKind::Hang, RANK_DROPS, None, h));
     }
-    let off_cpu: u64 = collected
-        .rows
-        .iter()
-        .map(|r| r.blocked_ns + r.runq_ns)
+    let off_cpu: u64 = totals
+        .kinds
+        .values()
+        .map(|k| k.blocked_ns + k.runq_ns)
         .sum();
     for l in &collected.listeners {
         if l.drops == 0 && l.at_limit == 0 {
@@ -952,7 +971,7 @@ pub fn findings(
         if !worth_a_finding(r.ns, off_cpu) || (go && r.class == WaitClass::Idle) {
             continue;
         }
-        let name = object_name(r, collected, symbols);
+        let name = r.name.clone();
         let woken = woken_words(&r.wakers, r.blocked_ns);
         let (what, text) = match (r.kind, r.class) {
             (Kind::Futex, WaitClass::Contended) => (
@@ -1051,7 +1070,7 @@ pub fn findings(
     }
     if let Some(view) = &collected.goroutines {
         found.extend(
-            crate::runtime::go::report::findings(view, symbols)
+            crate::runtime::go::report::findings(view, profile)
                 .into_iter()
                 .map(|(what, ns, text)| Finding::new(what, ns, None, text)),
         );

@@ -63,6 +63,9 @@ pub struct Wait {
     pub class: WaitClass,
     /// What it waited on, in words (`futex 0x5000 (queue_lock in server)`).
     pub object: Option<String>,
+    /// The object's key (a futex's address, an epoll fd + 1, a listener's inode; 0 = none):
+    /// with the kind, what the objects table groups waits by.
+    pub object_id: u64,
     /// Whether a wakeup ended it (not a preemption, nor the end of the session).
     pub woken: bool,
     /// Who woke it, in words (`nobody: still waiting at the end` when nothing did).
@@ -70,6 +73,9 @@ pub struct Wait {
     pub runq_cause: RunqCause,
     /// Where it waited: its user frames, and its kernel frames, root first.
     pub ustack: StackId,
+    /// Whether its user stack was walked (its frames named, or some unknown); if not,
+    /// `ustack` is the one marker that says why (`[blocked before attach]`).
+    pub ustack_walked: bool,
     pub kstack: StackId,
     /// The waker's user stack, where its own code woke the thread (a marker when it
     /// was not recorded), and its kernel stack down to the wakeup, when recorded.
@@ -86,6 +92,8 @@ pub struct Wait {
 pub struct GoroutineSample {
     pub state: GState,
     pub stack: StackId,
+    /// Its goroutine ran while the sweep read it: no stack (`stack` says so).
+    pub raced: bool,
     pub ns: u64,
     pub samples: u64,
     pub goroutines: u64,
@@ -258,6 +266,7 @@ impl Profile {
                 class: analyze::class_of(row, symbols),
                 object: (row.object != 0)
                     .then(|| analyze::object_label(row.kind, row.object, collected, symbols)),
+                object_id: row.object,
                 woken: w.ctx != WakerCtx::None,
                 waker: analyze::waker_label(w, collected.pid, symbols),
                 runq_cause: if w.ctx == WakerCtx::None {
@@ -266,6 +275,10 @@ impl Profile {
                     RunqCause::Wakeup
                 },
                 ustack,
+                ustack_walked: row
+                    .ustack
+                    .id()
+                    .is_some_and(|id| symbols.user.contains_key(&id)),
                 kstack,
                 waker_ustack,
                 waker_kstack,
@@ -293,6 +306,7 @@ impl Profile {
                 goroutines.push(GoroutineSample {
                     state: row.state.clone(),
                     stack: stack_of(row.stack, row.raced, &mut frames),
+                    raced: row.raced,
                     ns: row.ns,
                     samples: row.samples,
                     goroutines: row.goroutines,
@@ -327,6 +341,21 @@ impl Profile {
             .into_iter()
             .flat_map(|s| s.iter())
             .filter_map(|&f| self.frames.get(f as usize))
+    }
+
+    /// A stack's frame names, root first.
+    pub fn names(&self, id: StackId) -> Vec<Arc<str>> {
+        self.stack(id).map(|f| f.name.clone()).collect()
+    }
+
+    /// A goroutine sample's frame names, root first: none when its goroutine ran while
+    /// it was read.
+    pub fn goroutine_frames(&self, g: &GoroutineSample) -> Vec<Arc<str>> {
+        if g.raced {
+            Vec::new()
+        } else {
+            self.names(g.stack)
+        }
     }
 
     /// Whether a goroutine sample is idle waiting (`--hide-idle` leaves it out).

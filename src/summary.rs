@@ -153,7 +153,7 @@ pub fn render(
         findings,
         ..
     } = analysis;
-    objects_section(&mut out, objects, collected, symbols);
+    objects_section(&mut out, objects);
     listeners_section(&mut out, collected);
     polls_section(&mut out, collected);
     runq_section(&mut out, runq, per_thread);
@@ -290,7 +290,7 @@ pub fn render(
             );
         }
     }
-    write_unwinding(&mut out, collected, symbols);
+    write_unwinding(&mut out, collected, symbols, &analysis.coverage);
     write_snapshots(&mut out, collected, symbols);
     if let Some(view) = &collected.goroutines {
         let thread_name = |tid: u32| analyze::thread_label(collected, tid);
@@ -308,7 +308,15 @@ pub fn render(
             netpoll.longest_gap_ns = netpoll.longest_gap_ns.max(p.longest_ns());
         }
         netpoll.threads = collected.threads.iter().filter(|t| t.polls > 0).count();
-        crate::runtime::go::report::write(&mut out, view, symbols, top, thread_name, &netpoll);
+        crate::runtime::go::report::write(
+            &mut out,
+            view,
+            profile,
+            symbols,
+            top,
+            thread_name,
+            &netpoll,
+        );
     }
     if l.waiters_dropped + l.listeners_dropped + l.polls_dropped + l.oncpu_dropped > 0 {
         let _ = writeln!(
@@ -348,12 +356,7 @@ pub fn render(
 
 /// The futexes, epoll fds and listening sockets waited on longest, with who waited
 /// and who woke them.
-fn objects_section(
-    out: &mut String,
-    objects: &[ObjectReport],
-    collected: &Collected,
-    symbols: &Symbols,
-) {
+fn objects_section(out: &mut String, objects: &[ObjectReport]) {
     if objects.is_empty() {
         return;
     }
@@ -371,7 +374,7 @@ fn objects_section(
         let _ = writeln!(
             out,
             "    {}: {}, {} waits by {} thread(s); {}",
-            analyze::object_name(r, collected, symbols),
+            r.name,
             secs(r.ns),
             r.waits,
             r.threads,
@@ -577,8 +580,12 @@ fn write_waker_walks(out: &mut String, l: &crate::model::Losses) {
     let _ = writeln!(out, "  waker stacks: {line}");
 }
 
-fn write_unwinding(out: &mut String, collected: &Collected, symbols: &Symbols) {
-    let c = analyze::coverage(collected, symbols);
+fn write_unwinding(
+    out: &mut String,
+    collected: &Collected,
+    symbols: &Symbols,
+    c: &analyze::Coverage,
+) {
     let how = match &collected.unwind {
         None => "frame pointers only (--unwind fp)".to_string(),
         Some(u) => format!(

@@ -283,7 +283,7 @@ pub fn summary<'a>(
         .map(|r| Object {
             kind: r.kind.name(),
             id: r.object,
-            name: analyze::object_name(r, collected, symbols),
+            name: r.name.clone(),
             off_cpu_ns: r.ns,
             blocked_ns: r.blocked_ns,
             waits: r.waits,
@@ -405,9 +405,8 @@ pub fn summary<'a>(
         sampled,
         goroutines: collected.goroutines.as_ref().map(|g| {
             let mut states_ns: BTreeMap<String, u64> = BTreeMap::new();
-            for r in &g.rows {
-                let state = fold_state(&r.state);
-                *states_ns.entry(state).or_default() += r.ns;
+            for (state, ns) in &analysis.totals.goroutine_states {
+                *states_ns.entry(fold_state(state)).or_default() += ns;
             }
             Goroutines {
                 go_version: printable(&g.version).into_owned(),

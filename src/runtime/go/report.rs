@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::classify::is_idle;
 use crate::model::{GState, GoroutineView};
+use crate::profile::Profile;
 use crate::symbolize::Symbols;
 
 /// Whether a Go function is the program's own code rather than the standard library's
@@ -110,22 +111,22 @@ fn quantile(values: &[u64], q: f64) -> Option<u64> {
     v.get(i.min(v.len() - 1)).copied()
 }
 
-fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Heavy)> {
+fn heaviest(profile: &Profile) -> Vec<(GState, String, Heavy)> {
     let mut by: HashMap<(GState, String), Heavy> = HashMap::new();
-    for row in &view.rows {
-        let frames = frames_of(row.stack, symbols);
-        if is_idle(&row.state, frames) || row.state == GState::Running || row.raced {
+    for g in &profile.goroutines {
+        let frames = profile.goroutine_frames(g);
+        if is_idle(&g.state, &frames) || g.state == GState::Running || g.raced {
             continue;
         }
-        let place = place(frames).unwrap_or("[no stack]").to_string();
-        let h = by.entry((row.state.clone(), place)).or_insert(Heavy {
+        let place = place(&frames).unwrap_or("[no stack]").to_string();
+        let h = by.entry((g.state.clone(), place)).or_insert(Heavy {
             ns: 0,
             goroutines: 0,
             lock: None,
         });
-        h.lock = h.lock.or(lock_of(frames));
-        h.ns += row.ns;
-        h.goroutines += row.goroutines;
+        h.lock = h.lock.or(lock_of(&frames));
+        h.ns += g.ns;
+        h.goroutines += g.goroutines;
     }
     let mut out: Vec<(GState, String, Heavy)> =
         by.into_iter().map(|((s, p), h)| (s, p, h)).collect();
@@ -134,11 +135,16 @@ fn heaviest(view: &GoroutineView, symbols: &Symbols) -> Vec<(GState, String, Hea
 }
 
 /// Where the goroutines that ran were started (their start function), heaviest first.
-fn running(view: &GoroutineView, symbols: &Symbols) -> Vec<(String, u64)> {
+fn running(profile: &Profile) -> Vec<(String, u64)> {
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
-    for row in view.rows.iter().filter(|r| r.state == GState::Running) {
-        let name = place(frames_of(row.stack, symbols)).unwrap_or("[unknown]");
-        *by.entry(name.to_string()).or_default() += row.ns;
+    for g in profile
+        .goroutines
+        .iter()
+        .filter(|g| g.state == GState::Running)
+    {
+        let frames = profile.goroutine_frames(g);
+        let name = place(&frames).unwrap_or("[unknown]");
+        *by.entry(name.to_string()).or_default() += g.ns;
     }
     let mut v: Vec<(String, u64)> = by.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -159,10 +165,12 @@ pub struct Netpoll {
     pub longest_gap_ns: u64,
 }
 
-/// The summary's goroutine section.
+/// The summary's goroutine section: the view's sweeps, and its samples as the typed
+/// `profile` holds them.
 pub fn write(
     out: &mut String,
     view: &GoroutineView,
+    profile: &Profile,
     symbols: &Symbols,
     top: usize,
     thread_name: impl Fn(u32) -> String,
@@ -191,16 +199,16 @@ pub fn write(
         "    {} goroutines at most, {} seen; goroutine time by state (sampled: each sample counts the time to the next sweep):",
         view.goroutines_max, view.goroutines_seen
     );
-    let total: u64 = view.rows.iter().map(|r| r.ns).sum();
+    let total: u64 = profile.goroutines.iter().map(|g| g.ns).sum();
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     let (mut idle, mut io_wait) = (0u64, 0u64);
-    for row in &view.rows {
-        *by_state.entry(state_label(&row.state)).or_default() += row.ns;
-        if is_idle(&row.state, frames_of(row.stack, symbols)) {
-            idle += row.ns;
+    for g in &profile.goroutines {
+        *by_state.entry(state_label(&g.state)).or_default() += g.ns;
+        if is_idle(&g.state, &profile.goroutine_frames(g)) {
+            idle += g.ns;
         }
-        if row.state == GState::Waiting("IO wait".to_string()) {
-            io_wait += row.ns;
+        if g.state == GState::Waiting("IO wait".to_string()) {
+            io_wait += g.ns;
         }
     }
     let mut states: Vec<(String, u64)> = by_state.into_iter().collect();
@@ -235,7 +243,7 @@ pub fn write(
             secs(netpoll.longest_gap_ns)
         );
     }
-    let heavy = heaviest(view, symbols);
+    let heavy = heaviest(profile);
     if !heavy.is_empty() && top > 0 {
         let _ = writeln!(
             out,
@@ -338,22 +346,23 @@ pub fn write(
     );
 }
 
-/// Findings for Go: (rank in ns, words).
+/// Findings for Go, from the typed `profile`'s goroutine samples and the `view`'s
+/// sweeps: (kind, rank in ns, words).
 pub fn findings(
     view: &GoroutineView,
-    symbols: &Symbols,
+    profile: &Profile,
 ) -> Vec<(crate::analyze::FindingKind, u64, String)> {
     use crate::analyze::FindingKind as F;
     let mut found = Vec::new();
     // worth saying: at least 5% of the goroutine time that was not idle
-    let costly: u64 = view
-        .rows
+    let costly: u64 = profile
+        .goroutines
         .iter()
-        .filter(|r| !is_idle(&r.state, frames_of(r.stack, symbols)))
-        .map(|r| r.ns)
+        .filter(|g| !is_idle(&g.state, &profile.goroutine_frames(g)))
+        .map(|g| g.ns)
         .sum();
     let worth = |ns: u64| costly > 0 && ns * 20 >= costly && ns > 0;
-    for (state, place, h) in heaviest(view, symbols).iter().take(4) {
+    for (state, place, h) in heaviest(profile).iter().take(4) {
         if !worth(h.ns) {
             continue;
         }
@@ -376,7 +385,7 @@ pub fn findings(
                 ),
             ),
             GState::Runnable => {
-                let ran = running(view, symbols);
+                let ran = running(profile);
                 let ran_total: u64 = ran.iter().map(|r| r.1).sum();
                 let who = ran
                     .iter()
