@@ -384,7 +384,20 @@ static __always_inline __u64 capture_stack_as(void *ctx, bool user, bool fp_only
 	 * inlined copy of this function runs: skip that frame, or one stack gets several hashes.
 	 * The tracing frames below it are the same every time and are trimmed for display.
 	 */
-	len = user && !fp_only ? unwind_user(slot) : -1;
+	if (user && bpf_get_current_pid_tgid() >> 32 != cfg.tgid) {
+		/*
+		 * A waker in another process: its unwind tables are not built (the target's
+		 * only), and past its first frame a frame-pointer walk reads garbage in code
+		 * built without them, a new stack at every walk. Its leaf, marked so, is the
+		 * same at every wakeup from one place (and cheaper).
+		 */
+		buf->ips[0] = BPF_CORE_READ(current_regs(), ip);
+		buf->ips[1] = WP_UNW_OTHER_PROCESS;
+		buf->ips[2] = 0;
+		len = 2; /* addresses, as unwind_user counts them */
+	} else {
+		len = user && !fp_only ? unwind_user(slot) : -1;
+	}
 	if (len >= 0) {
 		len = len > WP_MAX_STACK_DEPTH ? sizeof(buf->ips) : len * sizeof(__u64);
 	} else {
@@ -1155,7 +1168,7 @@ struct wp_waker_place {
 	__u64 ustack;
 	__u64 kstack;
 	__u32 reuses; /* since the stacks were walked */
-	__u32 __pad;
+	__u32 confirmed; /* the last two walks here found these stacks: they may be reused */
 };
 
 struct {
@@ -1167,13 +1180,20 @@ struct {
 
 /*
  * The waker of a wakeup. Walking both its stacks costs about 2.5 us, most of it the
- * kernel's, so they are walked where they matter: a wakeup that ends a wait of
- * cfg.waker_walk_ns or more, and any wakeup from an interrupt (the preempt count says so
- * without a walk), a kernel thread or a place not seen before. A thread in a syscall at a
- * place it woke from before (the same registers at syscall entry) reuses the stacks walked
- * there, and walks them again every cfg.recapture_every-th time, counting differences: two
- * call paths can reach one place with the same registers. The blocked time each kind of
- * wakeup ended is counted (see switch_in), so the summary says how much was walked.
+ * kernel's, and 12 us for the network receive a loopback sender runs in its send call, so
+ * they are walked where they matter: a wakeup that ends a wait of cfg.waker_walk_ns or
+ * more, and any wakeup from a hard interrupt (the preempt count says so without a walk),
+ * a kernel thread or a place not yet confirmed. A place is a thread in a syscall with the
+ * same registers at syscall entry, serving softirq work then (such as that network
+ * receive) or not; it is confirmed once two walks in a row there found the same stacks
+ * (a loopback connection's first segment takes another kernel path than the rest), and
+ * then reuses them, walking again every cfg.recapture_every-th time and counting
+ * differences: two call paths can still reach one place with the same registers (softirq
+ * work on the exit of an interrupt that came during the call looks like the call's own).
+ * A place whose walk differs is walked until two agree again. Only stacks walked in the
+ * task's own context are kept: a walk that went through an interrupt's entry is not. The
+ * blocked time each kind of wakeup ended is counted (see switch_in), so the summary says
+ * how much was walked.
  */
 static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 waited)
 {
@@ -1182,11 +1202,12 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 w
 	struct wp_waker_place *p = 0, init = {};
 	struct pt_regs *regs;
 	__u32 count;
+	bool same;
 	long nr;
 
 	if (waited < cfg.waker_walk_ns && cfg.recapture_every > 1 && preempt_count_ok == 1 &&
 	    !(cur->flags & PF_KTHREAD) && this_preempt_count(cur, &count) &&
-	    !(count & (WP_SOFTIRQ_OFFSET | WP_HARDIRQ_MASK | WP_NMI_MASK))) {
+	    !(count & (WP_HARDIRQ_MASK | WP_NMI_MASK))) {
 		regs = current_regs();
 		nr = BPF_CORE_READ(regs, orig_ax);
 		/* nr < 0: in the kernel, not from a syscall (an exception): walk */
@@ -1198,11 +1219,13 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 w
 			sig = fnv_mix(sig, nr);
 			/* the operation of a multiplexed call (futex's wake or requeue) */
 			sig = fnv_mix(sig, PT_REGS_PARM2_CORE_SYSCALL(regs));
+			/* the call's own wakeup, or softirq work it ran (bh re-enabled) */
+			sig = fnv_mix(sig, count & WP_SOFTIRQ_OFFSET);
 			sig |= 1;
 			p = bpf_map_lookup_elem(&waker_places, &sig);
 		}
 	}
-	if (p && ++p->reuses < cfg.recapture_every) {
+	if (p && p->confirmed && ++p->reuses < cfg.recapture_every) {
 		stat_add(WP_STAT_WAKER_REUSED, 1);
 		w->ctx = WP_WAKER_TASK;
 		w->tgid = id >> 32;
@@ -1217,9 +1240,10 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 w
 	walk_waker(ctx, w);
 	if (!sig)
 		return;
-	if (p) {
+	same = p && p->ustack == w->ustack && p->kstack == w->kstack && w->ctx == WP_WAKER_TASK;
+	if (p && p->confirmed) {
 		stat_add(WP_STAT_WAKER_RECHECKED, 1);
-		if (p->ustack != w->ustack || p->kstack != w->kstack || w->ctx != WP_WAKER_TASK)
+		if (!same)
 			stat_add(WP_STAT_WAKER_DIFFERED, 1);
 	}
 	/* only real stacks are worth reusing, not the reason one is missing */
@@ -1232,6 +1256,7 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 w
 		p->ustack = w->ustack;
 		p->kstack = w->kstack;
 		p->reuses = 0;
+		p->confirmed = same;
 		return;
 	}
 	init.ustack = w->ustack;

@@ -569,7 +569,7 @@ fn write_waker_walks(out: &mut String, l: &crate::model::Losses) {
     let line = match l.waker_reuse_off {
         Some(why) => format!("walked at every wakeup ({why})"),
         None => format!(
-            "walked at every wakeup that ended a wait of {} or more, came from an interrupt, a kernel thread or a new place: {walked:.1}% of the blocked time a wakeup ended; the other {} wakeups, {:.1}% of that time, reused the stacks walked at the same place: a sample (walked again to check {} times, {} differed)",
+            "walked at every wakeup that ended a wait of {} or more, came from a hard interrupt, a kernel thread or a place not yet confirmed (two walks in a row agreeing): {walked:.1}% of the blocked time a wakeup ended; the other {} wakeups, {:.1}% of that time, reused the stacks walked at the same place: a sample (walked again to check {} times, {} differed)",
             analyze::secs(crate::session::WAKER_WALK.as_nanos() as u64),
             l.waker_stacks_reused,
             100.0 - walked,

@@ -414,7 +414,7 @@ fn waker_walks(run: &Run) -> (u64, u64, u64, f64) {
         after("the other") as u64,
         after("walked again to check") as u64,
         after("times,") as u64,
-        after("new place:"),
+        after("(two walks in a row agreeing):"),
     )
 }
 
@@ -497,5 +497,66 @@ fn long_waits_have_their_waker_stacks_walked() {
     assert!(
         walked_pct >= 99.0,
         "walked for {walked_pct}% of the woken time"
+    );
+}
+
+/// Short waits ended by another process's loopback sends (`remote 3000 300`: a ping every
+/// 300 us from a child process): the receive softirq that each send runs in the sender's
+/// syscall wakes the waiter. Its time is the fixture's own; the sender is named with its
+/// process, by its leaf frame (its unwind tables are not built); and once two walks at
+/// that place (the send's registers) agree, its stacks are reused, the rechecks finding
+/// them the same.
+#[test]
+fn loopback_sends_of_another_process_reuse_the_waker_stacks() {
+    let _s = root_session();
+    const PINGS: u64 = 3000;
+    let run = profile_fixture(&[], &["remote", &PINGS.to_string(), "300"]);
+    let folded = run.folded();
+    let under = attributed_us(&folded, &["loopback_waiter", "[epoll_wait]"]);
+    assert_close(
+        "remote 3000 300",
+        under * 1000,
+        run.measured_ns(),
+        TOLERANCE,
+    );
+    // (the share of the woken time walked is mostly the main thread's join: a long wait)
+    let (reused, rechecked, differed, _) = waker_walks(&run);
+    let stderr = run.stderr();
+    assert!(
+        reused * 10 >= PINGS * 9,
+        "{reused} of {PINGS} wakeups reused:\n{stderr}"
+    );
+    assert!(rechecked >= 20, "{rechecked} rechecks:\n{stderr}");
+    assert!(
+        differed * 20 <= rechecked,
+        "{differed} of {rechecked} rechecks differed:\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("epoll fd "))
+        .find(|l| l.contains("woken by:"))
+        .unwrap_or_else(|| panic!("no wakers of the epoll fd:\n{stderr}"));
+    assert!(
+        line.contains("network receive (softirq) in waitprof-fixtur (pid "),
+        "{line}"
+    );
+    // in the waker view, the sender's user stack is its leaf, marked as another process's
+    let offwake = view(&run, "offwake");
+    let (total, by) = woken_by(
+        &offwake,
+        &["loopback_waiter", "[epoll_wait]"],
+        &[&[
+            "try_to_wake_up_[w]",
+            "ep_poll_callback_[w]",
+            "net_rx_action_[w]",
+            "__local_bh_enable_ip_[w]",
+            "[unknown: another process",
+            "[woken by network receive (softirq) in waitprof-fixtur (pid ",
+        ]],
+    );
+    assert!(
+        by[0] as f64 >= 0.95 * total as f64,
+        "the sender's receive woke {} of {total} us:\n{offwake:#?}",
+        by[0]
     );
 }
