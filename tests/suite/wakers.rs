@@ -132,33 +132,21 @@ fn epoll_woken_by_loopback_traffic() {
     assert!(epoll.contains("20 returned events"), "{epoll}");
 
     // the client's send runs the receive softirq that wakes the waiter
-    let offwake = view(&run, "offwake");
-    let (total, by) = woken_by(
-        &offwake,
-        &["loopback_waiter", "[epoll_wait]"],
-        &[&[
+    assert_loopback_woken_by(
+        &run,
+        &[
             "try_to_wake_up_[w]",
             "ep_poll_callback_[w]",
             "tcp_v4_rcv_[w]",
             "net_rx_action_[w]",
             "tcp_sendmsg_[w]",
             "[woken by network receive (softirq) in thread client]_[w]",
-        ]],
-    );
-    let by_network = by[0];
-    assert!(
-        by_network as f64 >= 0.95 * total as f64,
-        "network receive woke {by_network} of {total} us:\n{offwake:#?}"
+        ],
     );
     // the objects table says so too, and names the client's function that sent (its
     // stack unwound with the tables; the first waits, before they are loaded, have no
     // function): every waker of the epoll fd is that receive
-    let stderr = run.stderr();
-    let line = stderr
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("epoll fd "))
-        .find(|l| l.contains("woken by:"))
-        .unwrap_or_else(|| panic!("no wakers of the epoll fd:\n{stderr}"));
+    let line = epoll_wakers_line(&run);
     let wakers = line.split("woken by:").nth(1).unwrap_or("");
     assert!(
         wakers
@@ -170,6 +158,29 @@ fn epoll_woken_by_loopback_traffic() {
         wakers.contains("`waitprof_fixture::send_ping` via network receive"),
         "{line}"
     );
+}
+
+/// At least 95% of the loopback waiter's blocked time was ended by the waker whose
+/// stack holds `waker` (frames in order, as the offwake view has them).
+fn assert_loopback_woken_by(run: &Run, waker: &[&str]) {
+    let offwake = view(run, "offwake");
+    let (total, by) = woken_by(&offwake, &["loopback_waiter", "[epoll_wait]"], &[waker]);
+    assert!(
+        by[0] as f64 >= 0.95 * total as f64,
+        "{waker:?} woke {} of {total} us:\n{offwake:#?}",
+        by[0]
+    );
+}
+
+/// The `woken by:` line of the epoll fd in the summary's objects table.
+fn epoll_wakers_line(run: &Run) -> String {
+    let stderr = run.stderr();
+    stderr
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("epoll fd "))
+        .find(|l| l.contains("woken by:"))
+        .unwrap_or_else(|| panic!("no wakers of the epoll fd:\n{stderr}"))
+        .to_string()
 }
 
 /// TcpExt counters of this network namespace: (ListenOverflows, ListenDrops).
@@ -531,32 +542,21 @@ fn loopback_sends_of_another_process_reuse_the_waker_stacks() {
         differed * 20 <= rechecked,
         "{differed} of {rechecked} rechecks differed:\n{stderr}"
     );
-    let line = stderr
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("epoll fd "))
-        .find(|l| l.contains("woken by:"))
-        .unwrap_or_else(|| panic!("no wakers of the epoll fd:\n{stderr}"));
+    let line = epoll_wakers_line(&run);
     assert!(
         line.contains("network receive (softirq) in waitprof-fixtur (pid "),
         "{line}"
     );
     // in the waker view, the sender's user stack is its leaf, marked as another process's
-    let offwake = view(&run, "offwake");
-    let (total, by) = woken_by(
-        &offwake,
-        &["loopback_waiter", "[epoll_wait]"],
-        &[&[
+    assert_loopback_woken_by(
+        &run,
+        &[
             "try_to_wake_up_[w]",
             "ep_poll_callback_[w]",
             "net_rx_action_[w]",
             "__local_bh_enable_ip_[w]",
             "[unknown: another process",
             "[woken by network receive (softirq) in waitprof-fixtur (pid ",
-        ]],
-    );
-    assert!(
-        by[0] as f64 >= 0.95 * total as f64,
-        "the sender's receive woke {} of {total} us:\n{offwake:#?}",
-        by[0]
+        ],
     );
 }
