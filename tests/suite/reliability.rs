@@ -49,11 +49,11 @@ fn thread_churn_keeps_the_thread_table_bounded() {
 
 /// Profiles the `stacks` scenario (3000 distinct stacks beside a condvar waiter) with a
 /// table made small by `table_args`: the loss is reported in `not seen:` under `lost`, and
-/// the waiter, whose row and stack were stored first, stays within ±5% of its own
-/// measurement, counting what of its time went to `[stack table full]`: a preemption
-/// inside its measured wait but outside the futex call is at a place whose stack was never
-/// stored (CI, 2026-12-07: 10 ms of 150 there, -6.6% without it); at least 90% is under the
-/// wait itself. Frame pointers only: the stacks the unwind tables give after start-up
+/// the waiter, whose row and stack were stored first, keeps its measured time under its
+/// wait: at most 5% over, at least 90% of it (part of a wait can go to another place
+/// whose stack finds the table full, as a preemption inside the measured wait but outside
+/// the futex call would: CI, 2026-12-07, lost 10 ms of 150 so, -6.6%; the thread's own
+/// `[stack table full]` lines cannot be counted back, since its barrier wait is there too). Frame pointers only: the stacks the unwind tables give after start-up
 /// would be new ones, and the table is full by then. No wakers: a timer's wakeup that lands
 /// in another context is a new waker stack (and row) too.
 fn condvar_beside_a_full_table(
@@ -69,23 +69,18 @@ fn condvar_beside_a_full_table(
     let folded = run.folded();
     assert!(not_seen(&run, lost) > 0, "{}", run.stderr());
     let waiter = attributed_us(&folded, &["cv-waiter", "condvar_waiter", "[futex]"]);
-    let full: u64 = folded
-        .iter()
-        .filter(|(s, _)| in_order(s, &["cv-waiter", "[stack table full]"]))
-        .map(|(_, us)| us)
-        .sum();
     let measured = run.measured("condvar");
     let lines: Vec<String> = folded
         .iter()
         .filter(|(s, _)| s.contains(";cv-waiter"))
         .map(|(s, us)| format!("{us} us: {s}"))
         .collect();
+    let ratio = waiter as f64 * 1000.0 / measured as f64;
     assert!(
-        waiter as f64 * 1000.0 >= 0.9 * measured as f64,
-        "{what}: {waiter} us of {measured} ns under the wait:\n{}",
+        (0.9..=1.0 + TOLERANCE).contains(&ratio),
+        "{what}: {waiter} us under the wait, the fixture measured {measured} ns:\n{}",
         lines.join("\n")
     );
-    assert_close(what, (waiter + full) * 1000, measured, TOLERANCE);
     (run, folded)
 }
 
