@@ -29,11 +29,12 @@ fn phase_tolerance(stderr: &str) -> f64 {
 /// somewhere between two sweeps (its time counted from the first sweep that saw it to
 /// the first that did not): the error is at most one interval between sweeps in all,
 /// which the tolerance grows to when the sweeps ran further apart (a debug build sweeps
-/// several times slower within the same budget: 102 ms apart at most here, 134 ms or more
-/// once in CI on 2026-12-07, when a cap of 25% failed a 26.8% error), up to LATE_MAX; the
-/// sweeps themselves must come at most LATE_MAX * 500 ms apart.
+/// several times slower within the same budget: 102 ms apart at most here; in CI on
+/// 2026-12-07, 134 ms or more, when a cap of 25% failed a 26.8% error, and 205 ms in
+/// another run). The sweeps themselves must come at most LATE_MAX * 500 ms apart: a
+/// sampler that stalls fails.
 const LATE_TOLERANCE: f64 = 0.10;
-const LATE_MAX: f64 = 0.40;
+const LATE_MAX: f64 = 0.80;
 const LATE_NS: f64 = 500e6;
 
 /// The longest interval between sweeps the summary reports ("at most N ms apart").
