@@ -896,22 +896,34 @@ static __always_inline void stacks_at(void *ctx, struct thread_state *ts,
  */
 static __always_inline void switch_in(struct thread_state *ts, __u32 tid, __u64 now);
 
-static __noinline void switched_in_unseen(struct thread_state *ts, __u32 tid, __u64 exec,
-					  __u64 now)
+/*
+ * A switch-in no sched_switch delivered, put at `at` (counted under `how`: closed at a
+ * syscall exit, or at the next switch-out or exit), the timeline's too: the thread runs
+ * from there, not from its next switch-out.
+ */
+static __noinline void switch_in_unseen_at(struct thread_state *ts, __u32 tid, __u64 at,
+					   enum wp_stat how)
+{
+	struct wp_event *ev;
+
+	stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
+	stat_add(how, 1);
+	switch_in(ts, tid, at);
+	if (cfg.timeline && (ev = timeline_reserve(WP_EV_ON, tid, at)))
+		timeline_submit(ev);
+}
+
+static __always_inline void switched_in_unseen(struct thread_state *ts, __u32 tid, __u64 exec,
+					       __u64 now)
 {
 	__u64 ran = exec > ts->exec_out ? exec - ts->exec_out : 0, span = now - ts->out_ts;
-	struct wp_event *ev;
 
 	if (ran > span)
 		ran = span;
-	stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
-	stat_add(WP_STAT_MISSED_AT_OUT, 1);
-	switch_in(ts, tid, now - ran);
+	switch_in_unseen_at(ts, tid, now - ran, WP_STAT_MISSED_AT_OUT);
 	/* it is going off-CPU on this CPU: nothing of it runs here now */
 	note_running(0);
 	ts->oncpu_ns += ran;
-	if (cfg.timeline && (ev = timeline_reserve(WP_EV_ON, tid, now - ran)))
-		timeline_submit(ev);
 }
 
 static __always_inline struct thread_state *switch_out(void *ctx, struct task_struct *prev,
@@ -1387,17 +1399,8 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	 * us (see switched_in_unseen): close the off-CPU interval here, a few microseconds
 	 * late, rather than at its next switch-out.
 	 */
-	if (!(ts->flags & WP_TF_ON_CPU)) {
-		__u64 now = bpf_ktime_get_ns();
-		struct wp_event *ev;
-
-		stat_add(WP_STAT_MISSED_SWITCH_IN, 1);
-		stat_add(WP_STAT_MISSED_RECOVERED, 1);
-		switch_in(ts, tid, now);
-		/* the timeline too: it runs from here, not from its next switch-out */
-		if (cfg.timeline && (ev = timeline_reserve(WP_EV_ON, tid, now)))
-			timeline_submit(ev);
-	}
+	if (!(ts->flags & WP_TF_ON_CPU))
+		switch_in_unseen_at(ts, tid, bpf_ktime_get_ns(), WP_STAT_MISSED_RECOVERED);
 	if (class == WP_SYS_ACCEPT)
 		sample_listener(current_regs(), ret);
 	if (!(ts->flags & WP_TF_IN_EPISODE))

@@ -358,9 +358,9 @@ impl Profile {
         }
     }
 
-    /// Whether a goroutine sample is idle waiting (`--hide-idle` leaves it out).
+    /// Whether a goroutine sample is idle waiting (`--hide-idle` leaves it out, the
+    /// summary counts it apart).
     pub fn goroutine_idle(&self, g: &GoroutineSample) -> bool {
-        let names: Vec<&str> = self.stack(g.stack).map(|f| &*f.name).collect();
-        crate::runtime::go::classify::is_idle(&g.state, &names)
+        crate::runtime::go::classify::is_idle(&g.state, &self.goroutine_frames(g))
     }
 }

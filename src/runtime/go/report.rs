@@ -204,7 +204,7 @@ pub fn write(
     let (mut idle, mut io_wait) = (0u64, 0u64);
     for g in &profile.goroutines {
         *by_state.entry(state_label(&g.state)).or_default() += g.ns;
-        if is_idle(&g.state, &profile.goroutine_frames(g)) {
+        if profile.goroutine_idle(g) {
             idle += g.ns;
         }
         if g.state == GState::Waiting("IO wait".to_string()) {
@@ -358,7 +358,7 @@ pub fn findings(
     let costly: u64 = profile
         .goroutines
         .iter()
-        .filter(|g| !is_idle(&g.state, &profile.goroutine_frames(g)))
+        .filter(|g| !profile.goroutine_idle(g))
         .map(|g| g.ns)
         .sum();
     let worth = |ns: u64| costly > 0 && ns * 20 >= costly && ns > 0;
