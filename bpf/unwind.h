@@ -383,7 +383,7 @@ __noinline int unwind_user(__u32 slot)
 		return -1;
 	}
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	unwind_begin(w, BPF_CORE_READ(regs, ip), BPF_CORE_READ(regs, sp), BPF_CORE_READ(regs, bp),
+	unwind_begin(w, regs->ip, regs->sp, regs->bp,
 		     (__u64)tgid << 32 | st.proc->generation, true);
 	bpf_loop(WP_MAX_STACK_DEPTH, unwind_step, &st, 0);
 	stat_add(WP_STAT_UNWIND_DWARF, 1);
