@@ -882,12 +882,32 @@ __noinline __u64 kstack_at(void *ctx __arg_ctx, struct thread_state *ts __arg_no
 	return kstack;
 }
 
+/*
+ * The user stack of the target's thread going off-CPU: a walk from the same registers
+ * reused where every stack word it read is unchanged (exact: see unwind_reuse), else
+ * walked and remembered. --recapture-every 1 walks every time.
+ */
+static __always_inline __u64 capture_ustack(void *ctx, __u32 slot)
+{
+	bool memo = cfg.recapture_every > 1 && cfg.dwarf;
+	__u64 id = memo ? unwind_reuse(slot) : 0;
+
+	if (id) {
+		stat_add(WP_STAT_USTACK_REUSED, 1);
+		return id;
+	}
+	id = capture_stack(ctx, true, slot, 0);
+	if (memo && id >= WP_STACK_ID_MIN)
+		unwind_remember(slot, id);
+	return id;
+}
+
 static __always_inline void stacks_at(void *ctx, struct thread_state *ts, struct pt_regs *regs,
 				      bool preempt, __u32 slot, __u64 *ustack, __u64 *kstack)
 {
 	__u64 sig = 0;
 
-	*ustack = capture_stack(ctx, true, slot, 0);
+	*ustack = capture_ustack(ctx, slot);
 	if (cfg.recapture_every > 1 && !preempt)
 		sig = place_of(regs, *ustack);
 	*kstack = kstack_at(ctx, ts, sig, slot);

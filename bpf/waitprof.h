@@ -300,6 +300,9 @@ enum wp_stat {
 	WP_STAT_WAKER_REUSED_NS,   /* ... whose waker stacks were reused */
 	WP_STAT_TIMELINE_DROPPED,  /* --timeline: events lost, the ring buffer full */
 	WP_STAT_MISSED_AT_OUT,     /* ... of the unseen switch-ins, closed at the next switch-out or exit */
+	WP_STAT_USTACK_REUSED,     /* a switch-out's user stack: a walk from the same registers reused */
+	WP_STAT_USTACK_CHANGED,    /* ... found with a stack word changed since: walked */
+	WP_STAT_USTACK_UNREMEMBERED, /* ... walked, but too deep or far (or unreadable) to remember */
 	WP_STAT_COUNT,
 };
 

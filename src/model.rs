@@ -302,6 +302,12 @@ pub struct Losses {
     /// code no table covered (walked on by frame pointer).
     pub ustacks_unwound: u64,
     pub ustacks_through_unmapped: u64,
+    /// Switch-outs whose user stack was the one a walk from the same registers had stored,
+    /// every stack word that walk read being unchanged (exact: not walked); those where a
+    /// word had changed (walked); and walks too deep or far to remember for that.
+    pub ustacks_reused: u64,
+    pub ustacks_changed: u64,
+    pub ustacks_unremembered: u64,
     /// Wakeups whose waker stacks were reused from the same place (not walked), how many
     /// walked them again to check and how many of those found others; and the blocked
     /// time ended by wakeups whose waker stacks were walked, and by those reused.

@@ -608,6 +608,24 @@ fn write_unwinding(
         pct(c.complete_ns, c.blocked_ns),
         c.median_depth
     );
+    let l = &collected.losses;
+    if l.ustacks_reused + l.ustacks_changed > 0 {
+        let _ = writeln!(
+            out,
+            "    walks reused: {} switch-outs' user stacks were the one a walk from the same \
+             registers found, every stack word it read unchanged (exact, not sampled); {} were \
+             walked again, a word having changed{}",
+            l.ustacks_reused,
+            l.ustacks_changed,
+            match l.ustacks_unremembered {
+                0 => String::new(),
+                n => format!(
+                    "; {n} walks not remembered (over 128 words or 16 KiB of stack, through \
+                     code no table covers, or a word unreadable)"
+                ),
+            }
+        );
+    }
     if let Some(u) = &collected.unwind {
         if !u.without.is_empty() {
             let _ = writeln!(out, "    no unwind table: {}", files_and_why(&u.without));

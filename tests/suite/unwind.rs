@@ -344,3 +344,90 @@ fn caller_of_a_frameless_wrapper_is_recovered_in_frame_pointer_code() {
         .sum();
     assert_eq!(lost, 0, "a frame-pointer walk found futex_wait's frame");
 }
+
+/// The summary's `walks reused:` counts: switch-outs whose user stack was a remembered
+/// walk's, and those walked again because a word it read had changed; (0, 0) without it.
+fn walks_reused(run: &Run) -> (u64, u64) {
+    let stderr = run.stderr();
+    let Some(line) = stderr.lines().find(|l| l.contains("walks reused:")) else {
+        return (0, 0);
+    };
+    let number_before = |words: &str| -> u64 {
+        let head = line.split(words).next().expect("split");
+        head.rsplit(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number before {words:?} in {line:?}"))
+    };
+    (
+        number_before(" switch-outs' user stacks"),
+        number_before(" were walked again"),
+    )
+}
+
+/// The distinct call paths (`branch_a`/`branch_b` chains) that the `stacks` fixture's
+/// sleeps were seen blocked under.
+fn distinct_paths(run: &Run) -> usize {
+    let paths: std::collections::HashSet<String> = run
+        .folded()
+        .iter()
+        .filter(|(s, _)| s.contains("stack_leaf"))
+        .map(|(s, _)| {
+            s.split(';')
+                .filter(|f| f.contains("branch_a") || f.contains("branch_b"))
+                .map(|f| if f.contains("branch_a") { 'a' } else { 'b' })
+                .collect()
+        })
+        .collect();
+    paths.len()
+}
+
+/// A switch-out's user stack is a walk remembered from the same registers only where
+/// every stack word that walk read is unchanged (bpf/unwind.h, unwind_reuse).
+/// - `relay`: two threads block 5,000 times each in `relay_wait`, always from the same
+///   registers. Most switch-outs reuse a walk (9,559 of the 10,000 here), the waits keep
+///   their time, and that time is all under the whole chain from the thread's entry.
+/// - `stacks`: 3,000 sleeps, each through its own call path to the same sleep: the same
+///   registers for many paths, a different return address read. Those are walked, and
+///   the distinct paths seen are as many as with reuse off (`--recapture-every 1`): at
+///   least 98% of the 3,000 (a 20-us sleep whose timer fires before it blocks leaves no
+///   stack) and within 1% of each other. Reuse that skipped the check would merge them.
+#[test]
+fn user_stacks_are_reused_only_where_every_word_the_walk_read_is_unchanged() {
+    let _s = root_session();
+    let relay = profile_fixture(&[], &["relay", "5000"]);
+    let (reused, _) = walks_reused(&relay);
+    assert!(
+        reused >= 8_500,
+        "{reused} of 10,000 switch-outs reused a walk:\n{}",
+        relay.stderr()
+    );
+    let folded = relay.folded();
+    let read = attributed_us(&folded, &["relay_wait", "[read]"]);
+    let whole = attributed_us(
+        &folded,
+        &["start_thread", "scenario_relay", "relay_wait", "[read]"],
+    );
+    eprintln!("relay: {reused} walks reused; {whole} of {read} us under the whole chain");
+    assert!(
+        whole * 100 >= read * 99,
+        "{whole} of {read} us in relay_wait under the whole chain"
+    );
+    assert_relay_waits(&relay, read * 1000);
+
+    let with = profile_fixture(&[], &["stacks", "3000"]);
+    let without = profile_fixture(&["--recapture-every", "1"], &["stacks", "3000"]);
+    let (_, changed) = walks_reused(&with);
+    let (a, b) = (distinct_paths(&with), distinct_paths(&without));
+    eprintln!("stacks: {changed} walked again (a word changed); {a} paths, {b} with reuse off");
+    assert!(
+        changed >= 500,
+        "only {changed} sleeps found a remembered walk from their registers:\n{}",
+        with.stderr()
+    );
+    assert_eq!(walks_reused(&without), (0, 0), "--recapture-every 1 reused");
+    assert!(
+        a >= 2_940 && b >= 2_940 && a.abs_diff(b) <= 30,
+        "{a} distinct paths with reuse, {b} without, of 3,000"
+    );
+}

@@ -436,34 +436,7 @@ fn short_waits_reuse_the_waker_stacks_and_still_name_the_waker() {
     let run = profile_fixture(&[], &["relay", &ROUNDS.to_string()]);
     let folded = run.folded();
     let under = attributed_us(&folded, &["relay_wait", "[read]"]) * 1000;
-    // a wait here lasts about 250 us, and the read's own time on the CPU (the syscall, two
-    // context switches) is 10% to 25% of it on these VMs, run to run (the fixture's own
-    // thread CPU clock). The time off the CPU is at most the waits' time, and about the
-    // waits' time less that: the kernel's task clock leaves out the interrupts and the
-    // time the hypervisor took the vCPU, which a profiler of switches counts as on the
-    // CPU, so the lower bound allows three times the tolerance (5-7% below it seen here on
-    // a quiet VM, 11.0% in one CI run of 2026-12-03: 2309 of 2594 ms)
-    let on_cpu: u64 = run
-        .stdout()
-        .lines()
-        .find_map(|l| l.strip_prefix("relay waits on the CPU: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the fixture's on-CPU time");
-    let wall = run.measured_ns();
-    let off_cpu = wall.saturating_sub(on_cpu);
-    eprintln!(
-        "relay (both threads): attributed {:.1} ms; the waits {:.1} ms, of it off the CPU {:.1} ms",
-        under as f64 / 1e6,
-        wall as f64 / 1e6,
-        off_cpu as f64 / 1e6
-    );
-    assert!(
-        under as f64 >= off_cpu as f64 * (1.0 - 3.0 * TOLERANCE)
-            && under as f64 <= wall as f64 * (1.0 + TOLERANCE),
-        "relay: {under} ns attributed, outside [{off_cpu} ns off the CPU - {}%, {wall} ns waited + {}%]",
-        3.0 * TOLERANCE * 100.0,
-        TOLERANCE * 100.0
-    );
+    assert_relay_waits(&run, under);
 
     // every wait is about 150 us, so nearly every wakeup reuses the stacks walked at its
     // place; every 64th walks them again, and the pipe's wakeup path is one
