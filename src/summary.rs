@@ -609,7 +609,7 @@ fn write_unwinding(
         c.median_depth
     );
     let l = &collected.losses;
-    if l.ustacks_reused + l.ustacks_changed > 0 {
+    if l.ustacks_reused + l.ustacks_changed + l.ustacks_unremembered > 0 {
         let _ = writeln!(
             out,
             "    walks reused: {} switch-outs' user stacks were the one a walk from the same \
