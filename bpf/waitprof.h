@@ -302,7 +302,7 @@ enum wp_stat {
 	WP_STAT_MISSED_AT_OUT,     /* ... of the unseen switch-ins, closed at the next switch-out or exit */
 	WP_STAT_USTACK_REUSED,     /* a switch-out's user stack: a walk from the same registers reused */
 	WP_STAT_USTACK_CHANGED,    /* ... found with a stack word changed since: walked */
-	WP_STAT_USTACK_UNREMEMBERED, /* ... walked, but too deep or far (or unreadable) to remember */
+	WP_STAT_USTACK_UNREMEMBERED, /* ... walked, not remembered: too deep or far, through code no table covers, a read failed */
 	WP_STAT_COUNT,
 };
 
