@@ -185,6 +185,30 @@ pub struct Config {
     pub max_threads: u32,
     pub recapture_every: u32,
     pub top: usize,
+    /// Tests only (`WAITPROF_TEST_DROP_SWITCH_INS=N`): the hooks ignore every Nth switch-in
+    /// of the target, as the kernel does not deliver some; 0 = off.
+    pub test_drop_switch_ins: u32,
+}
+
+/// The environment variable behind `Config::test_drop_switch_ins`.
+pub const DROP_SWITCH_INS_ENV: &str = "WAITPROF_TEST_DROP_SWITCH_INS";
+
+/// `WAITPROF_TEST_DROP_SWITCH_INS`, read once: unset is 0; anything but a number is refused
+/// (a typo must not silently turn the test's condition off).
+fn test_drop_switch_ins() -> Result<u32> {
+    match std::env::var_os(DROP_SWITCH_INS_ENV) {
+        None => Ok(0),
+        Some(v) => v
+            .to_str()
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| {
+                format!(
+                    "{DROP_SWITCH_INS_ENV}={:?} is not a number (a test setting: the hooks ignore \
+                 every Nth switch-in of the target; unset it to profile normally)",
+                    v.to_string_lossy()
+                )
+            }),
+    }
 }
 
 fn parse_duration(what: &str, s: &str, bare_unit: Duration) -> Result<Duration> {
@@ -300,6 +324,7 @@ impl Config {
             max_threads: args.max_threads,
             recapture_every: args.recapture_every,
             top: args.top,
+            test_drop_switch_ins: test_drop_switch_ins()?,
         })
     }
 }

@@ -77,8 +77,6 @@ const SYSCALL_EVENTS_ENV: &str = "WAITPROF_SYSCALL_EVENTS";
 
 /// Tests only: the hooks ignore every Nth switch-in of the target, standing in for the
 /// switches the kernel does not deliver (see `switched_in_unseen` in the BPF program).
-const DROP_SWITCH_INS_ENV: &str = "WAITPROF_TEST_DROP_SWITCH_INS";
-
 /// How the profiler sees syscalls end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SysExitHook {
@@ -450,13 +448,11 @@ fn configure(
     c.fault_entry_lo = entry.fault.start;
     c.fault_entry_hi = entry.fault.end;
     c.sysclass = syscalls::class_table();
-    c.test_drop_switch_ins = std::env::var(DROP_SWITCH_INS_ENV)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    c.test_drop_switch_ins = cfg.test_drop_switch_ins;
     if c.test_drop_switch_ins > 0 {
         eprintln!(
-            "waitprof: {DROP_SWITCH_INS_ENV}={}: one switch-in of the target in every {0} is ignored (a test setting)",
+            "waitprof: {}={}: one switch-in of the target in every {1} is ignored (a test setting)",
+            crate::cli::DROP_SWITCH_INS_ENV,
             c.test_drop_switch_ins
         );
     }

@@ -73,6 +73,23 @@ fn kernel_without_btf() {
     );
 }
 
+/// The tests' switch-in setting with a typo is refused, not taken as off.
+#[test]
+fn unreadable_test_setting_is_refused() {
+    let _s = root_session();
+    let run = waitprof_with(
+        |cmd| {
+            cmd.env("WAITPROF_TEST_DROP_SWITCH_INS", "every other");
+        },
+        &["-d", "1s", "--", FIXTURE, "sleep", "1", "1"],
+    );
+    assert_error(
+        &run,
+        2,
+        "WAITPROF_TEST_DROP_SWITCH_INS=\"every other\" is not a number",
+    );
+}
+
 #[test]
 fn oversized_tables_are_refused_by_name() {
     let _s = root_session();
