@@ -160,6 +160,17 @@ pub fn waitprof_with(setup: impl FnOnce(&mut Command), args: &[&str]) -> Run {
     }
 }
 
+/// Runs `waitprof -o TMPDIR/out.svg ARGS` to completion with the environment variable
+/// `name` set to `value` (the tests' settings: WAITPROF_KERNEL_BTF and the like).
+pub fn waitprof_with_env(name: &str, value: &str, args: &[&str]) -> Run {
+    waitprof_with(
+        |cmd| {
+            cmd.env(name, value);
+        },
+        args,
+    )
+}
+
 /// Runs `waitprof -o TMPDIR/out.svg ARGS` to completion.
 pub fn waitprof(args: &[&str]) -> Run {
     waitprof_with(|_| {}, args)

@@ -56,16 +56,22 @@ fn thread_of_another_process() {
     );
 }
 
+/// A short session with the environment variable `name` set to `value`, which must end
+/// with exit 2 and `message`.
+fn refused_with_env(name: &str, value: &str, message: &str) -> Run {
+    let _s = root_session();
+    let run = waitprof_with_env(name, value, &["-d", "1s", "--", FIXTURE, "sleep", "1", "1"]);
+    assert_error(&run, 2, message);
+    run
+}
+
 #[test]
 fn kernel_without_btf() {
-    let _s = root_session();
-    let run = waitprof_with(
-        |cmd| {
-            cmd.env("WAITPROF_KERNEL_BTF", "/nonexistent/btf/vmlinux");
-        },
-        &["-d", "1s", "--", FIXTURE, "sleep", "1", "1"],
+    let run = refused_with_env(
+        "WAITPROF_KERNEL_BTF",
+        "/nonexistent/btf/vmlinux",
+        "this kernel has no BTF",
     );
-    assert_error(&run, 2, "this kernel has no BTF");
     assert!(
         run.stderr().contains("CONFIG_DEBUG_INFO_BTF"),
         "{}",
@@ -76,16 +82,9 @@ fn kernel_without_btf() {
 /// The tests' switch-in setting with a typo is refused, not taken as off.
 #[test]
 fn unreadable_test_setting_is_refused() {
-    let _s = root_session();
-    let run = waitprof_with(
-        |cmd| {
-            cmd.env("WAITPROF_TEST_DROP_SWITCH_INS", "every other");
-        },
-        &["-d", "1s", "--", FIXTURE, "sleep", "1", "1"],
-    );
-    assert_error(
-        &run,
-        2,
+    refused_with_env(
+        "WAITPROF_TEST_DROP_SWITCH_INS",
+        "every other",
         "WAITPROF_TEST_DROP_SWITCH_INS=\"every other\" is not a number",
     );
 }

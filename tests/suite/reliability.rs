@@ -321,10 +321,9 @@ fn signals_while_symbolizing_and_writing() {
 #[test]
 fn switch_ins_the_kernel_does_not_deliver_are_closed_by_the_run_time() {
     let _s = root_session();
-    let run = waitprof_with(
-        |cmd| {
-            cmd.env("WAITPROF_TEST_DROP_SWITCH_INS", "1");
-        },
+    let run = waitprof_with_env(
+        "WAITPROF_TEST_DROP_SWITCH_INS",
+        "1",
         &[
             "--per-thread",
             "--timeline",
