@@ -114,7 +114,17 @@ struct {
  */
 __u32 oncpu_on = 0;
 
-/* The target's epoll fds, polled (see wp_poll). */
+/*
+ * The target's epoll fds, polled (see wp_poll): those below WP_POLL_FDS_DIRECT by index
+ * (an array lookup is a few instructions, a hash lookup a call), the others by hash.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WP_POLL_FDS_DIRECT);
+	__type(key, __u32);
+	__type(value, struct wp_poll);
+} polls_direct SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
@@ -616,10 +626,21 @@ static __always_inline __u32 runq_slot(__u64 ns)
 /* A new fd's counts start from this (never written): too large for the BPF stack. */
 struct wp_poll poll_zero = {};
 
+/* The counts of epoll fd `fd`, if it has any. */
+static __always_inline struct wp_poll *poll_find(__u32 fd)
+{
+	if (fd < WP_POLL_FDS_DIRECT)
+		return bpf_map_lookup_elem(&polls_direct, &fd);
+	return bpf_map_lookup_elem(&polls, &fd);
+}
+
+/* The counts of epoll fd `fd`, made if new. */
 static __always_inline struct wp_poll *poll_of(__u32 fd)
 {
 	struct wp_poll *p;
 
+	if (fd < WP_POLL_FDS_DIRECT)
+		return bpf_map_lookup_elem(&polls_direct, &fd);
 	p = lookup_or_init(&polls, &fd, &poll_zero);
 	if (!p)
 		stat_add(WP_STAT_POLLS_FULL, 1);
@@ -669,21 +690,24 @@ static __always_inline void poll_unblocked(struct thread_state *ts, __u64 now)
 	if (!(ts->flags & WP_TF_POLL_WATCHING))
 		return;
 	ts->flags &= ~WP_TF_POLL_WATCHING;
-	p = bpf_map_lookup_elem(&polls, &ts->poll_fd);
+	p = poll_find(ts->poll_fd);
 	if (!p)
 		return;
 	__sync_fetch_and_add(&p->watching, -1);
 	p->last_ns = now;
 }
 
-/* An epoll call on `fd` returned at `now`. */
-static __always_inline void poll_returned(struct thread_state *ts, __u32 tid, __u32 fd, __u64 now)
+/*
+ * An epoll call on `fd` returned at `now`; `ts` is its thread's state, null when not
+ * looked up (the call did not block). False where the fd's counts were full.
+ */
+static __always_inline bool poll_returned(struct thread_state *ts, __u32 tid, __u32 fd, __u64 now)
 {
 	bool blocked = ts && (ts->flags & WP_TF_POLL_WATCHING) && ts->poll_fd == fd;
 	struct wp_poll *p = poll_of(fd);
 
 	if (!p)
-		return;
+		return false;
 	__sync_fetch_and_add(&p->polls, 1);
 	if (ts) {
 		ts->polls++;
@@ -693,12 +717,13 @@ static __always_inline void poll_returned(struct thread_state *ts, __u32 tid, __
 	if (blocked) {
 		__sync_fetch_and_add(&p->blocking, 1);
 		poll_unblocked(ts, now);
-		return;
+		return true;
 	}
 	/* a call that did not block ends a gap unless another call watches the fd */
 	if (!p->watching)
 		poll_gap(p, now, tid);
 	p->last_ns = now;
+	return true;
 }
 
 static __always_inline void close_episode(struct thread_state *ts, __u8 outcome)
@@ -722,30 +747,71 @@ struct {
 } thread_scratch SEC(".maps");
 
 /*
- * The target's thread this CPU last switched in, 0 once it switched out: sys_exit's
- * test that the running thread's switch-in was seen, which spares the thread table's
- * hash lookup at most of the target's syscalls.
+ * The target's thread this CPU last switched in (see wp_running): sys_exit's test that
+ * the running thread's switch-in was seen, which spares the thread table's hash lookup at
+ * most of the target's syscalls, and at the epoll calls that did not block.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct wp_running);
 } running_here SEC(".maps");
 
-static __always_inline void note_running(__u32 tid)
+static __always_inline struct wp_running *running(void)
 {
-	__u32 zero = 0, *r = bpf_map_lookup_elem(&running_here, &zero);
+	__u32 zero = 0;
 
-	if (r)
-		*r = tid;
+	return bpf_map_lookup_elem(&running_here, &zero);
 }
 
-static __always_inline bool seen_running(__u32 tid)
+/*
+ * The epoll returns counted on this CPU for thread `tid`, taken from the note (0 if the
+ * note is another thread's: those are added to that thread's state, whose switch-out
+ * went unseen).
+ */
+static __always_inline __u32 take_polls(struct wp_running *r, __u32 tid)
 {
-	__u32 zero = 0, *r = bpf_map_lookup_elem(&running_here, &zero);
+	struct thread_state *other;
+	__u32 n = r->polls;
 
-	return r && *r == tid;
+	if (!n)
+		return 0;
+	r->polls = 0;
+	if (r->tid == tid)
+		return n;
+	other = bpf_map_lookup_elem(&threads, &r->tid);
+	if (other)
+		other->polls += n;
+	return 0;
+}
+
+/*
+ * From now thread `tid` (state `ts`) runs on this CPU, or none of the target's (tid 0,
+ * ts null). The polls counted for the one before are added to its state.
+ */
+static __always_inline void note_running(__u32 tid, struct thread_state *ts)
+{
+	struct wp_running *r = running();
+
+	if (!r)
+		return;
+	take_polls(r, 0);
+	r->tid = tid;
+	r->quiet = ts && !(ts->flags & (WP_TF_IN_EPISODE | WP_TF_POLL_WATCHING));
+}
+
+/* Thread `tid` (state `ts`) leaves this CPU, or exits: its polls counted here are added. */
+static __always_inline void note_leaving(__u32 tid, struct thread_state *ts)
+{
+	struct wp_running *r = running();
+
+	if (!r)
+		return;
+	if (ts)
+		ts->polls += take_polls(r, tid);
+	r->tid = 0;
+	r->quiet = 0;
 }
 
 static __always_inline struct thread_state *thread_new(__u32 tid, __u64 start, __u32 flags)
@@ -771,6 +837,25 @@ static __always_inline struct thread_state *thread_new(__u32 tid, __u64 start, _
 		return ts;
 	}
 	return bpf_map_lookup_elem(&threads, &tid);
+}
+
+/*
+ * The current task, thread `tid` of the target, seen for the first time while it runs:
+ * on a CPU since the session began, or since it was created (its first switch-in
+ * unseen). Null if it is exiting (sched_process_exit already reported it) or no room.
+ */
+static __always_inline struct thread_state *thread_found_running(struct task_struct *task,
+								 __u32 tid)
+{
+	__u64 since = BPF_CORE_READ(task, start_time);
+	struct thread_state *ts;
+
+	if (BPF_CORE_READ(task, flags) & PF_EXITING)
+		return 0;
+	ts = thread_new(tid, since > session_start_ns ? since : session_start_ns, WP_TF_ON_CPU);
+	if (ts)
+		bpf_get_current_comm(ts->comm, sizeof(ts->comm));
+	return ts;
 }
 
 /*
@@ -952,7 +1037,7 @@ static __always_inline void switched_in_unseen(struct thread_state *ts, __u32 ti
 		ran = span;
 	switch_in_unseen_at(ts, tid, now - ran, WP_STAT_MISSED_AT_OUT);
 	/* it is going off-CPU on this CPU: nothing of it runs here now */
-	note_running(0);
+	note_leaving(tid, ts);
 	ts->oncpu_ns += ran;
 }
 
@@ -967,18 +1052,9 @@ static __always_inline struct thread_state *switch_out(void *ctx, struct task_st
 	__s32 nr;
 
 	if (!ts) {
-		/* an exiting thread was already reported by sched_process_exit */
-		__u64 since = BPF_CORE_READ(prev, start_time);
-
-		if (BPF_CORE_READ(prev, flags) & PF_EXITING)
-			return 0;
-		/* on a CPU since the session began, or since it was created (its first
-		   switch-in unseen) */
-		ts = thread_new(tid, since > session_start_ns ? since : session_start_ns,
-				WP_TF_ON_CPU);
+		ts = thread_found_running(prev, tid);
 		if (!ts)
 			return 0;
-		bpf_get_current_comm(ts->comm, sizeof(ts->comm));
 	}
 	exec = bpf_get_current_task_btf()->se.sum_exec_runtime;
 	if (ts->flags & WP_TF_ON_CPU)
@@ -1037,7 +1113,7 @@ static __always_inline void switch_in(struct thread_state *ts, __u32 tid, __u64 
 	__u32 slot;
 
 	/* sys_exit's sign that this switch-in was seen */
-	note_running(tid);
+	note_running(tid, ts);
 	if (ts->flags & WP_TF_ON_CPU) {
 		/* no switch-out seen: nothing to attribute */
 		stat_add(WP_STAT_IN_WHILE_ON_CPU, 1);
@@ -1140,8 +1216,8 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 		bool still = runnable < 0 ? task_runnable(preempt) : runnable;
 		struct wp_event *ev;
 
-		note_running(0);
 		ts = switch_out(ctx, prev, (__u32)id, preempt, still, now);
+		note_leaving((__u32)id, ts);
 		if (cfg.timeline && ts && (ev = timeline_reserve(WP_EV_OFF, (__u32)id, now))) {
 			ev->kind = ts->kind;
 			ev->syscall = ts->syscall;
@@ -1405,6 +1481,7 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct thread_state *ts;
+	struct wp_running *r;
 	__u8 class;
 
 	if (!recording() || !selected(id >> 32, tid))
@@ -1417,9 +1494,29 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 	 * is not looked up (a hash lookup at every syscall of the target)
 	 */
 	class = cfg.sysclass[nr];
-	if (class == WP_SYS_OTHER && seen_running(tid))
-		return 0;
+	r = running();
+	if (r && r->tid == tid) {
+		if (class == WP_SYS_OTHER)
+			return 0;
+		/*
+		 * An epoll call of a thread that was quiet here (nothing tracked open, no fd
+		 * watched) did not block: counted on this CPU, the state not looked up. Added
+		 * atomically: a take_polls between a load and a store would count twice
+		 */
+		if (class == WP_SYS_EPOLL && r->quiet) {
+			if (poll_returned(0, tid, (__u32)PT_REGS_PARM1_SYSCALL(current_regs()),
+					  bpf_ktime_get_ns()))
+				__sync_fetch_and_add(&r->polls, 1);
+			return 0;
+		}
+	}
 	ts = bpf_map_lookup_elem(&threads, &tid);
+	if (!ts) {
+		/* running since before the session: from here its syscalls take the paths above */
+		ts = thread_found_running(bpf_get_current_task_btf(), tid);
+		if (ts)
+			note_running(tid, ts);
+	}
 	if (class == WP_SYS_EPOLL)
 		poll_returned(ts, tid, (__u32)PT_REGS_PARM1_SYSCALL(current_regs()),
 			      bpf_ktime_get_ns());
@@ -1434,12 +1531,16 @@ static __always_inline int on_sys_exit(void *ctx, long nr, long ret)
 		switch_in_unseen_at(ts, tid, bpf_ktime_get_ns(), WP_STAT_MISSED_RECOVERED);
 	if (class == WP_SYS_ACCEPT)
 		sample_listener(current_regs(), ret);
-	if (!(ts->flags & WP_TF_IN_EPISODE))
-		return 0;
-	/* blocked since before attach: the user stack is still the one it blocked with */
-	if (ts->ep_ustack == WP_STACK_BEFORE_ATTACH)
-		ts->ep_ustack = capture_stack_as(ctx, true, false, SCRATCH_SYS_EXIT, 0, false);
-	close_episode(ts, outcome_of(ts->kind, ret));
+	if (ts->flags & WP_TF_IN_EPISODE) {
+		/* blocked since before attach: the user stack is still the one it blocked with */
+		if (ts->ep_ustack == WP_STACK_BEFORE_ATTACH)
+			ts->ep_ustack =
+				capture_stack_as(ctx, true, false, SCRATCH_SYS_EXIT, 0, false);
+		close_episode(ts, outcome_of(ts->kind, ret));
+	}
+	/* with nothing tracked open now, its next epoll returns here need no lookup */
+	if (r && r->tid == tid)
+		r->quiet = !(ts->flags & (WP_TF_IN_EPISODE | WP_TF_POLL_WATCHING));
 	return 0;
 }
 
@@ -1454,6 +1555,8 @@ static __always_inline int on_exit(void)
 	ts = bpf_map_lookup_elem(&threads, &tid);
 	if (!ts)
 		return 0;
+	/* the epoll returns counted on this CPU go out in its exit record */
+	note_leaving(tid, ts);
 	now = bpf_ktime_get_ns();
 	if (ts->flags & WP_TF_ON_CPU)
 		ts->oncpu_ns += now - ts->in_ts;

@@ -252,6 +252,23 @@ struct wp_poll {
 };
 _Static_assert(sizeof(struct wp_poll) == 64 + 4 * WP_RUNQ_SLOTS, "wp_poll layout changed");
 
+/* The epoll fds below this are counted in an array indexed by fd, the rest in a hash. */
+#define WP_POLL_FDS_DIRECT 1024
+
+/*
+ * The target's thread running on a CPU (one per CPU), as sched_switch saw it switch in;
+ * tid 0 once it switched out. `quiet`: it is in no tracked call and watches no epoll fd,
+ * so an epoll call of it that returns now did not block, and sys_exit counts that return
+ * in `polls` without looking the thread's state up. Those polls are added to its state at
+ * its switch-out or exit, or by user space at the session's end.
+ */
+struct wp_running {
+	__u32 tid;
+	__u32 polls;
+	__u32 quiet;
+	__u32 __pad;
+};
+
 /* One (thread, user stack) of the on-CPU samples. */
 struct wp_oncpu_key {
 	__u64 ustack;

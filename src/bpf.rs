@@ -13,7 +13,7 @@ include!(concat!(env!("OUT_DIR"), "/waitprof.skel.rs"));
 
 pub use types::{agg_key, agg_val, thread_state, wp_kind, wp_outcome, wp_stack_marker, wp_stat};
 pub use types::{waiter_key, wp_listener, wp_oncpu_key, wp_poll, wp_sysclass, wp_thread_flag};
-pub use types::{wp_event, wp_event_type, wp_waker, wp_waker_ctx};
+pub use types::{wp_event, wp_event_type, wp_running, wp_waker, wp_waker_ctx};
 
 // SAFETY: plain-old-data structs generated from BTF, valid for any bit pattern.
 unsafe impl plain::Plain for types::agg_key {}
@@ -24,6 +24,7 @@ unsafe impl plain::Plain for types::wp_listener {}
 unsafe impl plain::Plain for types::wp_poll {}
 unsafe impl plain::Plain for types::wp_oncpu_key {}
 unsafe impl plain::Plain for types::wp_event {}
+unsafe impl plain::Plain for types::wp_running {}
 
 /// The off-CPU thread snapshot's skeleton (bpf/snapshot.bpf.c).
 pub mod snapshot {

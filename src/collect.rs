@@ -15,7 +15,9 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
 use crate::bpf::sockets::{wp_listen_sample, SocketsSkel, SocketsSkelBuilder};
-use crate::bpf::{agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_oncpu_key};
+use crate::bpf::{
+    agg_key, agg_val, thread_state, waiter_key, wp_listener, wp_oncpu_key, wp_running,
+};
 use crate::bpf::{wp_poll, wp_stat};
 use crate::bpf::{wp_thread_flag, wp_waker};
 use crate::cli::{Config, Target, Unwind};
@@ -711,9 +713,17 @@ fn read_oncpu(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> 
     Ok(())
 }
 
+/// The epoll fds' polls: the low fds from their array (the entries never used are all
+/// zero), the others from their hash.
 fn read_polls(attached: &Attached<'_>, collected: &mut Collected) -> Result<()> {
-    let map = &attached.skel.maps.polls;
-    for (fd, p) in read_map::<u32, wp_poll>(map, "the epoll fds' polls")? {
+    let maps = &attached.skel.maps;
+    let mut all = read_map::<u32, wp_poll>(&maps.polls_direct, "the epoll fds' polls")?;
+    all.retain(|(_, p)| p.polls != 0 || p.watching != 0 || p.last_ns != 0);
+    all.extend(read_map::<u32, wp_poll>(
+        &maps.polls,
+        "the epoll fds' polls",
+    )?);
+    for (fd, p) in all {
         let open_gap_ns = if p.watching == 0 && p.last_ns > 0 {
             collected.end_ns.saturating_sub(p.last_ns)
         } else {
@@ -839,6 +849,26 @@ fn read_epoll_watch(pid: u32) -> HashMap<u32, usize> {
     out
 }
 
+/// The epoll returns counted per CPU for the thread running there (bpf: wp_running),
+/// not yet added to its state: tid -> polls.
+fn pending_polls(attached: &Attached<'_>) -> Result<HashMap<u32, u64>> {
+    let per_cpu = attached
+        .skel
+        .maps
+        .running_here
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading the running threads' polls failed")?
+        .unwrap_or_default();
+    let mut out = HashMap::new();
+    for bytes in per_cpu {
+        let mut r = wp_running::default();
+        if plain::copy_from_bytes(&mut r, &bytes).is_ok() && r.tid != 0 && r.polls != 0 {
+            *out.entry(r.tid).or_insert(0) += u64::from(r.polls);
+        }
+    }
+    Ok(out)
+}
+
 /// Splits the open off-CPU interval of a thread at the session's end, as the BPF
 /// program would have at its next switch-in: (blocked, run-queue).
 pub fn split_open_interval(ts: &thread_state, end_ns: u64) -> (u64, u64) {
@@ -863,8 +893,10 @@ fn close_open_threads(
     let end = collected.end_ns;
     let enabled: HashSet<Kind> = cfg.kinds.iter().copied().collect();
     let min_block = cfg.min_block.as_nanos() as u64;
+    let pending = pending_polls(attached)?;
     for (_, ts) in read_map::<u32, thread_state>(&attached.skel.maps.threads, "thread state")? {
         let mut totals = totals_of(&ts, end, false);
+        totals.polls += pending.get(&ts.tid).copied().unwrap_or(0);
         // threads often name themselves after they start
         if let Some(comm) = session::proc_comm(collected.pid, ts.tid) {
             totals.comm = comm;

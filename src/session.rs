@@ -31,7 +31,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const PF_KTHREAD: u64 = 0x0020_0000;
 /// Listening sockets sampled at accept(2): a server has a handful.
 const MAX_LISTENERS: u32 = 1024;
-/// epoll fds counted: an event loop per thread has one each.
+/// epoll fds numbered 1024 or more counted (those below always are, bpf: polls_direct):
+/// an event loop per thread has one each.
 pub const MAX_POLLED_FDS: u32 = 4096;
 /// (thread, stack) pairs of on-CPU samples: a minute at 99 Hz on 100 CPUs, all distinct.
 const MAX_ONCPU_STACKS: u32 = 1 << 16;

@@ -321,7 +321,7 @@ pub fn render(
     if l.waiters_dropped + l.listeners_dropped + l.polls_dropped + l.oncpu_dropped > 0 {
         let _ = writeln!(
             out,
-            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full), {} epoll calls on fds beyond the {} counted (poll map full), {} on-CPU samples (their map full)",
+            "  not counted: {} (object, thread) waiter pairs (waiter map full), {} listening sockets (listener map full), {} epoll calls on fds beyond the {} counted above fd 1023 (poll map full), {} on-CPU samples (their map full)",
             l.waiters_dropped, l.listeners_dropped, l.polls_dropped, crate::session::MAX_POLLED_FDS, l.oncpu_dropped
         );
     }

@@ -127,6 +127,58 @@ fn cpu_bound_threads_wait_in_the_run_queue() {
     assert!(run.worst_thread_accounting() >= 99.0);
 }
 
+/// The polls of the one epoll fd the summary lists, as (the fd's count, the count of the
+/// one thread that polled it): `epoll fd N: P polls (...; B blocked, ...)` and
+/// `polled by 1 thread(s): NAME-TID P (B blocked)`, blocked calls checked to be 0.
+fn spin_polls(stderr: &str) -> (u64, u64) {
+    let fd = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("  epoll fds polled"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no epoll fd polled:\n{stderr}"));
+    let thread = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("    polled by 1 thread(s): poller-"))
+        .unwrap_or_else(|| panic!("not one poller thread:\n{stderr}"));
+    let number = |s: &str, after: &str| -> u64 {
+        s.split(after)
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {after:?} in {s:?}"))
+    };
+    assert!(
+        fd.contains("; 0 blocked, ") && thread.ends_with(" (0 blocked)"),
+        "{stderr}"
+    );
+    (number(fd, ": "), number(thread, " "))
+}
+
+/// An event loop that never blocks: its epoll calls' returns are counted on the CPU it
+/// runs on, its state not looked up (bpf: wp_running), and still reach its thread
+/// exactly: at its exit (a launched fixture, 50,000 polls), and at the end of a `-p`
+/// session (1 s) while it still runs, never switched in while profiled (the first
+/// return creates its state).
+#[test]
+fn epoll_returns_that_did_not_block_are_counted_for_their_thread() {
+    let _s = root_session();
+    let run = profile_fixture(&[], &["spinpoll", "50000"]);
+    assert_eq!(
+        spin_polls(&run.stderr()),
+        (50_000, 50_000),
+        "{}",
+        run.stderr()
+    );
+    let fixture = Fixture::start(&["spinpoll", "0"], "polling");
+    let run = waitprof(&["-p", &fixture.pid().to_string(), "-d", "1s"]);
+    let (fd, thread) = spin_polls(&run.stderr());
+    eprintln!("-p for 1 s: {fd} polls of the fd, {thread} of the thread");
+    assert!(
+        fd >= 10_000 && thread == fd,
+        "{fd} polls of the fd, {thread} of the thread"
+    );
+}
+
 /// An event loop polls an epoll fd 40 times, every fourth poll blocking 10 ms, with 20 ms
 /// of work after each poll and 100 ms after the middle one: every poll is counted (exact,
 /// in the kernel), and the longest gap between polls is the fixture's own measurement.
