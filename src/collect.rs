@@ -320,6 +320,13 @@ pub fn run(
             None => ", Ctrl-C to stop".to_string(),
         }
     );
+    if cfg.test_drop_switch_ins > 0 {
+        eprintln!(
+            "waitprof: {}={}: one switch-in of the target in every {1} is ignored (a test setting)",
+            crate::cli::DROP_SWITCH_INS_ENV,
+            cfg.test_drop_switch_ins
+        );
+    }
     target.release()?;
     let started = Instant::now();
     // a Go program's goroutines, read from its memory while it runs

@@ -450,13 +450,6 @@ fn configure(
     c.fault_entry_hi = entry.fault.end;
     c.sysclass = syscalls::class_table();
     c.test_drop_switch_ins = cfg.test_drop_switch_ins;
-    if c.test_drop_switch_ins > 0 {
-        eprintln!(
-            "waitprof: {}={}: one switch-in of the target in every {1} is ignored (a test setting)",
-            crate::cli::DROP_SWITCH_INS_ENV,
-            c.test_drop_switch_ins
-        );
-    }
 
     open.maps.threads.set_max_entries(cfg.max_threads)?;
     open.maps.agg.set_max_entries(cfg.max_rows)?;
