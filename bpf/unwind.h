@@ -489,30 +489,27 @@ static __always_inline __u32 ustack_memo_slot(__u64 ip, __u64 sp)
 }
 
 /*
- * The current task's user stack as a walk remembered from the same registers found it,
- * if every word that walk read holds the same value now: its stack id, else 0 (walk it,
- * then unwind_remember). Also marks the slot's walk as not yet made.
+ * The current task's user stack (process `tgid`, user registers ip, sp and bp, which the
+ * caller has at hand: three helper calls fewer) as a walk remembered from the same
+ * registers found it, if every word that walk read holds the same value now: its stack
+ * id, else 0 (walk it, then unwind_remember). Also marks the slot's walk as not yet made.
+ * For DWARF unwinding only (the caller checks cfg.dwarf).
  */
-__noinline __u64 unwind_reuse(__u32 slot)
+__noinline __u64 unwind_reuse(__u32 slot, __u32 tgid, __u64 ip, __u64 sp, __u64 bp)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32, idx, n, span, i, off;
 	struct wp_unwind_proc *proc;
 	struct wp_ustack_memo *m;
 	struct wp_unwind_walk *w;
-	struct pt_regs *regs;
-	__u64 ip, sp, bp, v;
+	__u32 idx, n, span, i, off;
+	__u64 v;
 
 	w = bpf_map_lookup_elem(&unwind_walk, &slot);
 	if (!w)
 		return 0;
 	w->tag = 0;
-	proc = cfg.dwarf ? bpf_map_lookup_elem(&unwind_procs, &tgid) : 0;
+	proc = bpf_map_lookup_elem(&unwind_procs, &tgid);
 	if (!proc)
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	ip = regs->ip;
-	sp = regs->sp;
-	bp = regs->bp;
 	idx = ustack_memo_slot(ip, sp);
 	m = bpf_map_lookup_elem(&ustack_memo, &idx);
 	if (!m || m->tag != ((__u64)tgid << 32 | proc->generation) || m->ip != ip ||

@@ -320,14 +320,12 @@ static __always_inline void check_preempt_count(void)
 }
 
 /*
- * The current task's state word (__state since 5.14, state before), by plain loads
- * through its typed pointer (see current_regs). In sched_switch it is prev's, whatever
- * the flavour.
+ * A task's state word (__state since 5.14, state before), by plain loads through its
+ * typed pointer `t` (see current_regs): in sched_switch, the current task's is prev's,
+ * whatever the flavour.
  */
-static __always_inline unsigned int current_state(void)
+static __always_inline unsigned int task_state(struct task_struct *t)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
-
 	if (bpf_core_field_exists(t->__state))
 		return t->__state;
 	return ((struct task_struct___o *)t)->state;
@@ -909,7 +907,7 @@ static __always_inline struct thread_state *thread_found_off_cpu(__u32 tid,
  * user stack, its user registers at kernel entry, the syscall and the task state (which
  * also says whether it yielded runnable). 0 = no signature.
  */
-static __always_inline __u64 place_of(struct pt_regs *regs, __u64 ustack)
+static __always_inline __u64 place_of(struct pt_regs *regs, __u64 ustack, unsigned int state)
 {
 	__u64 h = FNV64_OFFSET;
 
@@ -920,7 +918,7 @@ static __always_inline __u64 place_of(struct pt_regs *regs, __u64 ustack)
 	h = fnv_mix(h, regs->sp);
 	h = fnv_mix(h, regs->bp);
 	h = fnv_mix(h, regs->orig_ax);
-	h = fnv_mix(h, current_state());
+	h = fnv_mix(h, state);
 	return h ? h : 1;
 }
 
@@ -974,14 +972,14 @@ __noinline __u64 kstack_at(void *ctx __arg_ctx, struct thread_state *ts __arg_no
 }
 
 /*
- * The user stack of the target's thread going off-CPU: a walk from the same registers
- * reused where every stack word it read is unchanged (exact: see unwind_reuse), else
- * walked and remembered. --recapture-every 1 walks every time.
+ * The user stack of the target's thread going off-CPU (its user registers `regs`): a walk
+ * from the same registers reused where every stack word it read is unchanged (exact: see
+ * unwind_reuse), else walked and remembered. --recapture-every 1 walks every time.
  */
-static __always_inline __u64 capture_ustack(void *ctx, __u32 slot)
+static __always_inline __u64 capture_ustack(void *ctx, struct pt_regs *regs, __u32 slot)
 {
 	bool memo = cfg.recapture_every > 1 && cfg.dwarf;
-	__u64 id = memo ? unwind_reuse(slot) : 0;
+	__u64 id = memo ? unwind_reuse(slot, cfg.tgid, regs->ip, regs->sp, regs->bp) : 0;
 
 	if (id) {
 		stat_add(WP_STAT_USTACK_REUSED, 1);
@@ -994,13 +992,14 @@ static __always_inline __u64 capture_ustack(void *ctx, __u32 slot)
 }
 
 static __always_inline void stacks_at(void *ctx, struct thread_state *ts, struct pt_regs *regs,
-				      bool preempt, __u32 slot, __u64 *ustack, __u64 *kstack)
+				      unsigned int state, bool preempt, __u32 slot, __u64 *ustack,
+				      __u64 *kstack)
 {
 	__u64 sig = 0;
 
-	*ustack = capture_ustack(ctx, slot);
+	*ustack = capture_ustack(ctx, regs, slot);
 	if (cfg.recapture_every > 1 && !preempt)
-		sig = place_of(regs, *ustack);
+		sig = place_of(regs, *ustack, state);
 	*kstack = kstack_at(ctx, ts, sig, slot);
 }
 
@@ -1047,9 +1046,13 @@ static __always_inline void switched_in_unseen(struct thread_state *ts, __u32 ti
 	ts->oncpu_ns += ran;
 }
 
+/*
+ * Thread `tid` of the target goes off-CPU at `now`: prev as the flavour passed it, and
+ * `cur`, the same task as a typed pointer. Its state is returned, null if not tracked.
+ */
 static __always_inline struct thread_state *switch_out(void *ctx, struct task_struct *prev,
-						       __u32 tid, bool preempt, bool runnable,
-						       __u64 now)
+						       struct task_struct *cur, __u32 tid,
+						       bool preempt, bool runnable, __u64 now)
 {
 	struct thread_state *ts = bpf_map_lookup_elem(&threads, &tid);
 	__u64 ustack, kstack, exec;
@@ -1062,7 +1065,7 @@ static __always_inline struct thread_state *switch_out(void *ctx, struct task_st
 		if (!ts)
 			return 0;
 	}
-	exec = bpf_get_current_task_btf()->se.sum_exec_runtime;
+	exec = cur->se.sum_exec_runtime;
 	if (ts->flags & WP_TF_ON_CPU)
 		ts->oncpu_ns += now - ts->in_ts;
 	else
@@ -1073,7 +1076,7 @@ static __always_inline struct thread_state *switch_out(void *ctx, struct task_st
 		ts->flags |= WP_TF_RUNNABLE_OUT;
 	ts->out_ts = now;
 
-	regs = current_regs();
+	regs = task_regs_of(cur);
 	kind = classify(regs, &nr);
 	if (ts->flags & WP_TF_IN_EPISODE) {
 		/* still in the same call: its stacks were taken when it first went off-CPU */
@@ -1093,7 +1096,7 @@ static __always_inline struct thread_state *switch_out(void *ctx, struct task_st
 		ts->cur_ustack = ts->cur_kstack = WP_STACK_NOT_CAPTURED;
 		return ts;
 	}
-	stacks_at(ctx, ts, regs, preempt, SCRATCH_SCHED, &ustack, &kstack);
+	stacks_at(ctx, ts, regs, task_state(cur), preempt, SCRATCH_SCHED, &ustack, &kstack);
 	if (kind != WP_KIND_OTHER) {
 		ts->flags |= WP_TF_IN_EPISODE;
 		ts->ep_ustack = ustack;
@@ -1178,9 +1181,9 @@ static __always_inline struct pt_regs *task_regs(struct task_struct *task, bool 
 }
 
 /* Whether prev, the current task in sched_switch, stays runnable. */
-static __always_inline bool task_runnable(bool preempt)
+static __always_inline bool task_runnable(struct task_struct *prev, bool preempt)
 {
-	return preempt || current_state() == TASK_RUNNING;
+	return preempt || task_state(prev) == TASK_RUNNING;
 }
 
 /* The tests' stand-in for a switch-in the kernel does not deliver (cfg.test_drop_switch_ins). */
@@ -1219,10 +1222,12 @@ static __always_inline int on_switch(void *ctx, bool preempt, int runnable,
 		check_preempt_count();
 	/* runnable < 0: read from prev's state, only for the target's own switch-out */
 	if (out) {
-		bool still = runnable < 0 ? task_runnable(preempt) : runnable;
+		/* prev, typed in every flavour: its fields by plain loads, one helper call */
+		struct task_struct *cur = bpf_get_current_task_btf();
+		bool still = runnable < 0 ? task_runnable(cur, preempt) : runnable;
 		struct wp_event *ev;
 
-		ts = switch_out(ctx, prev, (__u32)id, preempt, still, now);
+		ts = switch_out(ctx, prev, cur, (__u32)id, preempt, still, now);
 		note_leaving((__u32)id, ts);
 		if (cfg.timeline && ts && (ev = timeline_reserve(WP_EV_OFF, (__u32)id, now))) {
 			ev->kind = ts->kind;
@@ -1322,8 +1327,9 @@ struct {
  */
 static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 waited)
 {
+	/* the waker's ids and registers from one helper call */
 	struct task_struct *cur = bpf_get_current_task_btf();
-	__u64 id = bpf_get_current_pid_tgid(), sig = 0;
+	__u64 id = (__u64)cur->tgid << 32 | (__u32)cur->pid, sig = 0;
 	struct wp_waker_place *p = 0, init = {};
 	struct pt_regs *regs;
 	__u32 count;
@@ -1333,7 +1339,7 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 w
 	if (waited < cfg.waker_walk_ns && cfg.recapture_every > 1 && preempt_count_ok == 1 &&
 	    !(cur->flags & PF_KTHREAD) && this_preempt_count(cur, &count) &&
 	    !(count & (WP_HARDIRQ_MASK | WP_NMI_MASK))) {
-		regs = current_regs();
+		regs = task_regs_of(cur);
 		nr = regs->orig_ax;
 		/* nr < 0: in the kernel, not from a syscall (an exception): walk */
 		if (nr >= 0) {
@@ -1355,7 +1361,8 @@ static __always_inline void capture_waker(void *ctx, struct wp_waker *w, __u64 w
 		w->ctx = WP_WAKER_TASK;
 		w->tgid = id >> 32;
 		w->tid = (__u32)id;
-		bpf_get_current_comm(w->comm, sizeof(w->comm));
+		/* by plain loads through the typed pointer, where the helper costs ~20 ns */
+		__builtin_memcpy(w->comm, cur->comm, sizeof(w->comm));
 		w->ustack = p->ustack;
 		w->kstack = p->kstack;
 		w->reused = 1;
