@@ -157,8 +157,9 @@ fn spin_polls(stderr: &str) -> (u64, u64) {
 /// An event loop that never blocks: its epoll calls' returns are counted on the CPU it
 /// runs on, its state not looked up (bpf: wp_running), and still reach its thread
 /// exactly: at its exit (a launched fixture, 50,000 polls), and at the end of a `-p`
-/// session (1 s) while it still runs, never switched in while profiled (the first
-/// return creates its state).
+/// session (1 s) while it still runs, perhaps never switched out or in while profiled
+/// (its first return then creates its state; before, its polls went uncounted until its
+/// first switch-out).
 #[test]
 fn epoll_returns_that_did_not_block_are_counted_for_their_thread() {
     let _s = root_session();
